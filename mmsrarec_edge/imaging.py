@@ -1,0 +1,48 @@
+"""Image loading and preprocessing, shared by training and the torch-free runtime so both see identical pixels.
+
+Images are resized (bicubic) to the vision tower's square size and normalised with the tower's mean/std. Bad files
+(missing, corrupt, huge) raise UserError with the path and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_PIXELS = 64_000_000  # refuse decompression bombs well before PIL's own limit
+
+
+def load_image(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"image {path} does not exist", "check the path")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"image {path} is too large ({w}x{h} pixels, limit {MAX_PIXELS})", "downscale it first")
+            im.load()
+            return im.convert("RGB")
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})", "is it a valid PNG/JPEG file?") from exc
+
+
+def preprocess(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """PIL image -> float32 [3, size, size], normalised."""
+    im = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    x = np.asarray(im, dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def blank_image(size: int) -> np.ndarray:
+    """What an item without an image is shown as: a mid-grey square (zero after normalisation is not grey)."""
+    return preprocess(Image.new("RGB", (size, size), (128, 128, 128)), size)

@@ -1,0 +1,1 @@
+"""Models in PyTorch: SASRec and the LLaVA-style multimodal LLM."""

