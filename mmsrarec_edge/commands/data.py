@@ -1,0 +1,38 @@
+"""`mmsrarec-edge data {synth,import,stats}`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def synth(
+    out: Path = typer.Option(Path("work/data/synthetic"), "--out", "-o", help="Dataset directory to write."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same dataset."),
+    items: int = typer.Option(300, help="Number of items (at most 384 attribute combinations)."),
+    users: int = typer.Option(1000, help="Number of users."),
+):
+    """Generate the synthetic multimodal catalog (the embedded default)."""
+    from ..data.synth import SynthConfig, generate
+    from ..io_utils import atomic_dir
+    from ..progress import progress_bar
+
+    cfg = SynthConfig(seed=seed, n_items=items, n_users=users)
+    with atomic_dir(out) as tmp, progress_bar("drawing items", min(items, 384)) as adv:
+        ds = generate(cfg, tmp, progress=adv)
+    typer.echo(json.dumps(ds.stats()))
+    typer.echo(f"wrote {out}")
+
+
+def stats(dataset: Path = typer.Argument(..., help="A canonical dataset directory.")):
+    """Print dataset statistics as JSON."""
+    from ..data.schema import load_dataset
+
+    typer.echo(json.dumps(load_dataset(dataset).stats(), indent=2))
+
+
+def register(apps) -> None:
+    apps["data"].command("synth")(synth)
+    apps["data"].command("stats")(stats)
