@@ -48,30 +48,20 @@ for _stage in STAGES:
 
 
 def main() -> None:
-    """Entry point with error rendering (the console script)."""
+    """Entry point with error rendering (the console script). Usage errors stay Typer's (exit 2, with usage)."""
     debug = "--debug" in sys.argv or os.environ.get("MMSRAREC_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         if debug:
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]hint: {exc.hint}[/]" if exc.hint else ""),
                           highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here too
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
         if debug:
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} [dim](run with --debug for the traceback)[/]",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from .schema import Dataset, Item, save_dataset
 
 CATEGORIES = {  # category -> silhouette
@@ -131,6 +132,10 @@ def _describe(rng: np.random.Generator, a: dict) -> str:
 
 def generate(cfg: SynthConfig, out_dir: Path, progress=None) -> Dataset:
     """Generate the catalog (images under out_dir/images) and the users' sequences, and save the dataset."""
+    if cfg.n_items < 10 or cfg.n_users < 10:
+        raise UserError(f"too small a catalog ({cfg.n_items} items, {cfg.n_users} users)", "use at least 10 of each")
+    if not 2 <= cfg.min_len <= cfg.max_len:
+        raise UserError(f"sequence lengths must satisfy 2 <= min_len <= max_len, got {cfg.min_len}..{cfg.max_len}")
     rng = np.random.default_rng(cfg.seed)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -162,7 +167,7 @@ def generate(cfg: SynthConfig, out_dir: Path, progress=None) -> Dataset:
         cat_pref = np.log(rng.dirichlet([cfg.taste_concentration] * len(cats)) + 1e-3)
         col_pref = np.log(rng.dirichlet([cfg.taste_concentration * 2] * len(cols)) + 1e-3)
         base = cat_pref[attr_idx[:, 0]] + col_pref[attr_idx[:, 1]] + log_pop
-        length = int(rng.integers(cfg.min_len, cfg.max_len + 1))
+        length = min(int(rng.integers(cfg.min_len, cfg.max_len + 1)), n - 1)  # users never repeat an item
         seen = np.zeros(n, dtype=bool)
         prev = None
         t = t0 + int(rng.integers(0, 86_400 * 30))

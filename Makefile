@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs everything, runs the end-to-end demo on the embedded default
+#   make test   creates .venv, installs everything, runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXTRAS ?= cpu,train,dev,bench
+
+.PHONY: install demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a range that admits a newer torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/mmsrarec-edge demo --out work/demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf work .pytest_cache

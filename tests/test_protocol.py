@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from mmsrarec_edge.data.protocol import ProtocolConfig, build_protocol, kcore_filter, load_protocol, save_protocol
+from mmsrarec_edge.errors import UserError
+
+
+def test_kcore_is_iterated_until_stable():
+    # user 3 has 2 interactions -> removed; then item 30 drops to 1 -> removed; then user 2 drops to 2 -> removed.
+    users = np.array([1, 1, 1, 2, 2, 2, 3, 3])
+    items = np.array([10, 20, 30, 10, 20, 30, 30, 40])
+    keep = kcore_filter(users, items, 2)
+    assert set(zip(users[keep], items[keep])) == {(1, 10), (1, 20), (2, 10), (2, 20), (1, 30), (2, 30)}
+    keep3 = kcore_filter(users, items, 3)
+    assert keep3.sum() == 0
+
+
+def test_split_is_8_1_1_disjoint_and_seeded(tiny_synth):
+    p = build_protocol(tiny_synth, ProtocolConfig(seed=7))
+    tr, va, te = set(p.train_users), set(p.val_users), set(p.test_users)
+    n = len(tr) + len(va) + len(te)
+    assert not (tr & va or tr & te or va & te)
+    assert len(tr) == round(0.8 * n) and len(va) == round(0.1 * n)
+    p2 = build_protocol(tiny_synth, ProtocolConfig(seed=7))
+    assert p2.test_users == p.test_users and np.array_equal(p2.test.candidates, p.test.candidates)
+    p3 = build_protocol(tiny_synth, ProtocolConfig(seed=8))
+    assert p3.test_users != p.test_users
+
+
+def test_cases_follow_the_protocol(tiny_synth):
+    cfg = ProtocolConfig(seed=1, max_cases_per_user=3, history_len=5, n_negatives=20)
+    p = build_protocol(tiny_synth, cfg)
+    for c, users in ((p.val, p.val_users), (p.test, p.test_users)):
+        assert set(c.user_id.tolist()) <= set(users)
+        assert np.bincount(c.user_id).max() <= 3
+        assert c.candidates.shape[1] == 21
+        for r in range(len(c)):
+            seq = p.sequences[int(c.user_id[r])]
+            t = int(c.position[r])
+            assert c.candidates[r, 0] == seq[t]  # column 0 is the true next item
+            assert c.prefixes[r] == seq[:t] and len(c.prefixes[r]) >= 5
+            negs = c.candidates[r, 1:]
+            assert len(set(negs.tolist())) == 20 and not set(negs.tolist()) & set(seq)  # never interacted
+        # the most recent windows are kept
+        last_pos = {int(u): len(p.sequences[int(u)]) - 1 for u in c.user_id}
+        assert all(int(pos) > last_pos[int(u)] - 3 for u, pos in zip(c.user_id, c.position))
+
+
+def test_save_load_roundtrip(tiny_protocol, tmp_path):
+    save_protocol(tiny_protocol, tmp_path / "p")
+    q = load_protocol(tmp_path / "p")
+    assert q.train_users == tiny_protocol.train_users and q.items == tiny_protocol.items
+    assert np.array_equal(q.test.candidates, tiny_protocol.test.candidates)
+    assert q.test.prefixes == tiny_protocol.test.prefixes
+    assert q.sequences == tiny_protocol.sequences
+    assert q.dataset_fingerprint == tiny_protocol.dataset_fingerprint
+
+
+def test_errors_are_clear(tiny_synth, tmp_path):
+    with pytest.raises(UserError, match="removed every interaction"):
+        build_protocol(tiny_synth, ProtocolConfig(kcore=10_000))
+    with pytest.raises(UserError, match="not a protocol directory"):
+        load_protocol(tmp_path)
