@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -26,6 +27,30 @@ def synth(
     typer.echo(f"wrote {out}")
 
 
+class ImportFormat(str, Enum):
+    auto = "auto"
+    ml100k = "ml100k"
+    ml100k_mm = "ml100k_mm"
+    recbole = "recbole"
+    amazon = "amazon"
+
+
+def import_(
+    source: Path = typer.Argument(..., help="Directory holding the source files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset directory to write (replaced atomically)."),
+    fmt: ImportFormat = typer.Option(ImportFormat.auto, "--format", "-f", help="Source format; auto detects it."),
+    images: Path = typer.Option(None, "--images", help="Folder of <item id>.jpg/.png (Amazon: <parent_asin>.jpg/.png)."),
+    min_rating: float = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
+):
+    """Import MovieLens-100K, ml100k_mm, RecBole atomic files or Amazon Reviews 2023 JSONL."""
+    from ..data.importers import import_dataset
+    from ..progress import progress_bar
+
+    ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar)
+    typer.echo(json.dumps(ds.stats()))
+    typer.echo(f"wrote {out}")
+
+
 def stats(dataset: Path = typer.Argument(..., help="A canonical dataset directory.")):
     """Print dataset statistics as JSON."""
     from ..data.schema import load_dataset
@@ -35,4 +60,5 @@ def stats(dataset: Path = typer.Argument(..., help="A canonical dataset director
 
 def register(apps) -> None:
     apps["data"].command("synth")(synth)
+    apps["data"].command("import")(import_)
     apps["data"].command("stats")(stats)
