@@ -1,0 +1,104 @@
+"""Timing harness for the latency benchmarks: repeated measurements, percentiles, the machine's matmul rate.
+
+Everything is torch-free (numpy only) so the same harness times the runtime on a slim edge install. The "floor" of a
+recommendation is its FLOPs divided by the matmul rate this machine measures in the same run: a bound no
+implementation on this CPU can beat, which puts every peer's median in context.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Timing:
+    name: str
+    samples_ms: list[float] = field(default_factory=list)
+
+    def stats(self) -> dict[str, float]:
+        a = np.asarray(self.samples_ms, dtype=np.float64)
+        if a.size == 0:
+            return {"n": 0}
+        return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+                "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
+
+
+def measure(fn: Callable[[], object], repeats: int = 20, warmup: int = 2, name: str = "",
+            min_seconds: float = 0.0, max_seconds: float = 60.0) -> Timing:
+    """Call fn() warmup times untimed, then at least `repeats` times (or until min_seconds), each timed alone.
+
+    Stops early after max_seconds so a slow peer cannot stall a report; the sample count is in the stats.
+    """
+    for _ in range(warmup):
+        fn()
+    t = Timing(name)
+    gc_was = gc.isenabled()
+    gc.disable()  # a collection inside one sample would be charged to whichever peer was unlucky
+    try:
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter_ns()
+            fn()
+            t.samples_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            elapsed = time.perf_counter() - start
+            if (len(t.samples_ms) >= repeats and elapsed >= min_seconds) or elapsed >= max_seconds:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+    return t
+
+
+def matmul_gflops(n: int = 512, repeats: int = 10, dtype=np.float32) -> float:
+    """Median GFLOP/s of an n x n float32 matmul through numpy's BLAS on this machine, now."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    tm = measure(lambda: a @ b, repeats=repeats, warmup=2)
+    return 2 * n**3 / (tm.stats()["p50_ms"] / 1e3) / 1e9
+
+
+def decoder_flops(n_tokens: int, past: int, hidden: int, layers: int, intermediate: int, kv_dim: int,
+                  vocab_rows: int) -> float:
+    """Forward FLOPs of a Llama/Qwen2-style decoder on n_tokens new tokens attending to past + themselves.
+
+    Counts matmuls only (2 FLOPs per multiply-add): q/o projections (H x H), k/v projections (H x kv_dim), the gated
+    MLP (3 x H x I), attention scores and weighted sums over the context, and `vocab_rows` rows of the LM head.
+    """
+    ctx = past + (n_tokens + 1) / 2  # mean context length under the causal mask
+    per_token_layer = 2 * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate) + 2 * 2 * ctx * hidden
+    return n_tokens * (layers * per_token_layer) + 2 * vocab_rows * hidden
+
+
+def host_info() -> dict:
+    info = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"] = ort.__version__
+        info["providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    return info
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc; psutil elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
