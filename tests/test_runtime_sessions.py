@@ -6,7 +6,7 @@ import pytest
 from mmsrarec_edge.errors import BundleError, UserError
 from mmsrarec_edge.runtime import sessions
 from mmsrarec_edge.runtime.sessions import (SessionConfig, graph_precision_for, open_session, provider_chain,
-                                            resolve_precision, resolve_provider, tensorrt_options)
+                                            resolve_precision, resolve_provider)
 
 
 def test_default_is_the_fastest_available():
@@ -37,41 +37,30 @@ def test_unknown_provider_and_precision():
     with pytest.raises(UserError, match="unknown execution provider 'rocm'"):
         resolve_provider("rocm", ["cpu"])
     with pytest.raises(UserError, match="unknown precision 'int4'"):
-        resolve_precision("int4", "fp32", "cpu")
+        resolve_precision("int4")
     with pytest.raises(UserError, match="threads must be >= 1"):
         SessionConfig.resolve("cpu", threads=0)
 
 
-def test_precision_defaults_to_the_bundle_and_falls_back_per_graph():
-    assert SessionConfig.resolve("cpu", default_precision="int8").precision == "int8"
-    assert SessionConfig.resolve("cpu", "fp32", default_precision="int8").precision == "fp32"
-    assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32", "int8"]) == "int8"
-    assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32"]) == "fp32"  # graph pinned to fp32
+def test_precision_defaults_to_the_bundle_and_falls_back_only_for_pinned_graphs():
+    assert SessionConfig.resolve("cpu").precision is None
+    assert graph_precision_for(SessionConfig("cpu"), ["int8"], "int8") == "int8"
+    assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32", "int8"], "fp32") == "int8"
+    assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32"], "fp32") == "fp32"  # pinned to fp32
     assert graph_precision_for(SessionConfig("cuda", "fp16"), ["fp32", "fp16"]) == "fp16"
+    with pytest.raises(UserError, match="no fp32 variant of recommender.decoder") as e:
+        graph_precision_for(SessionConfig("cpu", "fp32"), ["int8"], "int8", "recommender.decoder")
+    assert "it has: int8" in e.value.hint
     # TensorRT builds its own fp16 engine from the fp32 graph
     assert graph_precision_for(SessionConfig("tensorrt", "fp16"), ["fp32", "fp16"]) == "fp32"
-
-
-def test_tensorrt_options_cache_in_user_dir_with_profiles(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
-    assert sessions.user_cache_dir() == tmp_path / "cache"
-    opts = tensorrt_options(sessions.user_cache_dir() / "tensorrt" / "abc", fp16=True,
-                            profile={"input_ids": {"min": [1, 1], "opt": [1, 64], "max": [8, 512]},
-                                     "mask": {"min": [1, 1], "opt": [1, 64], "max": [8, 512]}})
-    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_fp16_enable"] == "True"
-    assert opts["trt_engine_cache_path"] == str(tmp_path / "cache" / "tensorrt" / "abc")
-    assert (tmp_path / "cache" / "tensorrt" / "abc").is_dir()
-    assert opts["trt_profile_max_shapes"] == "input_ids:8x512,mask:8x512"
-    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,mask:1x1"
-    monkeypatch.delenv("MMSRAREC_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert sessions.user_cache_dir() == tmp_path / "xdg" / "mmsrarec-edge"
+    assert graph_precision_for(SessionConfig("tensorrt"), ["fp32"], "fp16") == "fp32"
 
 
 def test_provider_chain_keeps_the_cpu_behind():
     assert provider_chain(SessionConfig("cpu")) == ["CPUExecutionProvider"]
-    chain = provider_chain(SessionConfig("tensorrt", "fp16"), "k")
+    chain = provider_chain(SessionConfig("tensorrt", "fp16"), {"trt_engine_cache_path": "/x"})
     assert chain[0][0] == "TensorrtExecutionProvider" and chain[-1] == "CPUExecutionProvider"
+    assert chain[0][1]["trt_fp16_enable"] == "True" and chain[0][1]["trt_engine_cache_path"] == "/x"
 
 
 def test_session_options_and_bad_graphs(tmp_path):

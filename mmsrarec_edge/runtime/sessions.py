@@ -5,22 +5,23 @@ unless the user names one (`--provider cpu|cuda|tensorrt`); naming one that this
 UserError that says what is available. A session on TensorRT or CUDA keeps the slower providers behind it, so a node
 TensorRT cannot take still runs.
 
-Precision: a bundle holds each graph in one or more variants (fp32, int8, fp16). The default is the precision of the
-export profile the bundle was made with; `--precision` picks another, and a graph that lacks the asked variant runs in
-fp32 (profiles may pin numerically fragile graphs to fp32). Two provider-specific rules:
+Precision: a bundle holds each graph in one or more variants (fp32, int8, fp16). The default is each graph's default
+variant (the precision of the export profile the bundle was made with); `--precision` picks another; a graph shipped
+in fp32 only (profiles pin numerically fragile graphs to fp32) stays fp32, and any other missing variant is a
+UserError naming what the bundle has. Two provider-specific rules:
 - TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`): feeding it the onnxruntime-converted
-  fp16 graph would add Cast nodes TensorRT cannot fuse, so `fp16` on TensorRT means fp32 graph + fp16 engine.
+  fp16 graph would add Cast nodes TensorRT cannot fuse, so `fp16` on TensorRT means fp32 graph + fp16 engine when
+  the bundle has the fp32 graph.
 - int8 variants are dynamic-quantization graphs (MatMulInteger, DynamicQuantizeLinear): CPU kernels. They run on GPU
   providers only by falling back to the CPU, which is accepted but slow.
 
-TensorRT engines are cached under a user cache directory (`$MMSRAREC_CACHE_DIR`, else `$XDG_CACHE_HOME/mmsrarec-edge`,
-else `~/.cache/mmsrarec-edge`), in a folder keyed by the graph's SHA-256: never inside the bundle, which is verified
-read-only.
+TensorRT options come from the bundle manifest (runtime/tensorrt.py: optimization profiles from the export limits, engine
+and timing caches under a user cache directory -- `$MMSRAREC_CACHE_DIR`, else `$XDG_CACHE_HOME/mmsrarec-edge`, else
+`~/.cache/mmsrarec-edge` -- keyed by the graph's SHA-256): never inside the bundle, which is verified read-only.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,43 +68,14 @@ def resolve_provider(requested: str | None = None, available: list[str] | None =
     return key
 
 
-def resolve_precision(requested: str | None, default: str, provider: str) -> str:
-    """The precision to load graphs in. `default` is the bundle's export-profile precision."""
-    precision = (requested or default or "fp32").lower()
+def resolve_precision(requested: str | None) -> str | None:
+    """A validated precision name, or None for "what the bundle's export profile chose"."""
+    if requested is None or requested == "auto":
+        return None
+    precision = requested.strip().lower()
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {requested!r}", f"choose one of: {', '.join(PRECISIONS)}")
     return precision
-
-
-def user_cache_dir() -> Path:
-    env = os.environ.get("MMSRAREC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mmsrarec-edge"
-
-
-def _shape_list(shapes: dict[str, list[int]]) -> str:
-    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in dims)}" for name, dims in shapes.items())
-
-
-def tensorrt_options(cache_dir: Path, fp16: bool, profile: dict | None = None, workspace_mb: int = 2048,
-                     optimization_level: int = 3) -> dict:
-    """TensorRT EP options. `profile`: {input: {"min": dims, "opt": dims, "max": dims}} (from the bundle manifest)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    opts = {
-        "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(cache_dir),
-        "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": str(cache_dir),
-        "trt_fp16_enable": "True" if fp16 else "False",
-        "trt_max_workspace_size": str(int(workspace_mb) << 20),
-        "trt_builder_optimization_level": str(int(optimization_level)),
-    }
-    if profile:
-        for key in ("min", "opt", "max"):
-            opts[f"trt_profile_{key}_shapes"] = _shape_list({n: p[key] for n, p in profile.items()})
-    return opts
 
 
 @dataclass
@@ -111,18 +83,17 @@ class SessionConfig:
     """How to open every session of one Recommender/Summarizer."""
 
     provider: str = "cpu"  # a short name from resolve_provider
-    precision: str = "fp32"
+    precision: str | None = None  # None: each graph's default variant in the bundle
     threads: int | None = None  # intra-op threads; None = onnxruntime's default (one per physical core)
-    tensorrt_workspace_mb: int = 2048
-    tensorrt_optimization_level: int = 3
+    tensorrt_workspace_mb: int = 2048  # used only when no bundle manifest gives TensorRT settings
 
     @classmethod
     def resolve(cls, provider: str | None = None, precision: str | None = None, threads: int | None = None,
-                default_precision: str = "fp32", **kw) -> "SessionConfig":
+                **kw) -> "SessionConfig":
         if threads is not None and int(threads) < 1:
             raise UserError(f"threads must be >= 1, got {threads}")
         p = resolve_provider(provider)
-        return cls(p, resolve_precision(precision, default_precision, p), threads, **kw)
+        return cls(p, resolve_precision(precision), threads, **kw)
 
 
 def session_options(threads: int | None = None):
@@ -136,28 +107,40 @@ def session_options(threads: int | None = None):
     return so
 
 
-def provider_chain(cfg: SessionConfig, cache_key: str = "default", trt_profile: dict | None = None) -> list:
-    """The `providers` argument of InferenceSession for `cfg.provider`, with slower fallbacks behind it."""
+def provider_chain(cfg: SessionConfig, trt_options: dict | None = None) -> list:
+    """The `providers` argument of InferenceSession for `cfg.provider`, with slower fallbacks behind it.
+    `trt_options`: TensorRT EP options (runtime.tensorrt.tensorrt_provider_options for a bundle graph)."""
     offered = available_providers()
     chain: list = []
     if cfg.provider == "tensorrt":
-        cache = user_cache_dir() / "tensorrt" / cache_key
-        chain.append((PROVIDERS["tensorrt"], tensorrt_options(
-            cache, cfg.precision == "fp16", trt_profile, cfg.tensorrt_workspace_mb, cfg.tensorrt_optimization_level)))
+        opts = dict(trt_options or {})
+        opts.setdefault("trt_fp16_enable", str(cfg.precision == "fp16"))
+        opts.setdefault("trt_max_workspace_size", str(int(cfg.tensorrt_workspace_mb) << 20))
+        chain.append((PROVIDERS["tensorrt"], opts))
     if cfg.provider in ("tensorrt", "cuda") and "cuda" in offered:
         chain.append(PROVIDERS["cuda"])
     chain.append(PROVIDERS["cpu"])
     return chain
 
 
-def graph_precision_for(cfg: SessionConfig, variants: list[str]) -> str:
-    """Which stored variant of a graph to load, given the session config and the variants the bundle holds."""
-    if cfg.provider == "tensorrt" and cfg.precision == "fp16":
+def graph_precision_for(cfg: SessionConfig, variants: list[str], default: str | None = None, graph: str = "graph") -> str:
+    """Which stored variant of a graph to load: the asked precision if the bundle has it; a graph shipped in fp32
+    only (pinned by the export profile) stays fp32; otherwise the asked precision is missing -> UserError."""
+    default = default or (variants[0] if variants else "fp32")
+    want = cfg.precision
+    if cfg.provider == "tensorrt" and (want or default) == "fp16" and "fp32" in variants:
         return "fp32"  # TensorRT makes its own fp16 engine (module docstring)
-    return cfg.precision if cfg.precision in variants else "fp32"
+    if want is None:
+        return default
+    if want in variants:
+        return want
+    if list(variants) == ["fp32"]:
+        return "fp32"
+    raise UserError(f"the bundle has no {want} variant of {graph}", f"it has: {', '.join(variants)}; "
+                    "pass another --precision or re-export with a profile that writes it")
 
 
-def open_session(path: Path, cfg: SessionConfig, cache_key: str | None = None, trt_profile: dict | None = None):
+def open_session(path: Path, cfg: SessionConfig, trt_options: dict | None = None):
     """An InferenceSession for one graph file; a graph onnxruntime cannot load is a BundleError."""
     path = Path(path)
     if not path.is_file():
@@ -165,11 +148,20 @@ def open_session(path: Path, cfg: SessionConfig, cache_key: str | None = None, t
     ort = _ort()
     try:
         return ort.InferenceSession(str(path), session_options(cfg.threads),
-                                    providers=provider_chain(cfg, cache_key or path.stem, trt_profile))
+                                    providers=provider_chain(cfg, trt_options))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise BundleError(f"onnxruntime cannot load {path.name}: {type(exc).__name__}: {str(exc).strip()[:300]}",
                           "the graph is corrupt or needs a newer onnxruntime; re-export the bundle") from exc
 
 
-def session_providers(sess) -> list[str]:
-    return [p for p in sess.get_providers()]
+def open_bundle_graph(manifest, graph: str, cfg: SessionConfig):
+    """A session for one graph of a verified bundle (runtime.bundle.Manifest), in the variant `cfg` asks for, with
+    the manifest's TensorRT profiles and an engine cache outside the bundle when running on TensorRT."""
+    from .tensorrt import tensorrt_provider_options
+
+    default = manifest.graphs[graph].get("default_variant") if manifest.has_graph(graph) else None
+    path = manifest.graph_file(graph, graph_precision_for(cfg, manifest.graph_variants(graph), default, graph))
+    trt = None
+    if cfg.provider == "tensorrt":
+        trt = tensorrt_provider_options(manifest, graph, fp16=cfg.precision == "fp16")
+    return open_session(path, cfg, trt)
