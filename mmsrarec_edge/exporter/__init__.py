@@ -1,0 +1,83 @@
+"""Export: ONNX graphs with parity gates, precision variants, TensorRT profiles, and the self-describing bundle.
+
+This docstring is the bundle format's reference (format "mmsrarec-bundle", version 1); the runtime is built on it.
+The package import itself is torch-free; graphs.py, parity.py and bundle.py need torch (the `train` extra).
+
+Modules: profile (export/*.toml -> ExportProfile), graphs (torch wrappers + torch.onnx.export), variants (int8/fp16),
+parity (ONNX Runtime vs PyTorch gate), tensorrt (profiles, build-engine), catalog (items, keywords, index copies),
+inputs (training dirs -> ExportInputs), bundle (the writer). The verifier is runtime/bundle.py (torch-free).
+
+Layout
+------
+    BUNDLE/
+      manifest.json                  see "manifest.json" below; lists every other file
+      config.json                    see "config.json" below
+      tokenizer.json                 HF `tokenizers` JSON (Tokenizer.from_file); the recommender's, and the
+                                     summarizer's when identical (else summarizer/tokenizer.json)
+      summarizer/vision[.P].onnx     P = precision variant: none for fp32, `.int8`, `.fp16`
+      summarizer/embed[.P].onnx
+      summarizer/decoder[.P].onnx    head "last"
+      recommender/vision[.P].onnx
+      recommender/embed[.P].onnx
+      recommender/decoder[.P].onnx   head "yes_no"
+      sasrec/user_encoder.onnx
+      sasrec/item_ids.json           {"item_ids": [...]}: SASRec index k+1 <-> item_ids[k]; 0 = padding
+      keywords/keywords.parquet      the keyword store, as summarize/store.py writes it
+      index/...                      the recommender's retrieval dir, copied as is (hnswlib .hnsw/.bin, Parquet, JSON)
+      catalog/items.parquet          item_id int64, title, text_keywords, image_keywords, keywords (list<string>),
+                                     has_image bool, [candidate_token_ids list<int32> when the recommender's prompt
+                                     builder provides `recommend.prompts.candidate_ids`]
+      catalog/image_features.safetensors   item_ids int64 [N], features float32 [N, n_image_tokens, H]: the
+                                     recommender's projected image features (PyTorch fp32), for items with an image
+      engines/<graph>.<fp16|fp32>.engine   only after `mmsrarec-edge build-engine` (serialized TensorRT engines)
+    Large graphs (> 1.5 GB) keep their weights in `<file>.onnx.data` next to the graph. Nothing else is allowed: only
+    .onnx, .onnx.data, .json, .parquet, .safetensors, .hnsw, .bin, .engine files (no pickle); the verifier refuses
+    unlisted files. runtime/bundle.read_safetensors reads the safetensors files with numpy alone.
+
+Graph I/O (all float tensors are float32 at the graph boundary, in every variant; ids/masks int64)
+-----------------------------------------------------------------------------------------------
+- vision:   pixel_values [images, 3, S, S] (imaging.preprocess) -> image_features [images, n_image_tokens, H].
+- embed:    input_ids [batch, sequence] -> inputs_embeds [batch, sequence, H]. Image features replace, in order, the
+            embeddings at `<image>` token positions (config <stage>.image_token_id; n_image_tokens slots per image).
+- decoder (merged; past_sequence may be 0):
+    inputs:  inputs_embeds [batch, sequence, H], attention_mask [batch, total_sequence] (1 = real token, over past +
+             current slots; the graph adds causality by slot order), position_ids [batch, sequence],
+             past_key_values.{i}.key / .value [batch, kv_heads, past_sequence, head_dim] for i < num_layers,
+             and for the yes_no head logits_index [batch, positions] (slot within the current call to read);
+    outputs: summarizer ("last" head): logits [batch, vocab] at the last slot (prompts are left-padded);
+             recommender ("yes_no" head): yes_no_logits [batch, positions, 2] = (l_yes, l_no);
+             present.{i}.key / .value [batch, kv_heads, total_sequence, head_dim].
+  Score = sigmoid(l_yes - l_no) = p(yes) / (p(yes) + p(no)). Shared-prefix scoring: run the prefix at batch 1 with
+  past 0, repeat the presents C times along axis 0, run the right-padded candidate suffixes with position_ids from the
+  prefix length on and logits_index = each suffix's last real slot. Why merged and why a yes/no head: graphs.py.
+- user_encoder: history int64 [batch, max_len] (SASRec indices, left-padded with 0) -> user_embedding [batch, d].
+
+config.json
+-----------
+    format_version       1
+    limits               the export profile's [limits] (max_candidates, max_prefix_tokens, max_suffix_tokens,
+                         max_prompt_tokens, max_new_tokens, summarizer_batch, user_batch, images_batch)
+    image_preprocess     {mean, std} for imaging.preprocess (size: <stage>.image_size)
+    summarizer / recommender   graphs [names], decoder/vision model types, hidden_size, num_layers, num_kv_heads,
+                         head_dim, vocab_size, max_position_embeddings, image_size, num_image_tokens, image_token_id,
+                         tokenizer (relative path), special_tokens {bos_id, eos_id, pad_id, unk_id}, then every key of
+                         the stage's own summarizer.json / recommender.json (prompt settings); recommender also
+                         yes_token_id, no_token_id
+    sasrec               graph, max_len, hidden, item_ids (path), padding_index
+    keywords             {file, items, meta}                          (when a keyword store was given)
+    retrieval            {dir: "index", files: [...]}                 (when the recommender dir has retrieval/)
+    catalog              {items, count, image_features (path or null), image_feature_shape, candidate_token_ids?}
+
+manifest.json
+-------------
+    format "mmsrarec-bundle", format_version 1, created (UTC), export_seconds,
+    packages {python, mmsrarec-edge, torch, transformers, onnx, onnxruntime, numpy, tokenizers},
+    profile (the ExportProfile as a dict + source path), sources {summarizer, recommender dirs},
+    files {relative path: {sha256, bytes}} for every file but manifest.json,
+    graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|user_encoder), default_variant,
+                   variants {precision: {file, parity {precision, passed, cases, metrics, tolerances, info},
+                                         quantized_nodes | fp32_nodes_kept}},
+                   inputs / outputs [{name, dtype, shape (ints and dim names)}],
+                   tensorrt {profiles [{name, shapes {input: {min, opt, max}}}], fp32_nodes [ONNX node names]}}},
+    engines {graph: {file, tensorrt_version, fp16, workspace_mb, fp32_layers, profiles}} (filled by build-engine).
+"""

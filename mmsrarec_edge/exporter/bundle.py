@@ -1,0 +1,260 @@
+"""The bundle writer: export every graph, gate it, add tokenizer, keywords, index and catalog, write the manifest.
+
+Everything is written into a temporary directory next to the target and renamed into place only when every graph has
+passed its parity gate and the manifest is complete (io_utils.atomic_dir): an interrupted or failed export leaves no
+bundle and no half-written one. The layout and every key are documented in exporter/__init__.py.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import UserError
+from ..io_utils import atomic_dir, sha256_file, write_json
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file
+from . import catalog as catalog_mod
+from .graphs import decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec, vision_spec
+from .parity import check, gate
+from .profile import ExportProfile
+from .variants import FP32_OPS, make_variant, onnx_files
+
+_NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
+
+
+@dataclass
+class MLLMInput:
+    model: object  # LlavaForConditionalGeneration
+    tokenizer: object  # PreTrainedTokenizerFast
+    meta: dict = field(default_factory=dict)  # stage settings kept in config.json (prompt spec, answer words, ...)
+    source: str | None = None
+
+
+@dataclass
+class ExportInputs:
+    summarizer: MLLMInput | None = None
+    recommender: MLLMInput | None = None
+    sasrec: object | None = None  # SASRecModel
+    keywords: Path | None = None  # keyword store (Parquet)
+    retrieval: Path | None = None  # the recommender's retrieval dir (hnswlib index + collaborative tables)
+    dataset: object | None = None  # data.schema.Dataset: catalog + real parity inputs
+    yes_no_ids: tuple[int, int] | None = None
+    image_features: bool = True  # precompute the recommender's per-item image features into the catalog
+    real_prompts: dict = field(default_factory=dict)  # graph -> real parity inputs (see parity.check)
+
+
+def _io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    def one(v):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return {"name": v.name, "dtype": _NP.get(t.elem_type, str(t.elem_type)), "shape": shape}
+
+    return [one(v) for v in model.graph.input], [one(v) for v in model.graph.output]
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("mmsrarec-edge", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _graph_plan(inputs: ExportInputs, profile: ExportProfile) -> list[tuple[str, str, object, object]]:
+    """(graph name, parity kind, GraphSpec factory, torch object) for every graph the profile asks for."""
+    plan = []
+    for graph in profile.graphs:
+        stage, part = graph.split(".")
+        if stage == "sasrec":
+            if inputs.sasrec is None:
+                raise UserError(f"profile asks for graph {graph} but no SASRec model was given",
+                                "pass --sasrec DIR, or drop the graph from the profile's `graphs`")
+            net = inputs.sasrec.net
+            plan.append((graph, "user_encoder", lambda g=graph, n=net: user_encoder_spec(n, g), net))
+            continue
+        mllm = getattr(inputs, stage)
+        if mllm is None:
+            raise UserError(f"profile asks for graph {graph} but no {stage} model was given",
+                            f"pass --{stage} DIR, or drop the graph from the profile's `graphs`")
+        m = mllm.model
+        if part == "vision":
+            plan.append((graph, "vision", lambda g=graph, m=m: vision_spec(m, g), m))
+        elif part == "embed":
+            plan.append((graph, "embed", lambda g=graph, m=m: embed_spec(m, g), m))
+        elif stage == "summarizer":
+            plan.append((graph, "decoder_last", lambda g=graph, m=m: decoder_spec(m, g, "last"), m))
+        else:
+            ids = inputs.yes_no_ids
+            plan.append((graph, "decoder_yes_no", lambda g=graph, m=m, ids=ids: decoder_spec(m, g, "yes_no", ids), m))
+    return plan
+
+
+def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scratch: Path, progress=None) -> dict:
+    """Export, convert and gate every graph into `root`; returns the manifest's `graphs` section."""
+    from .tensorrt import compute_profiles
+
+    graphs = {}
+    for graph, kind, make_spec, obj in _graph_plan(inputs, profile):
+        stage, part = graph.split(".")
+        spec = make_spec()
+        fp32 = export_graph(spec, scratch / f"{graph}.onnx", profile.exporter)
+        model = onnx.load(str(fp32), load_external_data=False)
+        ins, outs = _io(model)
+        variants, results = {}, []
+        for precision in profile.graph_variants(graph):
+            rel = f"{stage}/{part}.onnx" if precision == "fp32" else f"{stage}/{part}.{precision}.onnx"
+            dst = root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            extra = {}
+            if precision == "fp32":
+                for f in onnx_files(fp32):
+                    shutil.copyfile(f, dst.with_name(dst.name + f.name[len(fp32.name):]))
+            else:
+                extra = make_variant(fp32, precision, dst)
+            res = check(graph, kind, dst, precision, obj, cases=profile.parity.cases, seed=profile.parity.seed,
+                        tol_overrides=profile.parity, yes_no_ids=inputs.yes_no_ids,
+                        real=inputs.real_prompts.get(graph))
+            results.append(res)
+            variants[precision] = {"file": rel, **extra, "parity": res.to_dict()}
+            if progress:
+                progress(graph=f"{graph}:{precision}", **{k: v for k, v in res.metrics.items()})
+        gate(results)  # fail at the first graph that misses, before spending time on the rest
+        fp32_nodes = sorted(n.name for n in model.graph.node if n.op_type in FP32_OPS and n.name)
+        graphs[graph] = {
+            "kind": kind, "default_variant": profile.default_variant(graph), "variants": variants,
+            "inputs": ins, "outputs": outs,
+            "tensorrt": {"profiles": compute_profiles(graph, kind, ins, profile.limits), "fp32_nodes": fp32_nodes},
+        }
+    return graphs
+
+
+# ---------------------------------------------------------------- config.json sections
+
+
+def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
+    from ..models.mllm import IMAGE_TOKEN, image_size, num_image_tokens
+
+    layers, kv_heads, head_dim = kv_shape(m.model)
+    tc = m.model.config.text_config
+    return {
+        "graphs": sorted(g for g in graphs if g.startswith(stage + ".")),
+        "decoder": tc.model_type, "vision": m.model.config.vision_config.model_type,
+        "hidden_size": tc.hidden_size, "num_layers": layers, "num_kv_heads": kv_heads, "head_dim": head_dim,
+        "vocab_size": int(m.model.get_input_embeddings().weight.shape[0]),
+        "max_position_embeddings": tc.max_position_embeddings,
+        "image_size": image_size(m.model), "num_image_tokens": num_image_tokens(m.model),
+        "image_token_id": m.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **m.meta,
+    }
+
+
+def _tokenizer_json(tok) -> str:
+    return tok.backend_tokenizer.to_str()
+
+
+def _special_ids(tok) -> dict:
+    return {"bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
+            "unk_id": tok.unk_token_id}
+
+
+def write_config(inputs: ExportInputs, profile: ExportProfile, root: Path, graphs: dict) -> dict:
+    from ..imaging import CLIP_MEAN, CLIP_STD
+
+    cfg: dict = {"format_version": FORMAT_VERSION, "limits": profile.to_dict()["limits"],
+                 "image_preprocess": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    toks = {}
+    for stage in ("recommender", "summarizer"):
+        m = getattr(inputs, stage)
+        if m is None:
+            continue
+        text = _tokenizer_json(m.tokenizer)
+        rel = "tokenizer.json" if not toks or toks.get("tokenizer.json") == text else f"{stage}/tokenizer.json"
+        toks.setdefault(rel, text)
+        cfg[stage] = {**_mllm_config(m, graphs, stage), "tokenizer": rel, "special_tokens": _special_ids(m.tokenizer)}
+    for rel, text in toks.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    if "recommender" in cfg and inputs.yes_no_ids:
+        cfg["recommender"]["yes_token_id"], cfg["recommender"]["no_token_id"] = map(int, inputs.yes_no_ids)
+    if inputs.sasrec is not None:
+        s = inputs.sasrec
+        (root / "sasrec").mkdir(exist_ok=True)
+        write_json(root / "sasrec" / "item_ids.json", {"item_ids": [int(i) for i in s.item_ids]})
+        cfg["sasrec"] = {"graph": "sasrec.user_encoder", "max_len": s.cfg.max_len, "hidden": s.cfg.hidden,
+                         "item_ids": "sasrec/item_ids.json", "padding_index": 0,
+                         "note": "history row = SASRec indices (item_ids[k] -> k + 1), left-padded with 0"}
+    if inputs.keywords is not None:
+        cfg["keywords"] = catalog_mod.copy_keyword_store(inputs.keywords, root / "keywords" / "keywords.parquet")
+    if inputs.retrieval is not None:
+        cfg["retrieval"] = catalog_mod.copy_retrieval(inputs.retrieval, root / "index")
+    if inputs.dataset is not None:
+        cfg["catalog"] = catalog_mod.write_catalog(inputs, root / "catalog")
+    write_json(root / "config.json", cfg)
+    return cfg
+
+
+def _file_table(root: Path) -> dict:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        if not allowed_file(path.name):
+            raise UserError(f"refusing to put {rel} into a bundle (file type not allowed)")
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profile_source: str | None = None,
+                  progress=None) -> dict:
+    """Write the bundle at `out` (atomically). Returns the manifest. Raises ExportError when a graph misses its gate."""
+    started = time.time()
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        scratch = tmp / ".scratch"
+        scratch.mkdir()
+        graphs = export_graphs(inputs, profile, tmp, scratch, progress)
+        shutil.rmtree(scratch)
+        write_config(inputs, profile, tmp, graphs)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "export_seconds": round(time.time() - started, 2),
+            "packages": _versions(),
+            "profile": {**profile.to_dict(), "source": profile_source},
+            "sources": {k: v for k, v in {
+                "summarizer": inputs.summarizer.source if inputs.summarizer else None,
+                "recommender": inputs.recommender.source if inputs.recommender else None}.items() if v},
+            "graphs": graphs,
+            "files": _file_table(tmp),
+            "engines": {},
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def parity_summary(manifest: dict) -> list[tuple[str, str, dict]]:
+    return [(g, p, v["parity"]["metrics"]) for g, e in manifest["graphs"].items() for p, v in e["variants"].items()]
+
+
+def image_features_array(llava, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    """PyTorch fp32 reference features [N, n_img, H] (what the catalog caches; no ONNX variant's rounding)."""
+    from .graphs import VisionGraph
+
+    mod, outs = VisionGraph(llava).eval(), []
+    with torch.no_grad():
+        for s in range(0, len(pixels), batch):
+            outs.append(mod(torch.from_numpy(np.ascontiguousarray(pixels[s:s + batch], np.float32))).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

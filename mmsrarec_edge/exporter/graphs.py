@@ -1,0 +1,236 @@
+"""The exportable graphs: thin torch wrappers with flat tensor inputs/outputs, and their ONNX export.
+
+A LLaVA model splits into three graphs so the runtime can run each piece when it needs it:
+- vision:  pixel_values [N,3,S,S] -> image_features [N, n_img, H] (tower + feature select + projector);
+- embed:   input_ids [B,T] -> inputs_embeds [B,T,H]; the runtime splices image features over `<image>` slots;
+- decoder: one *merged* graph (inputs_embeds, attention_mask [B, past+q], position_ids [B,q], past_key_values.{i}.key/
+  value [B, kv_heads, past, head_dim]) -> logits + present.{i}.key/value [B, kv_heads, past+q, head_dim]. The past length
+  may be 0, so the same graph does prefill, the batched candidate suffixes over an expanded shared prefix, and single-token
+  decoding. Why merged and not a prefill/decode pair: the recommender's suffix call is neither (q > 1 *and* past > 0),
+  so a pair would need a third graph; a pair also stores the decoder weights twice (or needs shared external data that
+  TensorRT and the fp16/int8 converters handle badly). ONNX Runtime and TensorRT both accept zero-length dimensions.
+
+Two heads: `last` (summarizer) returns full-vocabulary logits [B, V] of the last position only (prompts are left-padded,
+so the last slot is always real; greedy decoding needs nothing else). `yes_no` (recommender) takes logits_index [B, K]
+and returns yes_no_logits [B, K, 2]: the runtime only needs p(yes)/(p(yes)+p(no)) = sigmoid(l_yes - l_no), which the
+softmax normaliser cancels out of, so the two lm_head rows give the exact score while skipping the [H x V] projection per
+candidate (for the tiny default V = 30.5k, that projection costs more than the whole 2-layer decoder).
+
+The decoder gets a prepared 4D additive mask (causal over slot order AND the 2D padding mask), which makes transformers
+skip its vmap-based mask builders: both the legacy TorchScript exporter and the dynamo exporter trace it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+# ---------------------------------------------------------------- wrappers
+
+
+class VisionGraph(nn.Module):
+    def __init__(self, llava):
+        super().__init__()
+        self.llava = llava
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # LlavaModel.get_image_features, minus its final `list(...)`: unbinding per image would freeze the image count.
+        cfg, model = self.llava.config, self.llava.model
+        hidden = model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        layers = cfg.vision_feature_layer if isinstance(cfg.vision_feature_layer, (list, tuple)) \
+            else [cfg.vision_feature_layer]
+        picked = [hidden[i][:, 1:] if cfg.vision_feature_select_strategy == "default" else hidden[i] for i in layers]
+        return model.multi_modal_projector(torch.cat(picked, dim=-1))
+
+
+class EmbedGraph(nn.Module):
+    def __init__(self, llava):
+        super().__init__()
+        self.embed = llava.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+
+def additive_mask(attention_mask: torch.Tensor, q: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, past+q] 0/1 padding mask -> [B, 1, q, past+q] additive mask, causal over slot order."""
+    total = attention_mask.shape[1]
+    past = total - q
+    key_pos = torch.arange(total, device=attention_mask.device)
+    query_pos = torch.arange(q, device=attention_mask.device) + past
+    allowed = (key_pos[None, :] <= query_pos[:, None])[None, None] & attention_mask[:, None, None, :].bool()
+    # finfo.min, not -inf: a fully padded query row stays finite (uniform) instead of NaN.
+    return torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)
+
+
+class DecoderGraph(nn.Module):
+    """Merged decoder with flat KV tensors; `head` is "last" or "yes_no" (see module docstring)."""
+
+    def __init__(self, llava, head: str = "last", yes_no_ids: tuple[int, int] | None = None):
+        super().__init__()
+        if head not in ("last", "yes_no"):
+            raise ValueError(f"unknown decoder head {head!r}")
+        self.lm = llava.model.language_model
+        self.num_layers = llava.config.text_config.num_hidden_layers
+        self.head = head
+        w = llava.lm_head.weight
+        if head == "yes_no":
+            if yes_no_ids is None:
+                raise ValueError("yes_no head needs the token ids of the two answers")
+            self.register_buffer("answer_rows", w[list(yes_no_ids)].detach().clone(), persistent=False)
+            self.lm_head = None
+        else:
+            self.lm_head = llava.lm_head
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *rest):
+        from transformers import DynamicCache
+
+        n = 2 * self.num_layers
+        past, extra = rest[:n], rest[n:]
+        q = inputs_embeds.shape[1]
+        mask = additive_mask(attention_mask, q, inputs_embeds.dtype)
+        cache = DynamicCache()
+        for i in range(self.num_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                      past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state
+        presents = []
+        for i in range(self.num_layers):
+            presents += [cache.layers[i].keys, cache.layers[i].values]
+        if self.head == "last":
+            return (self.lm_head(hidden[:, -1, :]), *presents)
+        logits_index = extra[0]
+        idx = logits_index[:, :, None].expand(-1, -1, hidden.shape[-1])
+        picked = torch.gather(hidden, 1, idx)  # [B, K, H]
+        return (picked @ self.answer_rows.to(picked.dtype).T, *presents)
+
+
+class UserEncoderGraph(nn.Module):
+    def __init__(self, sasrec_net):
+        super().__init__()
+        self.net = sasrec_net
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.net.user_embedding(history)
+
+
+# ---------------------------------------------------------------- graph specs
+
+
+@dataclass
+class GraphSpec:
+    """Names, dynamic axes and example inputs of one graph; what export_graph needs."""
+
+    name: str  # bundle key, e.g. "recommender.decoder"
+    module: nn.Module
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    example: tuple = field(repr=False, default=())
+
+
+def kv_shape(llava) -> tuple[int, int, int]:
+    tc = llava.config.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    return tc.num_hidden_layers, tc.num_key_value_heads, head_dim
+
+
+def kv_names(num_layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def vision_spec(llava, name: str) -> GraphSpec:
+    s = int(llava.config.vision_config.image_size)
+    # Two example images keep the image count dynamic in the traced graph.
+    return GraphSpec(name, VisionGraph(llava).eval(), ["pixel_values"], ["image_features"],
+                     {"pixel_values": {0: "images"}, "image_features": {0: "images"}},
+                     (torch.zeros(2, 3, s, s),))
+
+
+def embed_spec(llava, name: str) -> GraphSpec:
+    return GraphSpec(name, EmbedGraph(llava).eval(), ["input_ids"], ["inputs_embeds"],
+                     {"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}},
+                     (torch.ones(2, 5, dtype=torch.long),))
+
+
+def decoder_spec(llava, name: str, head: str = "last", yes_no_ids: tuple[int, int] | None = None) -> GraphSpec:
+    layers, kv_heads, head_dim = kv_shape(llava)
+    hidden = llava.config.text_config.hidden_size
+    B, q, past = 2, 3, 4
+    past_names, present_names = kv_names(layers, "past_key_values"), kv_names(layers, "present")
+    inputs = ["inputs_embeds", "attention_mask", "position_ids", *past_names]
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
+            "position_ids": {0: "batch", 1: "sequence"}}
+    axes.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
+    axes.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
+    example = [torch.zeros(B, q, hidden), torch.ones(B, past + q, dtype=torch.long),
+               torch.arange(past, past + q).repeat(B, 1)]
+    example += [torch.zeros(B, kv_heads, past, head_dim) for _ in past_names]
+    if head == "yes_no":
+        inputs.append("logits_index")
+        axes["logits_index"] = {0: "batch", 1: "positions"}
+        axes["yes_no_logits"] = {0: "batch", 1: "positions"}
+        example.append(torch.full((B, 1), q - 1, dtype=torch.long))
+        outputs = ["yes_no_logits", *present_names]
+    else:
+        axes["logits"] = {0: "batch"}
+        outputs = ["logits", *present_names]
+    return GraphSpec(name, DecoderGraph(llava, head, yes_no_ids).eval(), inputs, outputs, axes, tuple(example))
+
+
+def user_encoder_spec(sasrec_net, name: str = "sasrec.user_encoder") -> GraphSpec:
+    L = sasrec_net.cfg.max_len
+    example = torch.zeros(2, L, dtype=torch.long)
+    example[:, -3:] = 1
+    return GraphSpec(name, UserEncoderGraph(sasrec_net).eval(), ["history"], ["user_embedding"],
+                     {"history": {0: "batch"}, "user_embedding": {0: "batch"}}, (example,))
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_graph(spec: GraphSpec, path: Path, exporter: str = "legacy") -> Path:
+    """Export `spec` to `path` (fp32). `legacy` is the TorchScript exporter (about 1 s for the tiny decoder);
+    `dynamo` uses torch.export with optimize=False (about 8 s; its optimizer can fold away real arithmetic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(spec.module, spec.example, str(path), input_names=spec.inputs,
+                              output_names=spec.outputs, dynamic_axes=spec.dynamic_axes, opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        elif exporter == "dynamo":
+            torch.onnx.export(spec.module, spec.example, str(path), input_names=spec.inputs,
+                              output_names=spec.outputs, dynamic_shapes=_dynamic_shapes(spec), dynamo=True,
+                              optimize=False, opset_version=max(OPSET, 18), external_data=False)
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}")
+    return path
+
+
+def _dynamic_shapes(spec: GraphSpec):
+    """dynamic_axes (by input name) -> torch.export dynamic_shapes (by forward parameter)."""
+    from torch.export import Dim
+
+    dims: dict[str, Dim] = {}
+
+    def shape_of(name):
+        axes = spec.dynamic_axes.get(name, {})
+        return {ax: dims.setdefault(label, Dim(label)) for ax, label in axes.items()}
+
+    if isinstance(spec.module, DecoderGraph):
+        fixed = spec.inputs[:3]
+        rest = tuple(shape_of(n) for n in spec.inputs[3:])
+        return {"inputs_embeds": shape_of(fixed[0]), "attention_mask": shape_of(fixed[1]),
+                "position_ids": shape_of(fixed[2]), "rest": rest}
+    return tuple(shape_of(n) for n in spec.inputs)

@@ -1,0 +1,111 @@
+"""Load what an export needs from the training stages' output directories, and real parity inputs from a dataset.
+
+Directory conventions (written by the training stages):
+- summarizer DIR: a LLaVA checkpoint (`save_mllm`), directly or in DIR/model/; DIR/summarizer.json (optional) holds
+  its prompt settings and goes into config.json's `summarizer` section as they are.
+- recommender DIR: DIR/model/ (or DIR itself) holds the checkpoint, DIR/recommender.json its settings (answer words or
+  token ids, prompt settings), DIR/retrieval/ the hnswlib index and collaborative keyword tables copied into index/.
+- sasrec DIR: `SASRecModel.save` output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .bundle import ExportInputs, MLLMInput
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_mllm_dir(path: Path, meta_name: str) -> MLLMInput:
+    from ..models.mllm import load_mllm
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"model directory {path} not found")
+    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
+    model, tok = load_mllm(model_dir)
+    return MLLMInput(model.float().eval(), tok, _read_json(path / meta_name), str(path))
+
+
+def yes_no_ids(rec: MLLMInput) -> tuple[int, int]:
+    """Token ids of the two answers: from recommender.json when it names them, else the words "yes"/"no"."""
+    meta = rec.meta
+    if "yes_token_id" in meta and "no_token_id" in meta:
+        return int(meta["yes_token_id"]), int(meta["no_token_id"])
+    words = meta.get("answer_words") or meta.get("answers") or ["yes", "no"]
+    ids = []
+    for w in words[:2]:
+        enc = rec.tokenizer.encode(w, add_special_tokens=False)
+        if len(enc) != 1:
+            raise UserError(f"answer word {w!r} is {len(enc)} tokens for the recommender's tokenizer",
+                            "the yes/no head needs single-token answers")
+        ids.append(enc[0])
+    if len(ids) != 2 or ids[0] == ids[1]:
+        raise UserError(f"recommender answers {words!r} do not give two distinct tokens")
+    return ids[0], ids[1]
+
+
+def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path | None, keywords: Path | None,
+                dataset: Path | None) -> ExportInputs:
+    from ..data.schema import load_dataset
+    from ..models.sasrec import SASRecModel
+
+    inp = ExportInputs()
+    if summarizer:
+        inp.summarizer = load_mllm_dir(summarizer, "summarizer.json")
+    if recommender:
+        inp.recommender = load_mllm_dir(recommender, "recommender.json")
+        inp.yes_no_ids = yes_no_ids(inp.recommender)
+        if (Path(recommender) / "retrieval").is_dir():
+            inp.retrieval = Path(recommender) / "retrieval"
+    if sasrec:
+        inp.sasrec = SASRecModel.load(sasrec)
+    inp.keywords = Path(keywords) if keywords else None
+    if dataset:
+        inp.dataset = load_dataset(dataset)
+        inp.real_prompts = real_parity_inputs(inp)
+    return inp
+
+
+def real_parity_inputs(inp: ExportInputs, n: int = 4, seed: int = 0) -> dict:
+    """A few real inputs per graph from the dataset: images, item texts as prompts, user histories."""
+    from ..imaging import load_image, preprocess
+    from ..models.mllm import image_size
+
+    ds, rng, out = inp.dataset, np.random.default_rng(seed), {}
+    ids = sorted(ds.items)
+    pick = [ids[k] for k in rng.choice(len(ids), size=min(n, len(ids)), replace=False)]
+    for stage in ("summarizer", "recommender"):
+        m = getattr(inp, stage)
+        if m is None:
+            continue
+        enc = lambda s, tok=m.tokenizer: tok.encode(s, add_special_tokens=False)[:64]  # noqa: E731
+        imgs = [ds.image_path(i) for i in pick if ds.items[i].image and ds.image_path(i) is not None]
+        if imgs:
+            out[f"{stage}.vision"] = np.stack([preprocess(load_image(p), image_size(m.model)) for p in imgs[:2]])
+        texts = [enc(ds.items[i].text) or [m.tokenizer.unk_token_id] for i in pick]
+        out[f"{stage}.embed"] = texts
+        if stage == "summarizer":
+            out["summarizer.decoder"] = texts
+        else:
+            # Shared prefix = the titles of a few items; candidates = the other items' titles.
+            prefix = [t for i in pick[:2] for t in enc(ds.items[i].title)] or [m.tokenizer.unk_token_id]
+            out["recommender.decoder"] = [(prefix, [enc(ds.items[i].title) or [m.tokenizer.unk_token_id]
+                                                    for i in pick])]
+    if inp.sasrec is not None:
+        seqs = list(ds.sequences().values())
+        hist = [seqs[k] for k in rng.choice(len(seqs), size=min(8, len(seqs)), replace=False)]
+        out["sasrec.user_encoder"] = inp.sasrec.pad_histories(hist)
+    return out

@@ -1,0 +1,162 @@
+"""Export profiles: the small declarative TOML files in the top-level `export/` folder, parsed into a dataclass.
+
+A profile says which graphs go into a bundle, at which precision, for which execution providers, the shape limits that
+size TensorRT optimization profiles, parity tolerances, and TensorRT build settings. Unknown keys and bad values are
+errors naming the file and the key (a typo must not silently fall back to a default). Torch-free.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRECISIONS = ("fp32", "int8", "fp16")
+ALL_GRAPHS = ("summarizer.vision", "summarizer.embed", "summarizer.decoder",
+              "recommender.vision", "recommender.embed", "recommender.decoder", "sasrec.user_encoder")
+PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+EXPORTERS = ("legacy", "dynamo")
+
+
+@dataclass
+class Limits:
+    """Shape limits the runtime promises to stay within (TensorRT profiles are built from them)."""
+
+    max_candidates: int = 21  # 1 positive + 20 negatives (the paper's protocol)
+    max_prefix_tokens: int = 384  # recommender shared prefix (instruction + history + collaborative keywords)
+    max_suffix_tokens: int = 96  # recommender per-candidate part (+ image tokens when the prompt has them)
+    max_prompt_tokens: int = 256  # summarizer prompt (+ image tokens)
+    max_new_tokens: int = 32  # summarizer generation
+    summarizer_batch: int = 8
+    user_batch: int = 64  # SASRec user encoder batch
+    images_batch: int = 8  # vision graphs
+
+
+@dataclass
+class Parity:
+    """Parity gate settings; tolerances left at 0 use parity.DEFAULT_TOLERANCES of the precision."""
+
+    cases: int = 3  # random cases per graph (real prompts are added when the export gets a dataset)
+    seed: int = 0
+    features: float = 0.0  # vision/embed/user-encoder outputs: max|diff| / max|reference|
+    logits: float = 0.0  # decoder logits: max|diff| / max|reference|
+    score: float = 0.0  # recommender p(yes)/(p(yes)+p(no)), absolute
+
+
+@dataclass
+class TensorRT:
+    enabled: bool = False  # write profiles either way; `enabled` marks bundles meant for `build-engine`
+    fp16: bool = True
+    workspace_mb: int = 2048
+    builder_optimization_level: int = 3
+
+
+@dataclass
+class ExportProfile:
+    name: str = "cpu-fp32"
+    description: str = ""
+    precision: str = "fp32"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graphs: list[str] = field(default_factory=lambda: list(ALL_GRAPHS))
+    # ONNX variants shipped per graph (default: [precision]). TensorRT profiles ship fp32 and let TensorRT build fp16.
+    variants: list[str] = field(default_factory=list)
+    fp32_graphs: list[str] = field(default_factory=list)  # graphs shipped fp32 only, whatever `precision` says
+    exporter: str = "legacy"
+    limits: Limits = field(default_factory=Limits)
+    parity: Parity = field(default_factory=Parity)
+    tensorrt: TensorRT = field(default_factory=TensorRT)
+
+    def graph_variants(self, graph: str) -> list[str]:
+        """The ONNX precision variants written for `graph`."""
+        return ["fp32"] if graph in self.fp32_graphs else list(self.variants or [self.precision])
+
+    def default_variant(self, graph: str) -> str:
+        v = self.graph_variants(graph)
+        return self.precision if self.precision in v else v[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SECTIONS = {"limits": Limits, "parity": Parity, "tensorrt": TensorRT}
+
+
+def _check_type(path, key: str, value, default):
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise UserError(f"{path}: {key} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, path, prefix: str = ""):
+    obj = cls()
+    known = {f.name for f in fields(cls)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise UserError(f"{path}: unknown key {where!r}", f"allowed {('in [' + prefix[:-1] + ']') if prefix else 'keys'}: "
+                                                              f"{allowed}")
+        default = getattr(obj, key)
+        if key in _SECTIONS and cls is ExportProfile:
+            if not isinstance(value, dict):
+                raise UserError(f"{path}: {key} must be a [{key}] table")
+            setattr(obj, key, _build(_SECTIONS[key], value, path, f"{key}."))
+        else:
+            setattr(obj, key, _check_type(path, where, value, default))
+    return obj
+
+
+def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
+    prof = _build(ExportProfile, data, path)
+    if prof.precision not in PRECISIONS:
+        raise UserError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {prof.precision!r}")
+    if prof.exporter not in EXPORTERS:
+        raise UserError(f"{path}: exporter must be one of {', '.join(EXPORTERS)}, got {prof.exporter!r}")
+    bad = [v for v in prof.variants if v not in PRECISIONS]
+    if bad:
+        raise UserError(f"{path}: unknown variant {bad[0]!r}", f"variants are among {', '.join(PRECISIONS)}")
+    for key in ("graphs", "fp32_graphs"):
+        bad = [g for g in getattr(prof, key) if g not in ALL_GRAPHS]
+        if bad:
+            raise UserError(f"{path}: unknown graph {bad[0]!r} in {key}", f"known graphs: {', '.join(ALL_GRAPHS)}")
+    bad = [p for p in prof.providers if p not in PROVIDERS]
+    if bad or not prof.providers:
+        raise UserError(f"{path}: unknown execution provider {bad[0] if bad else '(none given)'!r}",
+                        f"known providers: {', '.join(PROVIDERS)}")
+    for name, value in asdict(prof.limits).items():
+        if value < 1:
+            raise UserError(f"{path}: limits.{name} must be >= 1, got {value}")
+    if prof.tensorrt.workspace_mb < 16:
+        raise UserError(f"{path}: tensorrt.workspace_mb must be >= 16, got {prof.tensorrt.workspace_mb}")
+    if prof.parity.cases < 1:
+        raise UserError(f"{path}: parity.cases must be >= 1")
+    return prof
+
+
+def load_profile(path: Path) -> ExportProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"export profile {path} not found", "pass one of the files in export/ (e.g. export/cpu-int8.toml)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_profile(data, path)
