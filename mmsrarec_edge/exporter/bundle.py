@@ -159,7 +159,14 @@ def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
 
 
 def _tokenizer_json(tok) -> str:
-    return tok.backend_tokenizer.to_str()
+    """The fast tokenizer's JSON without the padding/truncation the source file may carry (MiniLM pads to 128):
+    `Tokenizer.from_file(...).encode(text)` at runtime must give exactly the ids training saw."""
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    t.no_padding()
+    t.no_truncation()
+    return t.to_str()
 
 
 def _special_ids(tok) -> dict:

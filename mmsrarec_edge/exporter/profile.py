@@ -101,7 +101,9 @@ def _check_type(path, key: str, value, default):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise UserError(f"{path}: {key} must be a {type(default).__name__}, got {value!r}")
+        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of strings"}.get(
+            type(default), "a string")
+        raise UserError(f"{path}: {key} must be {kind}, got {value!r}")
     return value
 
 

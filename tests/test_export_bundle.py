@@ -1,0 +1,285 @@
+"""A whole bundle (cpu-int8 profile, tiny random models, tiny synthetic catalog): contents, verification, tampering,
+atomicity. The bundle is exported once per module."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmsrarec_edge.errors import BundleError, UserError
+from mmsrarec_edge.exporter.bundle import ExportInputs, MLLMInput, export_bundle
+from mmsrarec_edge.exporter.parity import ExportError
+from mmsrarec_edge.exporter.profile import load_profile
+from mmsrarec_edge.models.mllm import MLLMConfig, build_mllm, build_tokenizer
+from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
+from mmsrarec_edge.runtime.bundle import MANIFEST, load_manifest, read_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _retrieval_dir(path: Path, sasrec: SASRecModel, ds) -> Path:
+    """A real hnswlib index over SASRec user embeddings + a user table, like the recommender's retrieval dir."""
+    import hnswlib
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seqs = ds.sequences()
+    users = sorted(seqs)
+    emb = sasrec.user_embeddings([seqs[u] for u in users])
+    index = hnswlib.Index(space="cosine", dim=emb.shape[1])
+    index.init_index(max_elements=len(users), M=8, ef_construction=50, random_seed=0)
+    index.add_items(emb, np.arange(len(users)))
+    path.mkdir(parents=True)
+    index.save_index(str(path / "users.hnsw"))
+    pq.write_table(pa.table({"row": np.arange(len(users)), "user_id": np.asarray(users, np.int64)}),
+                   path / "users.parquet")
+    (path / "retrieval.json").write_text(json.dumps({"k": 3, "dim": int(emb.shape[1])}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_synth, tmp_path_factory):
+    from mmsrarec_edge.summarize.store import ItemKeywords, write_keyword_store
+
+    work = tmp_path_factory.mktemp("export-inputs")
+    tok = build_tokenizer()
+    ds = tiny_synth
+    kw = write_keyword_store(work / "kw.parquet", [
+        ItemKeywords(i, [it.attributes["colour"]], [it.attributes["category"], "item"], True)
+        for i, it in ds.items.items()])
+    torch.manual_seed(0)
+    sas = SASRecModel(SASRec(len(ds.items), SASRecConfig(hidden=16, layers=1, max_len=10)), sorted(ds.items))
+    return ExportInputs(
+        summarizer=MLLMInput(build_mllm(MLLMConfig(seed=1), tok), tok, {"max_new_tokens": 20}, "summ-dir"),
+        recommender=MLLMInput(build_mllm(MLLMConfig(decoder="llama", vision="siglip", seed=2), tok), tok,
+                              {"answer_words": ["yes", "no"]}, "rec-dir"),
+        sasrec=sas, keywords=kw, retrieval=_retrieval_dir(work / "retrieval", sas, ds), dataset=ds,
+        yes_no_ids=tuple(tok.convert_tokens_to_ids(["yes", "no"])))
+
+
+@pytest.fixture(scope="module")
+def profile():
+    prof = load_profile(ROOT / "export" / "cpu-int8.toml")
+    return replace(prof, parity=replace(prof.parity, cases=1))
+
+
+@pytest.fixture(scope="module")
+def bundle(inputs, profile, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "b"
+    export_bundle(inputs, profile, out, profile_source="export/cpu-int8.toml")
+    return out
+
+
+def test_bundle_verifies_and_every_graph_passed_its_gate(bundle):
+    man = load_manifest(bundle, verify=True)
+    assert set(man.graphs) == {"summarizer.vision", "summarizer.embed", "summarizer.decoder", "recommender.vision",
+                               "recommender.embed", "recommender.decoder", "sasrec.user_encoder"}
+    for graph, entry in man.graphs.items():
+        for precision, v in entry["variants"].items():
+            assert v["parity"]["passed"], (graph, precision)
+            assert v["parity"]["metrics"], graph
+    assert man.graph_variants("recommender.decoder") == ["int8"]
+    assert man.graph_file("recommender.decoder").name == "decoder.int8.onnx"
+    assert man.graphs["recommender.decoder"]["variants"]["int8"]["quantized_nodes"] > 0
+    assert man.graph_variants("sasrec.user_encoder") == ["fp32"]
+    assert man.data["profile"]["name"] == "cpu-int8" and man.data["packages"]["onnxruntime"]
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert path.suffix in {".onnx", ".json", ".parquet", ".safetensors", ".hnsw"}, path
+
+
+def test_graphs_load_in_onnxruntime_with_the_manifest_io(bundle):
+    import onnxruntime as ort
+
+    man = load_manifest(bundle)
+    types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
+    for graph, entry in man.graphs.items():
+        sess = ort.InferenceSession(str(man.graph_file(graph)), providers=["CPUExecutionProvider"])
+        got = [(i.name, types[i.type]) for i in sess.get_inputs()]
+        assert got == [(i["name"], i["dtype"]) for i in entry["inputs"]], graph
+        assert [o.name for o in sess.get_outputs()] == [o["name"] for o in entry["outputs"]]
+        assert len(entry["tensorrt"]["profiles"]) >= 1
+
+
+def test_config_tokenizer_and_catalog(bundle, inputs):
+    from tokenizers import Tokenizer
+
+    man = load_manifest(bundle)
+    cfg = man.config()
+    rec, summ = cfg["recommender"], cfg["summarizer"]
+    assert (rec["yes_token_id"], rec["no_token_id"]) == inputs.yes_no_ids
+    assert rec["answer_words"] == ["yes", "no"] and summ["max_new_tokens"] == 20
+    assert summ["tokenizer"] == rec["tokenizer"] == "tokenizer.json"  # identical tokenizers are stored once
+    assert rec["num_image_tokens"] == 16 and rec["decoder"] == "llama" and summ["vision"] == "clip_vision_model"
+    tok = Tokenizer.from_file(str(man.path("tokenizer.json")))
+    text = "a red striped lamp <image>"
+    assert tok.encode(text, add_special_tokens=False).ids == inputs.recommender.tokenizer.encode(
+        text, add_special_tokens=False)
+    assert cfg["sasrec"]["max_len"] == 10
+    assert json.loads(man.path("sasrec/item_ids.json").read_text())["item_ids"] == inputs.sasrec.item_ids
+
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(man.path("catalog/items.parquet")).to_pylist()
+    ds = inputs.dataset
+    assert [r["item_id"] for r in items] == sorted(ds.items)
+    first = items[0]
+    assert first["image_keywords"] == [ds.items[first["item_id"]].attributes["colour"]]
+    feats = read_safetensors(man.path(cfg["catalog"]["image_features"]))
+    assert feats["features"].shape == (len(ds.items), 16, 128)
+    # The cache holds the recommender's fp32 PyTorch features.
+    from mmsrarec_edge.exporter.graphs import VisionGraph
+    from mmsrarec_edge.imaging import load_image, preprocess
+
+    iid = int(feats["item_ids"][3])
+    px = torch.from_numpy(preprocess(load_image(ds.image_path(iid)), 64))[None]
+    with torch.no_grad():
+        ref = VisionGraph(inputs.recommender.model)(px)[0].numpy()
+    assert np.abs(feats["features"][3] - ref).max() < 1e-6
+    assert set(cfg["retrieval"]["files"]) == {"index/users.hnsw", "index/users.parquet", "index/retrieval.json"}
+
+
+def test_index_is_copied_and_loads(bundle, inputs):
+    import hnswlib
+
+    man = load_manifest(bundle)
+    idx = hnswlib.Index(space="cosine", dim=16)
+    idx.load_index(str(man.path("index/users.hnsw")))
+    assert idx.get_current_count() == len(inputs.dataset.sequences())
+
+
+@pytest.fixture
+def copy(bundle, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_flipped_byte_is_caught_by_sha256(copy):
+    target = copy / "recommender" / "decoder.int8.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    load_manifest(copy, verify=False)  # same size: only the hash can tell
+    with pytest.raises(BundleError, match=r"decoder\.int8\.onnx: SHA-256 does not match"):
+        load_manifest(copy, verify=True)
+
+
+def test_truncated_missing_and_extra_files_are_named(copy):
+    graph = copy / "summarizer" / "embed.int8.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(BundleError, match=r"embed\.int8\.onnx: size 1000 bytes"):
+        load_manifest(copy, verify=False)
+    graph.unlink()
+    with pytest.raises(BundleError, match=r"embed\.int8\.onnx: missing"):
+        load_manifest(copy)
+
+
+def test_unlisted_files_and_unsafe_types_are_refused(copy):
+    (copy / "catalog" / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(BundleError, match=r"extra\.pkl: unexpected file"):
+        load_manifest(copy)
+    (copy / "catalog" / "extra.pkl").unlink()
+    man = json.loads((copy / MANIFEST).read_text())
+    man["files"]["../outside.json"] = {"sha256": "0", "bytes": 1}
+    (copy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        load_manifest(copy)
+
+
+def test_unknown_format_version_and_missing_manifest(copy):
+    man = json.loads((copy / MANIFEST).read_text())
+    man["format_version"] = 99
+    (copy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="unknown bundle format version 99"):
+        load_manifest(copy)
+    (copy / MANIFEST).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: missing"):
+        load_manifest(copy)
+
+
+def test_tensorrt_provider_options_come_from_the_manifest(bundle, tmp_path):
+    from mmsrarec_edge.runtime.tensorrt import tensorrt_provider_options
+
+    opts = tensorrt_provider_options(bundle, "recommender.decoder", cache_dir=tmp_path)
+    assert opts["trt_engine_cache_enable"] == "True" and Path(opts["trt_engine_cache_path"]).is_dir()
+    # Two profiles (prefix, suffix): every input appears twice; max candidates 21 from the profile's limits.
+    assert opts["trt_profile_max_shapes"].count("inputs_embeds:") == 2
+    assert "logits_index:21x1" in opts["trt_profile_max_shapes"]
+    one = tensorrt_provider_options(bundle, "recommender.decoder", cache_dir=tmp_path, profile="prefix")
+    assert one["trt_profile_max_shapes"].count("inputs_embeds:") == 1
+    with pytest.raises(BundleError, match="no TensorRT profile 'decode'"):
+        tensorrt_provider_options(bundle, "recommender.decoder", cache_dir=tmp_path, profile="decode")
+
+
+def test_build_engine_without_tensorrt_is_a_clear_error(bundle):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from mmsrarec_edge.exporter.tensorrt import build_bundle_engines
+
+    with pytest.raises(UserError, match="TensorRT is not installed"):
+        build_bundle_engines(bundle)
+
+
+def test_build_engine_with_tensorrt(copy):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA device only)")
+    from mmsrarec_edge.exporter.tensorrt import build_bundle_engines
+
+    engines = build_bundle_engines(copy, fp16=True, workspace_mb=512, graphs=["sasrec.user_encoder"])
+    assert (copy / engines["sasrec.user_encoder"]["file"]).stat().st_size > 0
+    load_manifest(copy, verify=True)
+
+
+def _leftovers(parent: Path, name: str) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_failed_gate_leaves_no_bundle_and_keeps_the_old_one(inputs, profile, bundle, tmp_path):
+    strict = replace(profile, graphs=["recommender.decoder"], parity=replace(profile.parity, logits=1e-12))
+    out = tmp_path / "fresh"
+    with pytest.raises(ExportError, match=r"recommender\.decoder \(int8\)"):
+        export_bundle(inputs, strict, out)
+    assert not out.exists() and not _leftovers(tmp_path, "fresh")
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    before = (old / MANIFEST).read_bytes()
+    with pytest.raises(ExportError):
+        export_bundle(inputs, strict, old)
+    assert (old / MANIFEST).read_bytes() == before and not _leftovers(tmp_path, "old")
+    load_manifest(old)
+
+
+def test_interrupted_export_leaves_nothing(inputs, profile, tmp_path):
+    small = replace(profile, graphs=["sasrec.user_encoder", "recommender.embed"])
+
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(inputs, small, tmp_path / "b", progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_for_a_profile_graph_is_a_user_error(inputs, profile, tmp_path):
+    partial = replace(inputs, summarizer=None)
+    with pytest.raises(UserError, match="no summarizer model was given"):
+        export_bundle(partial, profile, tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
