@@ -1,8 +1,9 @@
 """Load what an export needs from the training stages' output directories, and real parity inputs from a dataset.
 
 Directory conventions (written by the training stages):
-- summarizer DIR: a LLaVA checkpoint (`save_mllm`), directly or in DIR/model/; DIR/summarizer.json (optional) holds
-  its prompt settings and goes into config.json's `summarizer` section as they are.
+- summarizer DIR: a summarizer checkpoint (LLaVA `save_mllm` + summarizer.json with its prompt_spec, max_new_tokens,
+  ...), or a `train summarizer` output dir holding one in rl/ (else sft/); summarizer.json's keys go into config.json's
+  `summarizer` section as they are.
 - recommender DIR: DIR/model/ (or DIR itself) holds the checkpoint, DIR/recommender.json its settings (answer words or
   token ids, prompt settings), DIR/retrieval/ the hnswlib index and collaborative keyword tables copied into index/.
 - sasrec DIR: `SASRecModel.save` output.
@@ -28,15 +29,23 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_mllm_dir(path: Path, meta_name: str) -> MLLMInput:
+def load_mllm_dir(path: Path, meta_name: str, subdirs: tuple[str, ...] = ("model",)) -> MLLMInput:
+    """A checkpoint in `path` or its first subdir (in order) that has one; stage settings from `meta_name` beside
+    the checkpoint, else in `path`."""
     from ..models.mllm import load_mllm
 
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"model directory {path} not found")
-    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
+    model_dir = path
+    if not (path / "config.json").is_file():
+        found = [path / d for d in subdirs if (path / d / "config.json").is_file()]
+        if not found:
+            raise UserError(f"{path} holds no model checkpoint (no config.json in it or in {', '.join(subdirs)}/)")
+        model_dir = found[0]
     model, tok = load_mllm(model_dir)
-    return MLLMInput(model.float().eval(), tok, _read_json(path / meta_name), str(path))
+    meta = _read_json(model_dir / meta_name) or _read_json(path / meta_name)
+    return MLLMInput(model.float().eval(), tok, meta, str(model_dir))
 
 
 def yes_no_ids(rec: MLLMInput) -> tuple[int, int]:
@@ -64,7 +73,7 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
 
     inp = ExportInputs()
     if summarizer:
-        inp.summarizer = load_mllm_dir(summarizer, "summarizer.json")
+        inp.summarizer = load_mllm_dir(summarizer, "summarizer.json", ("rl", "sft", "model"))
     if recommender:
         inp.recommender = load_mllm_dir(recommender, "recommender.json")
         inp.yes_no_ids = yes_no_ids(inp.recommender)
@@ -98,7 +107,7 @@ def real_parity_inputs(inp: ExportInputs, n: int = 4, seed: int = 0) -> dict:
         texts = [enc(ds.items[i].text) or [m.tokenizer.unk_token_id] for i in pick]
         out[f"{stage}.embed"] = texts
         if stage == "summarizer":
-            out["summarizer.decoder"] = texts
+            out["summarizer.decoder"] = _summarizer_prompts(m, ds, pick) or texts
         else:
             # Shared prefix = the titles of a few items; candidates = the other items' titles.
             prefix = [t for i in pick[:2] for t in enc(ds.items[i].title)] or [m.tokenizer.unk_token_id]
@@ -109,3 +118,15 @@ def real_parity_inputs(inp: ExportInputs, n: int = 4, seed: int = 0) -> dict:
         hist = [seqs[k] for k in rng.choice(len(seqs), size=min(8, len(seqs)), replace=False)]
         out["sasrec.user_encoder"] = inp.sasrec.pad_histories(hist)
     return out
+
+
+def _summarizer_prompts(m: MLLMInput, ds, pick) -> list[list[int]] | None:
+    """The summarizer's real prompts (image and text task) when its checkpoint carries a prompt spec."""
+    if not isinstance(m.meta.get("prompt_spec"), dict):
+        return None
+    from ..summarize.prompts import PromptSpec, image_prompt_ids, text_prompt_ids
+
+    spec = PromptSpec.from_dict(m.meta["prompt_spec"])
+    enc = lambda s: m.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    prompts = [text_prompt_ids(enc, spec, ds.items[i].text) for i in pick[:3]]
+    return prompts + [image_prompt_ids(enc, spec)]

@@ -84,7 +84,13 @@ def gate(results: list[GraphParity]) -> None:
 
 
 def session(path: Path, precision: str = "fp32", threads: int | None = None):
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        from ..errors import UserError
+
+        raise UserError("export needs onnxruntime for its parity gates", "pip install 'mmsrarec-edge[cpu]' (or [gpu])") \
+            from exc
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
