@@ -1,5 +1,6 @@
-"""Helpers for the runtime tests: a tiny random LLaVA exported to the runtime's split graphs (no pytest fixtures here;
-the test modules wrap these in module/session-scoped fixtures)."""
+"""Helpers for the runtime tests: a tiny random LLaVA and one tiny bundle exported with the exporter's public
+`export_bundle`, built once per test process and shared by the runtime test modules (no pytest fixtures here: the
+modules wrap these in module-scoped fixtures)."""
 
 from __future__ import annotations
 
@@ -17,21 +18,27 @@ import numpy as np
 class TinyGraphs:
     model: object  # LlavaForConditionalGeneration (torch)
     tokenizer: object  # PreTrainedTokenizerFast
-    dir: Path
     yes_id: int
     no_id: int
     image_token_id: int
 
     def path(self, name: str) -> Path:
-        return self.dir / f"{name}.onnx"
+        """vision, embed, decoder_last, decoder_yes_no: the graphs of the shared bundle (exported with the
+        exporter's public export_bundle, parity-gated)."""
+        root = shared_tiny_bundle().dir
+        return {"vision": root / "summarizer" / "vision.onnx", "embed": root / "summarizer" / "embed.onnx",
+                "decoder_last": root / "summarizer" / "decoder.onnx",
+                "decoder_yes_no": root / "recommender" / "decoder.onnx"}[name]
+
+    @property
+    def tokenizer_json(self) -> Path:
+        return shared_tiny_bundle().dir / "tokenizer.json"
 
 
-def export_tiny_llava(out: Path, seed: int = 0, hidden: int = 64) -> TinyGraphs:
-    """A random tiny LLaVA (CLIP 64 px / patch 16 -> 16 image tokens, Qwen2 hidden `hidden` x 2 layers) exported as
-    vision.onnx, embed.onnx, decoder_last.onnx and decoder_yes_no.onnx with the exporter's graph wrappers."""
+def tiny_llava(seed: int = 0, hidden: int = 64) -> TinyGraphs:
+    """A random tiny LLaVA (CLIP 64 px / patch 16 -> 16 image tokens, Qwen2 hidden `hidden` x 2 layers)."""
     import torch
 
-    from mmsrarec_edge.exporter.graphs import decoder_spec, embed_spec, export_graph, vision_spec
     from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build_tokenizer
 
     torch.set_num_threads(2)
@@ -45,13 +52,7 @@ def export_tiny_llava(out: Path, seed: int = 0, hidden: int = 64) -> TinyGraphs:
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
-    out = Path(out)
-    export_graph(vision_spec(model, "v"), out / "vision.onnx")
-    export_graph(embed_spec(model, "e"), out / "embed.onnx")
-    export_graph(decoder_spec(model, "d", "last"), out / "decoder_last.onnx")
-    export_graph(decoder_spec(model, "d", "yes_no", (yes, no)), out / "decoder_yes_no.onnx")
-    tok.save_pretrained(out / "tok")
-    return TinyGraphs(model, tok, out, yes, no, tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    return TinyGraphs(model, tok, yes, no, tok.convert_tokens_to_ids(IMAGE_TOKEN))
 
 
 def torch_yes_probability(model, ids: list[int], pixel_values: np.ndarray | None, yes_id: int, no_id: int) -> float:
@@ -65,8 +66,82 @@ def torch_yes_probability(model, ids: list[int], pixel_values: np.ndarray | None
 
 
 @functools.lru_cache(maxsize=None)
-def shared_tiny_llava(seed: int = 0) -> TinyGraphs:
-    """One export per test process, shared by the runtime test modules (exporting costs a few seconds)."""
-    out = Path(tempfile.mkdtemp(prefix="mmsrarec_rt_"))
+def shared_tiny_llava() -> TinyGraphs:
+    return tiny_llava()
+
+
+@dataclass
+class TinyBundle:
+    dir: Path
+    dataset: object  # data.schema.Dataset
+    graphs: TinyGraphs
+    sasrec: object  # SASRecModel
+
+
+def tiny_dataset(out: Path, seed: int = 3):
+    from mmsrarec_edge.data.synth import SynthConfig, generate
+
+    return generate(SynthConfig(seed=seed, n_items=40, n_users=60, min_len=6, max_len=14), Path(out))
+
+
+def ground_truth_keywords(ds) -> list:
+    """Keyword store rows from the synthetic catalog's attributes (what a perfect summarizer would write)."""
+    from mmsrarec_edge.summarize.store import ItemKeywords
+
+    rows = []
+    for iid, item in ds.items.items():
+        a = item.attributes or {}
+        rows.append(ItemKeywords(iid, [a[k] for k in ("colour", "pattern", "category") if k in a],
+                                 [a[k] for k in ("material", "style") if k in a], bool(item.image)))
+    return rows
+
+
+def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | None = None) -> TinyBundle:
+    """A complete bundle from tiny parts with the exporter's public `export_bundle`: the tiny LLaVA as both summarizer
+    and recommender, a random SASRec, ground-truth keywords and a tiny synthetic catalog."""
+    import torch
+
+    from mmsrarec_edge.exporter.bundle import ExportInputs, MLLMInput, export_bundle
+    from mmsrarec_edge.exporter.profile import parse_profile
+    from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
+    from mmsrarec_edge.summarize.store import write_keyword_store
+
+    out = Path(out)
+    work = out.parent / (out.name + "_parts")
+    ds = tiny_dataset(work / "data")
+    torch.manual_seed(0)
+    ids = sorted(ds.items)
+    sas = SASRecModel(SASRec(len(ids), SASRecConfig(hidden=16, layers=1, heads=2, max_len=8, dropout=0.0)), ids)
+    kws = ground_truth_keywords(ds)
+    kw_path = write_keyword_store(work / "keywords.parquet", kws)
+    retrieval = build_retrieval(work / "retrieval", ds, sas, {k.item_id: k.keywords for k in kws})
+    profile = parse_profile({"parity": {"cases": 1}, **(profile_overrides or {})})
+    meta = {"max_new_tokens": 8, "max_keywords": 8}
+    rec_meta = {"prompt": {"history_len": 5, "candidate_image": True}, "n_image_tokens": 16, "n_rescore": 8}
+    export_bundle(ExportInputs(summarizer=MLLMInput(graphs.model, graphs.tokenizer, meta),
+                               recommender=MLLMInput(graphs.model, graphs.tokenizer, rec_meta), sasrec=sas,
+                               keywords=kw_path, retrieval=retrieval, dataset=ds,
+                               yes_no_ids=(graphs.yes_id, graphs.no_id)),
+                  profile, out)
+    return TinyBundle(out, ds, graphs, sas)
+
+
+def build_retrieval(out: Path, ds, sas, keywords: dict) -> Path:
+    """The recommender stage's retrieval dir (retrieval.build_retrieval) over the synthetic users."""
+    from mmsrarec_edge.retrieval import RetrievalConfig, build_retrieval as build
+
+    build(out, ds.sequences(), sas.user_embeddings, lambda i: keywords[i], RetrievalConfig(k=3, items_per_neighbour=2))
+    return Path(out)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_tiny_bundle() -> TinyBundle:
+    """One bundle per test process (about 10 s to export); tests that modify a bundle copy it first."""
+    out = Path(tempfile.mkdtemp(prefix="mmsrarec_rtb_"))
     atexit.register(shutil.rmtree, out, True)
-    return export_tiny_llava(out, seed)
+    return build_tiny_bundle(out / "bundle", shared_tiny_llava())
+
+
+def copy_bundle(bundle: TinyBundle, dst: Path) -> Path:
+    shutil.copytree(bundle.dir, dst)
+    return Path(dst)

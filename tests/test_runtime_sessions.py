@@ -47,6 +47,8 @@ def test_precision_defaults_to_the_bundle_and_falls_back_only_for_pinned_graphs(
     assert graph_precision_for(SessionConfig("cpu"), ["int8"], "int8") == "int8"
     assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32", "int8"], "fp32") == "int8"
     assert graph_precision_for(SessionConfig("cpu", "int8"), ["fp32"], "fp32") == "fp32"  # pinned to fp32
+    with pytest.raises(UserError, match="no int8 variant"):  # ... unless no graph of the bundle has int8
+        graph_precision_for(SessionConfig("cpu", "int8"), ["fp32"], "fp32", bundle_has=False)
     assert graph_precision_for(SessionConfig("cuda", "fp16"), ["fp32", "fp16"]) == "fp16"
     with pytest.raises(UserError, match="no fp32 variant of recommender.decoder") as e:
         graph_precision_for(SessionConfig("cpu", "fp32"), ["int8"], "int8", "recommender.decoder")

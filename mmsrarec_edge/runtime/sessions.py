@@ -36,7 +36,7 @@ def _ort():
     try:
         import onnxruntime
     except ImportError as exc:  # pragma: no cover - the cpu or gpu extra provides it
-        raise UserError("onnxruntime is not installed", "pip install 'mmsrarec-edge[cpu]' (or [gpu])") from exc
+        raise UserError("onnxruntime is not installed", "install the package's cpu extra (or its gpu extra)") from exc
     return onnxruntime
 
 
@@ -61,7 +61,7 @@ def resolve_provider(requested: str | None = None, available: list[str] | None =
     if key not in available:
         hint = f"available here: {', '.join(available) or 'none'}"
         if key in ("cuda", "tensorrt"):
-            hint += "; GPU providers need the onnxruntime-gpu build (pip install 'mmsrarec-edge[gpu]')"
+            hint += "; GPU providers need the onnxruntime-gpu build (the package's gpu extra) instead of onnxruntime"
             if key == "tensorrt":
                 hint += " and TensorRT libraries"
         raise UserError(f"execution provider {key!r} ({PROVIDERS[key]}) is not available", hint)
@@ -123,9 +123,11 @@ def provider_chain(cfg: SessionConfig, trt_options: dict | None = None) -> list:
     return chain
 
 
-def graph_precision_for(cfg: SessionConfig, variants: list[str], default: str | None = None, graph: str = "graph") -> str:
-    """Which stored variant of a graph to load: the asked precision if the bundle has it; a graph shipped in fp32
-    only (pinned by the export profile) stays fp32; otherwise the asked precision is missing -> UserError."""
+def graph_precision_for(cfg: SessionConfig, variants: list[str], default: str | None = None, graph: str = "graph",
+                        bundle_has: bool = True) -> str:
+    """Which stored variant of a graph to load: the asked precision if the graph has it; a graph shipped in fp32
+    only (pinned by the export profile) stays fp32 when other graphs of the bundle (`bundle_has`) have the asked
+    precision; otherwise the asked precision is missing -> UserError."""
     default = default or (variants[0] if variants else "fp32")
     want = cfg.precision
     if cfg.provider == "tensorrt" and (want or default) == "fp16" and "fp32" in variants:
@@ -134,7 +136,7 @@ def graph_precision_for(cfg: SessionConfig, variants: list[str], default: str | 
         return default
     if want in variants:
         return want
-    if list(variants) == ["fp32"]:
+    if list(variants) == ["fp32"] and bundle_has:
         return "fp32"
     raise UserError(f"the bundle has no {want} variant of {graph}", f"it has: {', '.join(variants)}; "
                     "pass another --precision or re-export with a profile that writes it")
@@ -160,7 +162,8 @@ def open_bundle_graph(manifest, graph: str, cfg: SessionConfig):
     from .tensorrt import tensorrt_provider_options
 
     default = manifest.graphs[graph].get("default_variant") if manifest.has_graph(graph) else None
-    path = manifest.graph_file(graph, graph_precision_for(cfg, manifest.graph_variants(graph), default, graph))
+    has = any(cfg.precision in e.get("variants", {}) for e in manifest.graphs.values())
+    path = manifest.graph_file(graph, graph_precision_for(cfg, manifest.graph_variants(graph), default, graph, has))
     trt = None
     if cfg.provider == "tensorrt":
         trt = tensorrt_provider_options(manifest, graph, fp16=cfg.precision == "fp16")

@@ -1,0 +1,152 @@
+"""`mmsrarec-edge recommend` and `mmsrarec-edge summarize-item`: the torch-free runtime on an exported bundle.
+
+Only the runtime package is imported (lazily, inside the commands), never torch or transformers: these commands work on
+a slim install (`pip install 'mmsrarec-edge[cpu]'`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+PROVIDER_HELP = "Execution provider: cpu, cuda or tensorrt (default: the fastest available)."
+PRECISION_HELP = "Graph variant: fp32, fp16 or int8 (default: the bundle's export-profile precision)."
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _warn(messages) -> None:
+    for m in messages:
+        typer.echo(f"warning: {m}", err=True)
+
+
+def _parse_ids(text: str, what: str) -> list[int]:
+    from ..errors import UserError
+
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError as exc:
+        raise UserError(f"{what} must be comma-separated integer item ids, got {text!r}") from exc
+
+
+def parse_candidates(text: str | None):
+    """--candidates: None/"" (first stage + LLM rescoring), "all", "sampled:N", or "ID,ID,...". """
+    from ..errors import UserError
+
+    if text is None or not text.strip():
+        return None
+    t = text.strip().lower()
+    if t == "all":
+        return "all"
+    if t.startswith("sampled:"):
+        try:
+            n = int(t.split(":", 1)[1])
+        except ValueError as exc:
+            raise UserError(f"--candidates sampled:N needs an integer N, got {text!r}") from exc
+        return f"sampled:{n}"
+    return _parse_ids(text, "--candidates")
+
+
+def recommend(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `mmsrarec-edge export`)."),
+    user: int = typer.Option(None, "--user", help="A user id known to the bundle (its training users)."),
+    history: str = typer.Option(None, "--history", help="Ad-hoc history: comma-separated item ids, oldest first."),
+    candidates: str = typer.Option(None, "--candidates",
+                                   help="ID,ID,... | sampled:N (random non-interacted items) | all. Default: every "
+                                        "catalog item ranked by the first stage, the top --rescore rescored by the LLM."),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="How many recommendations to return."),
+    rescore: int = typer.Option(None, "--rescore", help="How many first-stage items the LLM rescores (default: bundle's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampled:N candidates."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    provider: str = typer.Option(None, "--provider", help=PROVIDER_HELP),
+    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
+):
+    """Recommend items for a known user or an ad-hoc history, with scores and explanation keywords."""
+    from ..errors import UserError
+    from ..runtime.recommender import Recommender
+
+    if (user is None) == (history is None):
+        raise UserError("pass exactly one of --user ID or --history ID,ID,...")
+    rec = Recommender(bundle, provider=provider, precision=precision, threads=threads)
+    result = rec.recommend(user=user, history=_parse_ids(history, "--history") if history is not None else None,
+                           candidates=parse_candidates(candidates), top_k=top_k, n_rescore=rescore, seed=seed)
+    _warn(result.warnings)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from rich.table import Table
+
+    who = f"user {user}" if user is not None else "ad-hoc history"
+    table = Table(title=f"Top {len(result.items)} for {who} ({result.provider}, {result.candidate_mode}, "
+                        f"{len(result.scored)} scored by the LLM)")
+    for col, kw in (("#", {"justify": "right"}), ("item", {"justify": "right"}), ("title", {}),
+                    ("score", {"justify": "right"}), ("why (keywords)", {})):
+        table.add_column(col, **kw)
+    for it in result.items:
+        table.add_row(str(it.rank), str(it.item_id), it.title, f"{it.score:.4f}", ", ".join(it.explanation))
+    _console().print(table)
+
+
+def summarize_item(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `mmsrarec-edge export`)."),
+    image: Path = typer.Option(None, "--image", help="The item's image (PNG/JPEG)."),
+    text: str = typer.Option(None, "--text", help="The item's text (title and description)."),
+    add_to_catalog: bool = typer.Option(False, "--add-to-catalog", help="Add the item to the bundle's catalog."),
+    item_id: int = typer.Option(None, "--item-id", help="Id of the new item (with --add-to-catalog)."),
+    title: str = typer.Option(None, "--title", help="Title of the new item (default: the text's first 60 chars)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    provider: str = typer.Option(None, "--provider", help=PROVIDER_HELP),
+    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
+    threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
+):
+    """Summarize a new (cold-start) item into image and text keywords with the bundle's summarizer."""
+    from ..errors import UserError
+    from ..runtime.bundle import load_manifest
+    from ..runtime.sessions import SessionConfig
+    from ..runtime.summarizer import load_item_summarizer
+
+    if image is None and not (text and text.strip()):
+        raise UserError("nothing to summarize", "pass --image PATH and/or --text \"...\"")
+    if add_to_catalog and item_id is None:
+        raise UserError("--add-to-catalog needs --item-id", "choose an id not yet in the catalog")
+    if not add_to_catalog and (item_id is not None or title is not None):
+        raise UserError("--item-id and --title only apply with --add-to-catalog")
+    cfg = SessionConfig.resolve(provider, precision, threads)
+    manifest = load_manifest(bundle, verify=True)
+    summary = load_item_summarizer(manifest, cfg).summarize(image, text)
+    out = {"image": str(image) if image is not None else None, **summary.to_dict()}
+    if add_to_catalog:
+        from ..runtime.cold_start import add_summarized_item
+
+        item = add_summarized_item(manifest, cfg, item_id, title, text or "", summary, image)
+        out["added"] = item.to_dict()
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="Item keywords" + (f" (added as item {item_id})" if add_to_catalog else ""))
+    table.add_column("modality")
+    table.add_column("keywords")
+    table.add_column("raw output", style="dim")
+    table.add_row("image", ", ".join(summary.image_keywords) or "-", summary.image_output if image is not None else "")
+    table.add_row("text", ", ".join(summary.text_keywords) or "-", summary.text_output)
+    _console().print(table)
+
+
+def register(apps) -> None:
+    apps["app"].command("recommend")(recommend)
+    apps["app"].command("summarize-item")(summarize_item)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(0)

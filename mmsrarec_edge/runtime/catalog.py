@@ -1,0 +1,154 @@
+"""The bundle's item catalog at runtime, and adding a cold-start item to it without breaking the bundle's manifest.
+
+Read: catalog/items.parquet (item_id, title, text/image/merged keywords, has_image, optional candidate_token_ids) and
+the optional catalog/image_features.safetensors (item_ids [N], features [N, n_image_tokens, H]: the recommender's
+projected image features, computed at export time). Both are read once when a Recommender opens the bundle.
+
+Write (`add_item`, behind `summarize-item --add-to-catalog`): the new item's row -- keywords from the runtime
+summarizer, token ids of its candidate part when the catalog stores them, image features from the bundle's
+recommender.vision graph when the catalog caches them -- is added to items.parquet (and image_features.safetensors),
+config.json's catalog count is updated, and the manifest gets the new files' SHA-256 and sizes. The whole bundle is
+swapped in one step: a sibling temporary directory receives hard links to every unchanged file (a copy where links
+are not possible) plus the rewritten files and manifest, and replaces the bundle by rename (io_utils.atomic_dir). A
+crash leaves the old bundle intact; the new one verifies (`load_manifest(verify=True)`) before the call returns.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import BundleError, UserError
+from ..io_utils import atomic_dir, sha256_file
+from .bundle import MANIFEST, Manifest, load_manifest, read_safetensors, write_safetensors
+
+ITEMS = "catalog/items.parquet"
+
+
+@dataclass
+class CatalogItem:
+    item_id: int
+    title: str = ""
+    text_keywords: list[str] = field(default_factory=list)
+    image_keywords: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
+    has_image: bool = False
+    candidate_token_ids: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        return {"item_id": self.item_id, "title": self.title, "keywords": self.keywords,
+                "text_keywords": self.text_keywords, "image_keywords": self.image_keywords, "has_image": self.has_image}
+
+
+class Catalog:
+    """item id -> CatalogItem (in catalog order), plus cached image features by item id."""
+
+    def __init__(self, items: dict[int, CatalogItem], features: dict[int, np.ndarray] | None = None):
+        self.items = items
+        self.ids = np.fromiter(items, np.int64, len(items))
+        self.features = features or {}
+
+    def __contains__(self, item_id) -> bool:
+        return int(item_id) in self.items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def load(cls, manifest: Manifest) -> "Catalog":
+        section = manifest.config().get("catalog")
+        if not section:
+            raise BundleError(f"bundle {manifest.root} has no item catalog",
+                              "export it with the dataset (`mmsrarec-edge export ... --dataset DIR`)")
+        path = manifest.path(section.get("items", ITEMS))
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises ArrowInvalid & co. for damaged files
+            raise BundleError(f"{path}: not a readable Parquet file ({exc})", "re-export the bundle") from exc
+        items: dict[int, CatalogItem] = {}
+        for r in rows:
+            iid = int(r["item_id"])
+            items[iid] = CatalogItem(iid, r.get("title") or "", list(r.get("text_keywords") or []),
+                                     list(r.get("image_keywords") or []), list(r.get("keywords") or []),
+                                     bool(r.get("has_image")),
+                                     None if r.get("candidate_token_ids") is None else list(r["candidate_token_ids"]))
+        features = {}
+        if section.get("image_features"):
+            st = read_safetensors(manifest.path(section["image_features"]))
+            features = {int(i): f for i, f in zip(st["item_ids"], st["features"])}
+        return cls(items, features)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]]) -> Manifest:
+    """Replace the files `writers` names (rel path -> function writing the new content to the path it is given) and
+    swap the bundle atomically (module docstring). Returns the re-verified manifest."""
+    root = manifest.root
+    data = json.loads(json.dumps(manifest.data))
+    mode = root.stat().st_mode & 0o7777
+    with atomic_dir(root) as tmp:
+        os.chmod(tmp, mode)  # mkdtemp makes 0700; the bundle keeps its permissions
+        for rel in data["files"]:
+            if rel not in writers:
+                _link_or_copy(root / rel, tmp / rel)
+        for rel, write in writers.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            write(tmp / rel)
+            data["files"][rel] = {"sha256": sha256_file(tmp / rel), "bytes": (tmp / rel).stat().st_size}
+        (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return load_manifest(root, verify=True)
+
+
+def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | None = None) -> Manifest:
+    """Add `item` to the bundle's catalog (module docstring). `image_features` [n_image_tokens, H] are stored when the
+    catalog caches image features; an id already in the catalog is a UserError."""
+    manifest = load_manifest(bundle_dir, verify=True)
+    config = manifest.config()
+    section = dict(config.get("catalog") or {})
+    if not section:
+        raise BundleError(f"bundle {manifest.root} has no item catalog to add to",
+                          "export it with the dataset (`mmsrarec-edge export ... --dataset DIR`)")
+    items_rel = section.get("items", ITEMS)
+    table = pq.read_table(manifest.path(items_rel))
+    if item.item_id in set(table.column("item_id").to_pylist()):
+        raise UserError(f"item id {item.item_id} is already in the catalog", "choose a new --item-id")
+    row = {"item_id": item.item_id, "title": item.title, "text_keywords": item.text_keywords,
+           "image_keywords": item.image_keywords, "keywords": item.keywords, "has_image": item.has_image}
+    if "candidate_token_ids" in table.column_names:
+        if item.candidate_token_ids is None:
+            raise ValueError("this catalog stores candidate token ids: the new item needs them")
+        row["candidate_token_ids"] = item.candidate_token_ids
+    new_table = pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)])
+    section["count"] = new_table.num_rows
+    writers: dict[str, Callable[[Path], None]] = {
+        items_rel: lambda p: pq.write_table(new_table, p),
+        "config.json": lambda p: p.write_text(json.dumps({**config, "catalog": section}, indent=2) + "\n",
+                                              encoding="utf-8"),
+    }
+    if section.get("image_features") and image_features is not None:
+        rel = section["image_features"]
+        st = read_safetensors(manifest.path(rel))
+        feats = np.asarray(image_features, st["features"].dtype)
+        if feats.shape != st["features"].shape[1:]:
+            raise ValueError(f"image features of shape {feats.shape}, the catalog caches {st['features'].shape[1:]}")
+        ids = np.concatenate([st["item_ids"], np.asarray([item.item_id], st["item_ids"].dtype)])
+        all_feats = np.concatenate([st["features"], feats[None]])
+        writers[rel] = lambda p: write_safetensors(p, {"item_ids": ids, "features": all_feats},
+                                                   {"source": "recommender vision tower + projector"})
+    return rewrite_bundle(manifest, writers)

@@ -1,0 +1,204 @@
+"""The torch-free Recommender on a tiny exported bundle: PyTorch parity, candidates, errors, thread-safety, cold start."""
+
+import threading
+
+import numpy as np
+import pytest
+from runtime_support import copy_bundle, shared_tiny_bundle, torch_yes_probability
+
+from mmsrarec_edge.errors import BundleError, UserError
+from mmsrarec_edge.imaging import load_image, preprocess
+from mmsrarec_edge.runtime.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return shared_tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def rec(bundle):
+    return Recommender(bundle.dir, provider="cpu", threads=1)
+
+
+def _user(bundle):
+    seqs = bundle.dataset.sequences()
+    return sorted(seqs)[0]
+
+
+def test_known_user_top_k(rec, bundle):
+    user = _user(bundle)
+    res = rec.recommend(user=user, top_k=5)
+    assert res.history == bundle.dataset.sequences()[user][-8:]  # the index keeps the history, SASRec reads 8
+    assert res.candidate_mode == "popularity+llm" and len(res.scored) == 8  # n_rescore from the bundle
+    assert [it.rank for it in res.items] == [1, 2, 3, 4, 5]
+    scores = [it.score for it in res.items]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert not set(it.item_id for it in res.items) & set(res.history)
+    assert len(res.neighbours) == 3 and user not in res.neighbours and res.collaborative_keywords
+    ctx = {k for i in res.history for k in rec.catalog.items[i].keywords} | set(res.collaborative_keywords)
+    for it in res.items:
+        kws = rec.catalog.items[it.item_id].keywords
+        assert it.explanation and set(it.explanation) <= set(kws)
+        shared = [k for k in kws if k in ctx]
+        assert it.explanation[:len(shared)] == shared[:5]  # overlapping keywords come first
+    assert res.warnings == []
+
+
+def test_runtime_scores_equal_pytorch(rec, bundle):
+    """Every LLM-scored candidate of an ad-hoc request, text and cached image features, vs the PyTorch LLaVA forward
+    over prefix + suffix with the item's image: within 1e-4 and the same ranking."""
+    ds, g = bundle.dataset, bundle.graphs
+    hist = list(ds.sequences()[_user(bundle)][:4])
+    res = rec.recommend(history=hist, candidates="sampled:6", seed=1, top_k=6)
+    cands = [i for i, _ in res.scored]
+    prefix, suffixes, feats = rec._prompts(res.history, res.collaborative_keywords, cands)
+    assert all(f is not None for f in feats) and g.image_token_id in suffixes[0]  # image slots are exercised
+    ref = []
+    for c, suffix in zip(cands, suffixes):
+        px = preprocess(load_image(ds.image_path(c)), 64)[None]
+        ref.append(torch_yes_probability(g.model, prefix + suffix, px, g.yes_id, g.no_id))
+    got = np.array([s for _, s in res.scored])
+    assert np.abs(got - np.array(ref)).max() < 1e-4
+    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-np.array(ref), kind="stable"))
+    assert got.std() > 1e-4
+
+
+def test_candidate_modes(rec, bundle):
+    user = _user(bundle)
+    hist = rec.recommend(user=user).history
+    a = rec.recommend(user=user, candidates="sampled:7", seed=3, top_k=50)
+    b = rec.recommend(user=user, candidates="sampled:7", seed=3, top_k=50)
+    c = rec.recommend(user=user, candidates="sampled:7", seed=4, top_k=50)
+    assert a.scored == b.scored and [i for i, _ in a.scored] != [i for i, _ in c.scored]
+    assert len(a.items) == 7 and not {i for i, _ in a.scored} & set(hist)
+    full = rec.recommend(user=user, candidates="all", top_k=100)
+    assert len(full.scored) == len(rec.catalog) - len(hist)
+    explicit = rec.recommend(user=user, candidates=[hist[0], 5, 7], top_k=3)
+    assert [i for i, _ in explicit.scored] == [hist[0], 5, 7] and explicit.candidate_mode == "list"
+    # the same candidate gets the same score whatever else is in the batch (the batch is padded per row)
+    by_id = dict(full.scored)
+    for i, s in explicit.scored[1:]:
+        assert abs(by_id[i] - s) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"user": 10**6}, "unknown user id 1000000"),
+    ({"history": [1, 10**6]}, "unknown item id 1000000"),
+    ({"history": []}, "the history is empty"),
+    ({"history": [1, 2, 1]}, "duplicate item id 1"),
+    ({"history": [1], "candidates": [2, 2]}, "duplicate candidate item id 2"),
+    ({"history": [1], "candidates": [2, 999]}, "unknown candidate item id 999"),
+    ({"history": [1], "candidates": "sampled:0"}, "sampled:0"),
+    ({"history": [1], "candidates": "sampled:1000"}, "sampled:1000"),
+    ({"history": [1], "candidates": "best"}, "unknown candidate mode"),
+    ({"history": [1], "top_k": 0}, "top_k must be >= 1"),
+    ({}, "exactly one of"),
+])
+def test_bad_requests_are_user_errors(rec, kwargs, needle):
+    with pytest.raises(UserError, match=needle):
+        rec.recommend(**kwargs)
+
+
+def test_session_choices_are_checked(bundle):
+    with pytest.raises(UserError, match="no int8 variant"):  # an fp32 bundle
+        Recommender(bundle.dir, precision="int8")
+    with pytest.raises(UserError, match="unknown precision 'int4'"):
+        Recommender(bundle.dir, precision="int4")
+    with pytest.raises(UserError, match="unknown execution provider 'rocm'"):
+        Recommender(bundle.dir, provider="rocm")
+
+
+def test_long_history_is_truncated_with_a_warning(rec):
+    hist = list(range(1, 13))
+    res = rec.recommend(history=hist, top_k=3)
+    assert res.history == hist[-8:]
+    assert len(res.warnings) == 1 and "12 items" in res.warnings[0] and "last 8" in res.warnings[0]
+
+
+def test_eight_threads_equal_serial(rec, bundle):
+    users = sorted(bundle.dataset.sequences())[:8]
+    serial = [rec.recommend(user=u, top_k=5).to_dict() for u in users]
+    out = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(k):
+        barrier.wait()
+        for _ in range(2):
+            out[k] = rec.recommend(user=users[k], top_k=5).to_dict()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(serial, out):
+        a.pop("timings_ms"), b.pop("timings_ms")
+        assert a == b
+
+
+def test_tampered_bundle_is_refused(bundle, tmp_path):
+    d = copy_bundle(bundle, tmp_path / "b")
+    items = d / "catalog" / "items.parquet"
+    items.write_bytes(items.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(BundleError, match="SHA-256 does not match"):
+        Recommender(d)
+
+
+def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
+    """summarize-item --add-to-catalog's path: the new item is in the catalog, with image features, the bundle still
+    verifies, and the default first stage always passes it to the LLM."""
+    from PIL import Image
+
+    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.runtime.cold_start import add_summarized_item
+    from mmsrarec_edge.runtime.sessions import SessionConfig
+    from mmsrarec_edge.runtime.summarizer import load_item_summarizer
+
+    d = copy_bundle(bundle, tmp_path / "b")
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "n.png")
+    cfg = SessionConfig.resolve("cpu", threads=1)
+    man = load_manifest(d)
+    summary = load_item_summarizer(man, cfg).summarize(tmp_path / "n.png", "Nova lamp. A green striped lamp.")
+    row = add_summarized_item(man, cfg, 5000, None, "Nova lamp. A green striped lamp.", summary, tmp_path / "n.png")
+    assert row.title == "Nova lamp" and row.keywords == summary.keywords and row.has_image
+    man2 = load_manifest(d, verify=True)
+    assert man2.config()["catalog"]["count"] == len(bundle.dataset.items) + 1
+    rec = Recommender(d, provider="cpu", threads=1)
+    assert 5000 in rec.catalog and rec.catalog.features[5000].shape == (16, 64)
+    res = rec.recommend(user=_user(bundle), top_k=20)
+    assert 5000 in [i for i, _ in res.scored]
+    with pytest.raises(UserError, match="already in the catalog"):
+        add_summarized_item(man2, cfg, 5000, "x", "x", summary, None)
+
+
+def test_sasrec_first_stage_when_the_bundle_ships_item_embeddings(bundle, tmp_path):
+    """With sasrec.item_embeddings, the default candidates are the SASRec top-n by dot product (PyTorch reference)."""
+    import json
+
+    import torch
+
+    from mmsrarec_edge.runtime.bundle import load_manifest, write_safetensors
+    from mmsrarec_edge.runtime.catalog import rewrite_bundle
+
+    d = copy_bundle(bundle, tmp_path / "b")
+    man = load_manifest(d)
+    config = man.config()
+    config["sasrec"]["item_embeddings"] = "sasrec/item_embeddings.safetensors"
+    weights = bundle.sasrec.net.item_emb.weight.detach().numpy().astype(np.float32)
+    rewrite_bundle(man, {
+        "sasrec/item_embeddings.safetensors": lambda p: write_safetensors(p, {"item_embeddings": weights}),
+        "config.json": lambda p: p.write_text(json.dumps(config)),
+    })
+    rec = Recommender(d, provider="cpu", threads=1)
+    hist = [3, 9, 4]
+    res = rec.recommend(history=hist, n_rescore=5, top_k=5)
+    assert res.candidate_mode == "sasrec+llm"
+    with torch.no_grad():
+        u = bundle.sasrec.net.user_embedding(torch.from_numpy(bundle.sasrec.pad_histories([hist])))[0].numpy()
+    ids = [i for i in sorted(bundle.dataset.items) if i not in hist]
+    dots = np.array([weights[bundle.sasrec.index[i]] @ u for i in ids])
+    want = [ids[k] for k in np.argsort(-dots, kind="stable")[:5]]
+    assert [i for i, _ in res.scored] == want
+    first = {it.item_id: it.first_stage for it in res.items}
+    assert all(abs(first[i] - dots[ids.index(i)]) < 1e-4 for i in first)
