@@ -22,13 +22,15 @@ Layout
       recommender/decoder[.P].onnx   head "yes_no"
       sasrec/user_encoder.onnx
       sasrec/item_ids.json           {"item_ids": [...]}: SASRec index k+1 <-> item_ids[k]; 0 = padding
+      sasrec/item_embeddings.safetensors   item_embeddings float32 [N+1, d] (row = SASRec index): first-stage ranking
       keywords/keywords.parquet      the keyword store, as summarize/store.py writes it
       index/...                      the recommender's retrieval dir, copied as is (hnswlib .hnsw/.bin, Parquet, JSON)
       catalog/items.parquet          item_id int64, title, text_keywords, image_keywords, keywords (list<string>),
-                                     has_image bool, [candidate_token_ids list<int32> when the recommender's prompt
-                                     builder provides `recommend.prompts.candidate_ids`]
+                                     has_image bool, [candidate_token_ids list<int32>: each item's suffix ids from
+                                     recommend.prompt.candidate_ids, absent when the suffix depends on the request]
       catalog/image_features.safetensors   item_ids int64 [N], features float32 [N, n_image_tokens, H]: the
-                                     recommender's projected image features (PyTorch fp32), for items with an image
+                                     recommender's projected image features (PyTorch fp32), for items with an image,
+                                     when its prompt shows candidate images (recommender.json prompt.candidate_image)
       engines/<graph>.<fp16|fp32>.engine   only after `mmsrarec-edge build-engine` (serialized TensorRT engines)
     Large graphs (> 1.5 GB) keep their weights in `<file>.onnx.data` next to the graph. Nothing else is allowed: only
     .onnx, .onnx.data, .json, .parquet, .safetensors, .hnsw, .bin, .engine files (no pickle); the verifier refuses
@@ -63,7 +65,7 @@ config.json
                          tokenizer (relative path), special_tokens {bos_id, eos_id, pad_id, unk_id}, then every key of
                          the stage's own summarizer.json / recommender.json (prompt settings); recommender also
                          yes_token_id, no_token_id
-    sasrec               graph, max_len, hidden, item_ids (path), padding_index
+    sasrec               graph, max_len, hidden, item_ids (path), item_embeddings (path), padding_index
     keywords             {file, items, meta}                          (when a keyword store was given)
     retrieval            {dir: "index", files: [...]}                 (when the recommender dir has retrieval/)
     catalog              {items, count, image_features (path or null), image_feature_shape, candidate_token_ids?}

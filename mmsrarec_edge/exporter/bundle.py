@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..io_utils import atomic_dir, sha256_file, write_json
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file, write_safetensors
 from . import catalog as catalog_mod
 from .graphs import decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec, vision_spec
 from .parity import check, gate
@@ -197,8 +197,13 @@ def write_config(inputs: ExportInputs, profile: ExportProfile, root: Path, graph
         s = inputs.sasrec
         (root / "sasrec").mkdir(exist_ok=True)
         write_json(root / "sasrec" / "item_ids.json", {"item_ids": [int(i) for i in s.item_ids]})
+        # The item embedding table (row k+1 = item_ids[k], row 0 = padding): the runtime's cheap first stage ranks the
+        # whole catalog by its dot product with the user embedding.
+        write_safetensors(root / "sasrec" / "item_embeddings.safetensors",
+                          {"item_embeddings": s.net.item_emb.weight.detach().float().numpy()})
         cfg["sasrec"] = {"graph": "sasrec.user_encoder", "max_len": s.cfg.max_len, "hidden": s.cfg.hidden,
                          "item_ids": "sasrec/item_ids.json", "padding_index": 0,
+                         "item_embeddings": "sasrec/item_embeddings.safetensors",
                          "note": "history row = SASRec indices (item_ids[k] -> k + 1), left-padded with 0"}
     if inputs.keywords is not None:
         cfg["keywords"] = catalog_mod.copy_keyword_store(inputs.keywords, root / "keywords" / "keywords.parquet")

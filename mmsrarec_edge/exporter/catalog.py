@@ -90,20 +90,21 @@ def write_catalog(inputs, out_dir: Path) -> dict:
 
 
 def candidate_token_ids(inputs, ids, kws) -> list[list[int]] | None:
-    """Token ids of each item's candidate part, if the recommender's torch-free prompt builder provides them."""
-    try:
-        from ..recommend import prompts as rp
-    except ImportError:
+    """Each item's candidate-part (suffix) token ids from the recommender's torch-free prompt builder
+    (recommend.prompt.candidate_ids); None when it is unavailable or the suffix depends on the request."""
+    if inputs.recommender is None:
         return None
-    build = getattr(rp, "candidate_ids", None)
-    if build is None or inputs.recommender is None:
+    try:
+        from ..recommend.prompt import candidate_ids
+    except ImportError:
         return None
     tok = inputs.recommender.tokenizer
 
     def encode(s: str) -> list[int]:
         return tok.encode(s, add_special_tokens=False)
 
-    return [list(map(int, build(encode, inputs.dataset.items[i], kws.get(i), inputs.recommender.meta))) for i in ids]
+    out = [candidate_ids(encode, inputs.dataset.items[i], kws.get(i), inputs.recommender.meta) for i in ids]
+    return None if any(o is None for o in out) else [list(map(int, o)) for o in out]
 
 
 def _write_image_features(inputs, ids, out_dir: Path) -> dict:

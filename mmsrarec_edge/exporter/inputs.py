@@ -77,6 +77,9 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
     if recommender:
         inp.recommender = load_mllm_dir(recommender, "recommender.json")
         inp.yes_no_ids = yes_no_ids(inp.recommender)
+        prompt = inp.recommender.meta.get("prompt")
+        # Cache per-item image features only when the recommender's prompt shows candidate images.
+        inp.image_features = bool(prompt.get("candidate_image", False)) if isinstance(prompt, dict) else True
         if (Path(recommender) / "retrieval").is_dir():
             inp.retrieval = Path(recommender) / "retrieval"
     if sasrec:
@@ -109,10 +112,10 @@ def real_parity_inputs(inp: ExportInputs, n: int = 4, seed: int = 0) -> dict:
         if stage == "summarizer":
             out["summarizer.decoder"] = _summarizer_prompts(m, ds, pick) or texts
         else:
-            # Shared prefix = the titles of a few items; candidates = the other items' titles.
-            prefix = [t for i in pick[:2] for t in enc(ds.items[i].title)] or [m.tokenizer.unk_token_id]
-            out["recommender.decoder"] = [(prefix, [enc(ds.items[i].title) or [m.tokenizer.unk_token_id]
-                                                    for i in pick])]
+            out["recommender.decoder"] = _recommender_prompts(inp, pick) or [(
+                # Without the prompt builder: shared prefix = a few titles, candidates = titles.
+                [t for i in pick[:2] for t in enc(ds.items[i].title)] or [m.tokenizer.unk_token_id],
+                [enc(ds.items[i].title) or [m.tokenizer.unk_token_id] for i in pick])]
     if inp.sasrec is not None:
         seqs = list(ds.sequences().values())
         hist = [seqs[k] for k in rng.choice(len(seqs), size=min(8, len(seqs)), replace=False)]
@@ -130,3 +133,31 @@ def _summarizer_prompts(m: MLLMInput, ds, pick) -> list[list[int]] | None:
     enc = lambda s: m.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     prompts = [text_prompt_ids(enc, spec, ds.items[i].text) for i in pick[:3]]
     return prompts + [image_prompt_ids(enc, spec)]
+
+
+def _recommender_prompts(inp: ExportInputs, pick) -> list | None:
+    """A real (prefix, suffixes) case: a user's last items as history, the picked items as candidates."""
+    m = inp.recommender
+    if not isinstance(m.meta.get("prompt"), dict):
+        return None
+    try:
+        from ..recommend import prompt as rp
+    except ImportError:
+        return None
+    from ..models.mllm import num_image_tokens
+
+    cfg = rp.PromptConfig.from_dict(m.meta["prompt"])
+    kws = {}
+    if inp.keywords is not None:
+        from ..summarize.store import read_keyword_store
+
+        kws = read_keyword_store(inp.keywords)
+    ds = inp.dataset
+    kw = lambda i: list(kws[i].keywords) if i in kws else ds.items[i].title.split()  # noqa: E731
+    enc = lambda s: m.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    seq = max(ds.sequences().values(), key=len)[-cfg.history_len:]
+    prefix = rp.prefix_ids(enc, m.tokenizer.bos_token_id, [kw(i) for i in seq], None, cfg)
+    n_img = num_image_tokens(m.model) if cfg.candidate_image else 0
+    suffixes = [rp.suffix_ids(enc, ds.items[i].title, kw(i), n_img if ds.items[i].image else 0, None, cfg)
+                for i in pick]
+    return [(prefix, suffixes)]
