@@ -130,6 +130,8 @@ def test_config_tokenizer_and_catalog(bundle, inputs):
     assert tok.encode(text, add_special_tokens=False).ids == inputs.recommender.tokenizer.encode(
         text, add_special_tokens=False)
     assert cfg["sasrec"]["max_len"] == 10
+    emb = read_safetensors(man.path(cfg["sasrec"]["item_embeddings"]))["item_embeddings"]
+    assert np.array_equal(emb, inputs.sasrec.net.item_emb.weight.detach().numpy())
     assert json.loads(man.path("sasrec/item_ids.json").read_text())["item_ids"] == inputs.sasrec.item_ids
 
     import pyarrow.parquet as pq
@@ -283,3 +285,21 @@ def test_missing_model_for_a_profile_graph_is_a_user_error(inputs, profile, tmp_
     with pytest.raises(UserError, match="no summarizer model was given"):
         export_bundle(partial, profile, tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_graphs_keep_weights_in_one_listed_data_file(inputs, profile, tmp_path, monkeypatch):
+    """Graphs over protobuf's limit are written as X.onnx + X.onnx.data; the threshold is lowered to see it here."""
+    import onnxruntime as ort
+
+    from mmsrarec_edge.exporter import variants
+
+    monkeypatch.setattr(variants, "EXTERNAL_DATA_BYTES", 100_000)
+    fp16 = replace(profile, precision="fp16", fp32_graphs=[], graphs=["recommender.decoder"])
+    export_bundle(inputs, fp16, tmp_path / "b")
+    man = load_manifest(tmp_path / "b")
+    assert "recommender/decoder.fp16.onnx.data" in man.files
+    assert man.graphs["recommender.decoder"]["variants"]["fp16"]["parity"]["passed"]
+    ort.InferenceSession(str(man.graph_file("recommender.decoder")), providers=["CPUExecutionProvider"])
+    (tmp_path / "b" / "recommender" / "decoder.fp16.onnx.data").write_bytes(b"")
+    with pytest.raises(BundleError, match=r"decoder\.fp16\.onnx\.data: size 0 bytes"):
+        load_manifest(tmp_path / "b", verify=False)

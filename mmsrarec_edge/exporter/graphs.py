@@ -200,21 +200,34 @@ def user_encoder_spec(sasrec_net, name: str = "sasrec.user_encoder") -> GraphSpe
 
 def export_graph(spec: GraphSpec, path: Path, exporter: str = "legacy") -> Path:
     """Export `spec` to `path` (fp32). `legacy` is the TorchScript exporter (about 1 s for the tiny decoder);
-    `dynamo` uses torch.export with optimize=False (about 8 s; its optimizer can fold away real arithmetic)."""
+    `dynamo` uses torch.export with optimize=False (about 8 s; its optimizer can fold away real arithmetic).
+    Graphs over protobuf's 2 GB limit end up as `path` + one `<name>.onnx.data` file, whatever the exporter wrote."""
+    import shutil
+    import tempfile
+
+    import onnx
+
+    from .variants import save_onnx
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        raw = Path(tmp) / path.name
         if exporter == "legacy":
-            torch.onnx.export(spec.module, spec.example, str(path), input_names=spec.inputs,
+            torch.onnx.export(spec.module, spec.example, str(raw), input_names=spec.inputs,
                               output_names=spec.outputs, dynamic_axes=spec.dynamic_axes, opset_version=OPSET,
                               dynamo=False, do_constant_folding=True)
         elif exporter == "dynamo":
-            torch.onnx.export(spec.module, spec.example, str(path), input_names=spec.inputs,
+            torch.onnx.export(spec.module, spec.example, str(raw), input_names=spec.inputs,
                               output_names=spec.outputs, dynamic_shapes=_dynamic_shapes(spec), dynamo=True,
-                              optimize=False, opset_version=max(OPSET, 18), external_data=False)
+                              optimize=False, opset_version=max(OPSET, 18), external_data=True)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
+        if [p.name for p in Path(tmp).iterdir()] == [raw.name]:
+            shutil.move(str(raw), path)
+        else:  # weights in side files (one per tensor with the legacy exporter): gather them into one
+            save_onnx(onnx.load(str(raw)), path)
     return path
 
 
