@@ -294,12 +294,13 @@ def test_large_graphs_keep_weights_in_one_listed_data_file(inputs, profile, tmp_
     from mmsrarec_edge.exporter import variants
 
     monkeypatch.setattr(variants, "EXTERNAL_DATA_BYTES", 100_000)
-    fp16 = replace(profile, precision="fp16", fp32_graphs=[], graphs=["recommender.decoder"])
+    fp16 = replace(profile, precision="fp16", variants=["fp16", "fp32"], fp32_graphs=[], graphs=["recommender.decoder"])
     export_bundle(inputs, fp16, tmp_path / "b")
     man = load_manifest(tmp_path / "b")
-    assert "recommender/decoder.fp16.onnx.data" in man.files
-    assert man.graphs["recommender.decoder"]["variants"]["fp16"]["parity"]["passed"]
-    ort.InferenceSession(str(man.graph_file("recommender.decoder")), providers=["CPUExecutionProvider"])
+    for precision, suffix in (("fp16", ".fp16"), ("fp32", "")):
+        assert f"recommender/decoder{suffix}.onnx.data" in man.files
+        assert man.graphs["recommender.decoder"]["variants"][precision]["parity"]["passed"]
+        ort.InferenceSession(str(man.graph_file("recommender.decoder", precision)), providers=["CPUExecutionProvider"])
     (tmp_path / "b" / "recommender" / "decoder.fp16.onnx.data").write_bytes(b"")
     with pytest.raises(BundleError, match=r"decoder\.fp16\.onnx\.data: size 0 bytes"):
         load_manifest(tmp_path / "b", verify=False)

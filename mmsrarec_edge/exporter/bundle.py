@@ -107,7 +107,8 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
     for graph, kind, make_spec, obj in _graph_plan(inputs, profile):
         stage, part = graph.split(".")
         spec = make_spec()
-        fp32 = export_graph(spec, scratch / f"{graph}.onnx", profile.exporter)
+        # Same base name as in the bundle: an external-data graph refers to its .onnx.data file by name.
+        fp32 = export_graph(spec, scratch / stage / f"{part}.onnx", profile.exporter)
         model = onnx.load(str(fp32), load_external_data=False)
         ins, outs = _io(model)
         variants, results = {}, []

@@ -224,7 +224,9 @@ def export_graph(spec: GraphSpec, path: Path, exporter: str = "legacy") -> Path:
                               optimize=False, opset_version=max(OPSET, 18), external_data=True)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
-        if [p.name for p in Path(tmp).iterdir()] == [raw.name]:
+        from . import variants
+
+        if [p.name for p in Path(tmp).iterdir()] == [raw.name] and raw.stat().st_size <= variants.EXTERNAL_DATA_BYTES:
             shutil.move(str(raw), path)
         else:  # weights in side files (one per tensor with the legacy exporter): gather them into one
             save_onnx(onnx.load(str(raw)), path)

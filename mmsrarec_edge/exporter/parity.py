@@ -47,8 +47,9 @@ class GraphParity:
     precision: str
     metrics: dict[str, float]
     tolerances: dict[str, float]
-    cases: int
+    cases: int  # random cases
     info: dict[str, float] = field(default_factory=dict)
+    real_cases: int = 0  # real inputs (images, prompts, histories) from the dataset
 
     @property
     def failures(self) -> list[str]:
@@ -60,7 +61,7 @@ class GraphParity:
         return not self.failures
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "passed": self.passed, "cases": self.cases,
+        return {"precision": self.precision, "passed": self.passed, "cases": self.cases, "real_cases": self.real_cases,
                 "metrics": {k: float(v) for k, v in self.metrics.items()},
                 "tolerances": {k: self.tolerances[k] for k in self.metrics if k in self.tolerances},
                 "info": {k: float(v) for k, v in self.info.items()}}
@@ -307,5 +308,5 @@ def check(graph: str, kind: str, path: Path, precision: str, torch_obj, *, cases
         acc, info = check_user_encoder(torch_obj, sess, rng, cases, real)
     else:
         raise ValueError(f"unknown graph kind {kind!r}")
-    return GraphParity(graph, precision, acc.metrics, tolerances(precision, tol_overrides),
-                       cases + (1 if real is not None and len(real) else 0), info)
+    real_cases = len(real) if real is not None else 0
+    return GraphParity(graph, precision, acc.metrics, tolerances(precision, tol_overrides), cases, info, real_cases)
