@@ -41,7 +41,7 @@ def tiny_llava(seed: int = 0, hidden: int = 64) -> TinyGraphs:
 
     from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build_tokenizer
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: threads only contend with the other tests
     tok = build_tokenizer()
     model = build_mllm(MLLMConfig(hidden_size=hidden, intermediate_size=2 * hidden, seed=seed), tok)
     # At the default init (std 0.02) the residual stream carries the last prompt token through and every prompt
@@ -117,7 +117,8 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
     retrieval = build_retrieval(work / "retrieval", ds, sas, {k.item_id: k.keywords for k in kws})
     profile = parse_profile({"parity": {"cases": 1}, **(profile_overrides or {})})
     meta = {"max_new_tokens": 8, "max_keywords": 8}
-    rec_meta = {"prompt": {"history_len": 5, "candidate_image": True}, "n_image_tokens": 16, "n_rescore": 8}
+    rec_meta = {"prompt": {"history_len": 5, "candidate_image": True}, "n_image_tokens": 16, "n_rescore": 8,
+                "retrieval": {"enabled": True, "k": 3, "items_per_neighbour": 2}}
     export_bundle(ExportInputs(summarizer=MLLMInput(graphs.model, graphs.tokenizer, meta),
                                recommender=MLLMInput(graphs.model, graphs.tokenizer, rec_meta), sasrec=sas,
                                keywords=kw_path, retrieval=retrieval, dataset=ds,
@@ -130,7 +131,8 @@ def build_retrieval(out: Path, ds, sas, keywords: dict) -> Path:
     """The recommender stage's retrieval dir (retrieval.build_retrieval) over the synthetic users."""
     from mmsrarec_edge.retrieval import RetrievalConfig, build_retrieval as build
 
-    build(out, ds.sequences(), sas.user_embeddings, lambda i: keywords[i], RetrievalConfig(k=3, items_per_neighbour=2))
+    build(out, ds.sequences(), sas.user_embeddings, lambda i: keywords[i],
+          RetrievalConfig(k=3, items_per_neighbour=2, stride=3, min_history=2))
     return Path(out)
 
 

@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_support import copy_bundle, shared_tiny_bundle, torch_yes_probability
+from runtime_support import copy_bundle, shared_tiny_bundle
 
 from mmsrarec_edge.errors import BundleError, UserError
 from mmsrarec_edge.imaging import load_image, preprocess
@@ -30,7 +30,7 @@ def test_known_user_top_k(rec, bundle):
     user = _user(bundle)
     res = rec.recommend(user=user, top_k=5)
     assert res.history == bundle.dataset.sequences()[user][-8:]  # the index keeps the history, SASRec reads 8
-    assert res.candidate_mode == "popularity+llm" and len(res.scored) == 8  # n_rescore from the bundle
+    assert res.candidate_mode == "sasrec+llm" and len(res.scored) == 8  # n_rescore from the bundle
     assert [it.rank for it in res.items] == [1, 2, 3, 4, 5]
     scores = [it.score for it in res.items]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
@@ -46,21 +46,24 @@ def test_known_user_top_k(rec, bundle):
 
 
 def test_runtime_scores_equal_pytorch(rec, bundle):
-    """Every LLM-scored candidate of an ad-hoc request, text and cached image features, vs the PyTorch LLaVA forward
-    over prefix + suffix with the item's image: within 1e-4 and the same ranking."""
+    """Every LLM-scored candidate of an ad-hoc request (text, collaborative context and candidate images) vs the
+    recommender stage's PyTorch scorers (recommend/scoring.py) on the same prompt ids, fed the items' images:
+    within 1e-4 and the same ranking."""
+    from mmsrarec_edge.recommend.scoring import TorchScorer
+
     ds, g = bundle.dataset, bundle.graphs
     hist = list(ds.sequences()[_user(bundle)][:4])
     res = rec.recommend(history=hist, candidates="sampled:6", seed=1, top_k=6)
-    cands = [i for i, _ in res.scored]
-    prefix, suffixes, feats = rec._prompts(res.history, res.collaborative_keywords, cands)
-    assert all(f is not None for f in feats) and g.image_token_id in suffixes[0]  # image slots are exercised
-    ref = []
-    for c, suffix in zip(cands, suffixes):
-        px = preprocess(load_image(ds.image_path(c)), 64)[None]
-        ref.append(torch_yes_probability(g.model, prefix + suffix, px, g.yes_id, g.no_id))
+    case = rec.build_case(history=hist, candidates="sampled:6", seed=1)
+    assert case.candidates == [i for i, _ in res.scored] and case.collab_groups  # collaborative context prompted
+    assert all(f is not None for f in case.features) and g.image_token_id in case.suffixes[0]  # image slots used
+    pixels = [preprocess(load_image(ds.image_path(c)), 64) for c in case.candidates]
+    torch_scorer = TorchScorer(g.model, g.yes_id, g.no_id, rec.pad_id, max_batch=4)
     got = np.array([s for _, s in res.scored])
-    assert np.abs(got - np.array(ref)).max() < 1e-4
-    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-np.array(ref), kind="stable"))
+    for ref in (torch_scorer.score_shared(case.prefix, case.suffixes, pixels),
+                torch_scorer.score_naive(case.prefix, case.suffixes, pixels)):
+        assert np.abs(got - ref).max() < 1e-4
+        assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-ref, kind="stable"))
     assert got.std() > 1e-4
 
 
@@ -172,33 +175,43 @@ def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
         add_summarized_item(man2, cfg, 5000, "x", "x", summary, None)
 
 
-def test_sasrec_first_stage_when_the_bundle_ships_item_embeddings(bundle, tmp_path):
-    """With sasrec.item_embeddings, the default candidates are the SASRec top-n by dot product (PyTorch reference)."""
-    import json
-
+def test_sasrec_first_stage_matches_pytorch(rec, bundle):
+    """The default candidates are the SASRec top-n by dot product with the item embeddings (PyTorch reference)."""
     import torch
 
-    from mmsrarec_edge.runtime.bundle import load_manifest, write_safetensors
-    from mmsrarec_edge.runtime.catalog import rewrite_bundle
-
-    d = copy_bundle(bundle, tmp_path / "b")
-    man = load_manifest(d)
-    config = man.config()
-    config["sasrec"]["item_embeddings"] = "sasrec/item_embeddings.safetensors"
-    weights = bundle.sasrec.net.item_emb.weight.detach().numpy().astype(np.float32)
-    rewrite_bundle(man, {
-        "sasrec/item_embeddings.safetensors": lambda p: write_safetensors(p, {"item_embeddings": weights}),
-        "config.json": lambda p: p.write_text(json.dumps(config)),
-    })
-    rec = Recommender(d, provider="cpu", threads=1)
     hist = [3, 9, 4]
     res = rec.recommend(history=hist, n_rescore=5, top_k=5)
     assert res.candidate_mode == "sasrec+llm"
+    net = bundle.sasrec.net
     with torch.no_grad():
-        u = bundle.sasrec.net.user_embedding(torch.from_numpy(bundle.sasrec.pad_histories([hist])))[0].numpy()
+        u = net.user_embedding(torch.from_numpy(bundle.sasrec.pad_histories([hist])))[0].numpy()
+    weights = net.item_emb.weight.detach().numpy()
     ids = [i for i in sorted(bundle.dataset.items) if i not in hist]
     dots = np.array([weights[bundle.sasrec.index[i]] @ u for i in ids])
     want = [ids[k] for k in np.argsort(-dots, kind="stable")[:5]]
     assert [i for i, _ in res.scored] == want
     first = {it.item_id: it.first_stage for it in res.items}
     assert all(abs(first[i] - dots[ids.index(i)]) < 1e-4 for i in first)
+
+
+def test_popularity_first_stage_without_item_embeddings(bundle, tmp_path):
+    import json
+
+    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.runtime.catalog import rewrite_bundle
+
+    d = copy_bundle(bundle, tmp_path / "b")
+    man = load_manifest(d)
+    config = man.config()
+    del config["sasrec"]["item_embeddings"]
+    rewrite_bundle(man, {"config.json": lambda p: p.write_text(json.dumps(config))})
+    rec = Recommender(d, provider="cpu", threads=1)
+    res = rec.recommend(history=[3, 9, 4], n_rescore=6, top_k=6)
+    assert res.candidate_mode == "popularity+llm"
+    counts = {}
+    for h in rec.retrieval.histories.values():
+        for i in h:
+            counts[i] = counts.get(i, 0) + 1
+    got = [counts.get(i, 0) for i, _ in res.scored]
+    rest = [counts.get(i, 0) for i in bundle.dataset.items if i not in [3, 9, 4] + [j for j, _ in res.scored]]
+    assert got == sorted(got, reverse=True) and min(got) >= max(rest)

@@ -1,10 +1,16 @@
 """The torch-free recommender: a verified bundle in, top-K items with scores and explanation keywords out.
 
-One request: history (a known user's, from the bundle's user table, or an ad-hoc list of item ids) -> SASRec user
-encoder (ONNX) -> hnswlib neighbours among the training users -> their collaborative keywords -> prompt (shared prefix:
-history keywords + collaborative keywords; one suffix per candidate: its title, keywords and cached image features) ->
-shared-prefix yes/no scoring (runtime/scorer.py) -> top-K. Each result carries its score p(yes)/(p(yes)+p(no)) and
-explanation keywords: the candidate's keywords that also appear in the history or collaborative keywords, then its own.
+One request: history (a known user's, from the retrieval index's histories table, or an ad-hoc list of item ids) ->
+SASRec user encoder (ONNX) -> hnswlib neighbours among the training users (retrieval.py) -> the keywords of what they
+chose next -> prompt ids by the recommender stage's PromptMaker (recommend/context.py over recommend/prompt.py, the
+same code training and evaluation use; shared prefix: history + collaborative keywords; one suffix per candidate:
+title, keywords, image slots) -> shared-prefix yes/no scoring (runtime/scorer.py) -> top-K. Each result carries its
+score p(yes)/(p(yes)+p(no)) and explanation keywords: the candidate's keywords that also appear in the history or the
+collaborative context, then its own. `build_case` returns a request's exact scorer inputs (for benchmarks).
+
+Candidate images: when the recommender was trained with them (prompt.candidate_image), a candidate's suffix gets its
+image slots and the catalog's cached image features (PyTorch fp32, computed at export). A bundle holds no images, so an
+item without cached features is shown without an image.
 
 Candidates:
 - an explicit list of item ids: all of them are scored by the LLM (items already in the history allowed: asked for);
@@ -39,6 +45,7 @@ import numpy as np
 
 from ..errors import BundleError, UserError
 from ..recommend import prompt as rp
+from ..recommend.context import PromptMaker, SASRecRanks, item_texts
 from ..retrieval import RetrievalIndex
 from .bundle import load_manifest, read_safetensors
 from .catalog import Catalog
@@ -79,6 +86,25 @@ class Recommendation:
         return d
 
 
+@dataclass
+class Case:
+    """One request's inputs to the LLM scorer (Recommender.build_case)."""
+
+    user: int | None
+    history: list[int]
+    warnings: list[str]
+    user_embedding: np.ndarray | None
+    neighbours: list[int]
+    collab_groups: list[list[str]]  # keyword groups of the collaborative context, as prompted
+    candidates: list[int]
+    first_stage: list[float | None] | None
+    candidate_mode: str
+    prefix: list[int]
+    suffixes: list[list[int]]
+    features: list[list[np.ndarray] | None]  # image features per candidate (spliced over its <image> slots)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
 class Recommender:
     def __init__(self, bundle_dir: Path, provider: str | None = None, precision: str | None = None,
                  threads: int | None = None, verify: bool = True, max_batch: int | None = None):
@@ -92,7 +118,9 @@ class Recommender:
         self.rec_conf = rec
         self.limits = config.get("limits", {})
         special = rec.get("special_tokens", {})
-        self.pad_id, self.bos_id = int(special.get("pad_id") or 0), special.get("bos_id")
+        # recommender.json's own ids win (it may train without bos); the tokenizer's special tokens otherwise
+        self.pad_id = int(rec["pad_id"] if rec.get("pad_id") is not None else special.get("pad_id") or 0)
+        self.bos_id = rec["bos_id"] if "bos_id" in rec else special.get("bos_id")
         self.image_token_id = rec.get("image_token_id")
         self.n_image_tokens = int(rec.get("num_image_tokens", 0))
         self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
@@ -101,14 +129,26 @@ class Recommender:
         batch = max_batch or int(self.limits.get("max_candidates", 32))
         self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch)
         self.catalog = Catalog.load(self.manifest)
-        self.prompt_config = rp.PromptConfig.from_dict(rec.get("prompt"))
+        self.prompt_config = pc = rp.PromptConfig.from_dict(rec.get("prompt"))
         self.n_rescore = int(rec.get("n_rescore", DEFAULT_RESCORE))
-        if self.prompt_config.candidate_image and self.n_image_tokens < 1:
+        if pc.candidate_image and self.n_image_tokens < 1:
             raise BundleError("config.json: recommender.num_image_tokens is missing", "re-export the bundle")
         self._load_sasrec()
         self._load_retrieval()
+        if pc.rank_hint and self.item_embeddings is None:
+            raise BundleError(f"bundle {self.manifest.root}: the recommender's prompt uses the SASRec rank hint but "
+                              "the bundle has no SASRec item embeddings (config sasrec.item_embeddings)",
+                              "re-export the bundle with them")
         self._popularity = self._popularity_scores()
-        self._suffix_cache: dict[int, list[int]] = {}  # item -> suffix ids; benign race: same value either way
+        # A candidate shows its image only when the catalog caches its features: a bundle holds no images.
+        cat = self.catalog.items
+        texts = item_texts({i: it.title for i, it in cat.items()}, {i: it.keywords for i, it in cat.items()},
+                           {i: i in self.catalog.features for i in cat})
+        ranks = SASRecRanks(list(self.sasrec_index), self.item_embeddings) if self.item_embeddings is not None else None
+        r = rec.get("retrieval") or {}
+        self.prompts = PromptMaker(texts, self.codec.encode, self.bos_id, pc, self.retrieval,
+                                   r.get("items_per_neighbour"), r.get("k"), ranks if pc.rank_hint else None,
+                                   self.n_image_tokens)
 
     # ------------------------------------------------------------------ loading
 
@@ -122,7 +162,12 @@ class Recommender:
         self.sasrec_index = {int(i): k + 1 for k, i in enumerate(ids)}
         self.user_encoder = open_bundle_graph(self.manifest, "sasrec.user_encoder", self.session_config)
         if s.get("item_embeddings"):
-            self.item_embeddings = read_safetensors(self.manifest.path(s["item_embeddings"]))["item_embeddings"]
+            emb = read_safetensors(self.manifest.path(s["item_embeddings"]))["item_embeddings"]
+            if len(emb) == len(ids) + 1:  # the whole embedding table, padding row first
+                emb = emb[1:]
+            if emb.shape[0] != len(ids):
+                raise BundleError(f"{s['item_embeddings']}: {emb.shape[0]} item embeddings for {len(ids)} SASRec items")
+            self.item_embeddings = np.ascontiguousarray(emb, np.float32)  # row k <-> item_ids[k]
 
     def _load_retrieval(self) -> None:
         self.retrieval = None
@@ -222,7 +267,7 @@ class Recommender:
         pos = {int(i): r for r, i in enumerate(self.catalog.ids)}
         if self.item_embeddings is not None and emb is not None:
             rankable = [i for i in pool if i in self.sasrec_index]
-            scores = self.item_embeddings[[self.sasrec_index[i] for i in rankable]] @ emb
+            scores = self.item_embeddings[[self.sasrec_index[i] - 1 for i in rankable]] @ emb
             mode = "sasrec"
         elif self._popularity is not None:
             rankable = [i for i in pool if i in self.sasrec_index or not self.sasrec_index]
@@ -237,26 +282,22 @@ class Recommender:
         cold = [i for i in pool if i not in ranked]
         return chosen + cold, first + [None] * len(cold), f"{mode}+llm"
 
-    def _prompts(self, hist: list[int], collab: list[str], cands: list[int]):
-        """(prefix ids, suffix ids per candidate, image features per candidate) by the recommender's one prompt
-        builder (recommend/prompt.py). A candidate's image is used when the prompt config says so and the catalog
-        caches its features; the catalog's precomputed candidate_token_ids are used when present."""
-        items, pc = self.catalog.items, self.prompt_config
-        prefix_ids = rp.prefix_ids(self.codec.encode, self.bos_id, [items[i].keywords for i in hist], collab, pc)
-        suffixes, feats = [], []
-        for i in cands:
-            f = self.catalog.features.get(i) if pc.candidate_image else None
-            n_img = self.n_image_tokens if f is not None else 0
-            ids = self._suffix_cache.get(i)
-            if ids is None:
-                ids = items[i].candidate_token_ids
-                if ids is None or sum(1 for t in ids if t == self.image_token_id) != n_img:
-                    # no precomputed ids, or they have image slots this bundle has no cached features for
-                    ids = rp.suffix_ids(self.codec.encode, items[i].title, items[i].keywords, n_img, pc)
-                self._suffix_cache[i] = ids
-            suffixes.append(ids)
-            feats.append([f] if n_img else None)
-        return prefix_ids, suffixes, feats
+    def _context(self, emb, user: int | None) -> tuple[list[int], list[int], list[list[str]]]:
+        """(neighbour user ids, their next items, keyword groups) of the collaborative context."""
+        if self.retrieval is None or emb is None:
+            return [], [], []
+        r = self.rec_conf.get("retrieval") or {}
+        nbs = self.retrieval.neighbours(emb[None], r.get("k"), exclude=user)[0]
+        items, groups = self.retrieval.context(nbs, r.get("items_per_neighbour"))
+        return [nb.user_id for nb in nbs], items, groups
+
+    def _prompts(self, hist: list[int], groups: list[list[str]], cands: list[int], emb=None):
+        """(prefix ids, suffix ids per candidate, image features per candidate) by the recommender stage's
+        PromptMaker (recommend/context.py, over the one prompt builder recommend/prompt.py)."""
+        prefix = self.prompts.prefix(hist, groups)
+        suffixes = self.prompts.suffixes(cands, emb)
+        feats = [[self.catalog.features[c]] if self.prompts.image_tokens(c) else None for c in cands]
+        return prefix, suffixes, feats
 
     def _check_lengths(self, prefix: list[int], suffixes: list[list[int]]) -> None:
         longest = max(len(s) for s in suffixes)
@@ -277,32 +318,41 @@ class Recommender:
 
     # ------------------------------------------------------------------ the request
 
+    def build_case(self, user: int | None = None, history: Sequence[int] | None = None, candidates=None,
+                   n_rescore: int | None = None, seed: int = 0) -> Case:
+        """Everything of a request up to the LLM scoring: history, retrieval, candidates, prompt ids. Public so that
+        benchmarks can time or re-score the exact inputs the runtime scores."""
+        t0 = time.perf_counter()
+        hist, warnings = self._history(user, history)
+        emb = self._user_embedding(hist)
+        t1 = time.perf_counter()
+        neighbours, _, groups = self._context(emb, user)
+        t2 = time.perf_counter()
+        cands, first, mode = self._candidates(candidates, hist, emb, n_rescore, seed)
+        prefix, suffixes, feats = self._prompts(hist, groups, cands, emb)
+        self._check_lengths(prefix, suffixes)
+        t3 = time.perf_counter()
+        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "prompt": (t3 - t2) * 1e3}
+        return Case(user, hist, warnings, emb, neighbours, groups, cands, first, mode, prefix, suffixes, feats,
+                    timings)
+
     def recommend(self, user: int | None = None, history: Sequence[int] | None = None, candidates=None,
                   top_k: int = 10, n_rescore: int | None = None, seed: int = 0) -> Recommendation:
         if top_k < 1:
             raise UserError(f"top_k must be >= 1, got {top_k}")
-        t = {"start": time.perf_counter()}
-        hist, warnings = self._history(user, history)
-        emb = self._user_embedding(hist)
-        t["encode"] = time.perf_counter()
-        neighbours, collab = [], []
-        if self.retrieval is not None and emb is not None:
-            neighbours = self.retrieval.neighbours(emb[None], exclude=[user])[0]
-            collab = self.retrieval.collaborative_keywords(neighbours)
-        t["retrieve"] = time.perf_counter()
-        cands, first, mode = self._candidates(candidates, hist, emb, n_rescore, seed)
-        prefix, suffixes, feats = self._prompts(hist, collab, cands)
-        self._check_lengths(prefix, suffixes)
-        t["prompt"] = time.perf_counter()
-        scores = self.scorer.score(prefix, suffixes, None, feats)
-        t["score"] = time.perf_counter()
+        case = self.build_case(user, history, candidates, n_rescore, seed)
+        t = time.perf_counter()
+        scores = self.scorer.score(case.prefix, case.suffixes, None, case.features)
+        timings = {**case.timings_ms, "score": (time.perf_counter() - t) * 1e3}
+        timings = {k: round(v, 3) for k, v in {**timings, "total": sum(timings.values())}.items()}
+        cands = case.candidates
         order = np.lexsort((np.arange(len(cands)), -scores))[:top_k]
-        ctx = {k for i in hist for k in self.catalog.items[i].keywords} | set(collab)
+        collab = list(dict.fromkeys(k for g in case.collab_groups for k in g))
+        ctx = {k for i in case.history for k in self.catalog.items[i].keywords} | set(collab)
         items = [RecommendedItem(r + 1, cands[k], self.catalog.items[cands[k]].title, float(scores[k]),
                                  self.explain(self.catalog.items[cands[k]].keywords, ctx),
-                                 None if first is None else first[k]) for r, k in enumerate(order)]
-        keys = list(t)
-        timings = {b: round((t[b] - t[a]) * 1e3, 3) for a, b in zip(keys, keys[1:])}
-        timings["total"] = round((t[keys[-1]] - t["start"]) * 1e3, 3)
-        return Recommendation(items, user, hist, mode, [(c, float(s)) for c, s in zip(cands, scores)], neighbours,
-                              collab, warnings, self.provider, timings)
+                                 None if case.first_stage is None else case.first_stage[k])
+                 for r, k in enumerate(order)]
+        return Recommendation(items, user, case.history, case.candidate_mode,
+                              [(c, float(s)) for c, s in zip(cands, scores)], case.neighbours, collab,
+                              case.warnings, self.provider, timings)
