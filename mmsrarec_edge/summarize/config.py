@@ -1,0 +1,95 @@
+"""SummarizerConfig: every setting of stage 1 (targets, prompts, SFT, reference LM, GRPO, reward weights). Torch-free.
+
+Defaults run the whole stage on the synthetic catalog (300 items) on 2 CPU cores in a few minutes. The paper gives no
+reward weights, LoRA settings or reward models; the values here are chosen and measured in
+benchmarks/results/summarizer/report.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import UserError
+from .targets import SYNTH_IMAGE_ATTRIBUTES, SYNTH_TEXT_ATTRIBUTES
+
+
+@dataclass
+class SummarizerConfig:
+    seed: int = 0
+    threads: int = 2
+    # items
+    held_out_fraction: float = 0.15  # items never trained on; the before/after-RL comparison is made on them
+    max_train_items: int = 0  # 0 = every non-held-out item; large catalogs subsample to stay within minutes
+    max_eval_items: int = 150  # held-out items scored before and after RL
+    # SFT targets: auto = attributes when every item has the text attribute keys, else tfidf
+    targets: str = "auto"
+    image_attributes: tuple[str, ...] = SYNTH_IMAGE_ATTRIBUTES
+    text_attributes: tuple[str, ...] = SYNTH_TEXT_ATTRIBUTES
+    tfidf_k: int = 5
+    # prompts and decoding
+    max_text_tokens: int = 96
+    max_new_tokens: int = 20
+    max_keywords: int = 8
+    # SFT warm start (full fine-tuning: the default model starts random)
+    sft_steps: int = 500
+    sft_batch_size: int = 32
+    sft_lr: float = 1e-3
+    sft_warmup: int = 25
+    # frozen reference LM for R_recon (a small text LM trained here on keywords -> text)
+    recon_steps: int = 400
+    recon_batch_size: int = 32
+    recon_lr: float = 2e-3
+    recon_hidden: int = 128
+    recon_layers: int = 2
+    recon_vocab: int = 4096  # the most frequent WordPiece ids of the catalog's texts; rarer ones map to [UNK]
+    # GRPO with LoRA on the decoder
+    grpo_steps: int = 80
+    grpo_batch_size: int = 8  # prompts per step (half image, half text where images exist)
+    num_generations: int = 6
+    temperature: float = 1.0
+    grpo_lr: float = 3e-4
+    beta: float = 0.04  # KL(policy || SFT model), k3 estimator
+    clip_eps: float = 0.2
+    grpo_iterations: int = 1  # optimisation passes per generated batch (1 = on-policy)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # reward R = a * R_info + b * R_recon + c * R_len
+    a: float = 1.0
+    b: float = 0.1
+    c: float = 0.02
+
+    def __post_init__(self):
+        self.image_attributes = tuple(self.image_attributes)
+        self.text_attributes = tuple(self.text_attributes)
+        if self.targets not in ("auto", "attributes", "tfidf"):
+            raise UserError(f"targets must be auto, attributes or tfidf, got {self.targets!r}")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise UserError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        for name in ("sft_batch_size", "recon_batch_size", "grpo_batch_size", "max_new_tokens", "max_keywords",
+                     "max_text_tokens", "tfidf_k", "lora_r", "grpo_iterations", "threads", "recon_hidden", "recon_layers"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise UserError(f"num_generations must be at least 2 (GRPO compares a group), got {self.num_generations}")
+        for name in ("sft_steps", "recon_steps", "grpo_steps", "max_train_items", "max_eval_items"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.recon_vocab < 16:
+            raise UserError(f"recon_vocab must be at least 16, got {self.recon_vocab}")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_attributes"] = list(self.image_attributes)
+        d["text_attributes"] = list(self.text_attributes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SummarizerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown summarizer settings: {', '.join(unknown)}", f"known: {', '.join(sorted(known))}")
+        return cls(**d)

@@ -1,0 +1,313 @@
+"""Stage 1 end to end: train the item summarizer (SFT, then GRPO) and summarize a dataset into a keyword store.
+
+`train_summarizer` writes one directory:
+
+    OUT/sft/            the SFT-only summarizer (LLaVA safetensors + tokenizer + summarizer.json): the "without RL" ablation
+    OUT/rl/             the GRPO summarizer (LoRA merged), absent with sft_only
+    OUT/reconstructor/  the frozen reference LM behind R_recon
+    OUT/train_log.json  config, item split, loss curves, the per-step GRPO reward curve, held-out figures before/after RL
+
+Held-out items (cfg.held_out_fraction, drawn with cfg.seed) are never trained on, by the summarizer or by the reference
+LM; the before/after-RL comparison is made on them with greedy decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.schema import Dataset
+from ..errors import UserError
+from ..io_utils import atomic_dir, write_json
+from ..progress import progress_bar
+from .config import SummarizerConfig
+from .generation import Prompt, decode_keywords, generate
+from .keywords import match_counts, precision_recall
+from .prompts import PromptSpec, prompt_ids, target_ids
+from .targets import SYNTH_SYNONYMS, TfidfKeywords, attribute_keywords, has_attributes, text_words
+
+SUMMARIZER_META = "summarizer.json"
+
+
+def split_items(item_ids, held_out_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) item ids; deterministic in the seed."""
+    ids = np.asarray(sorted(int(i) for i in item_ids))
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_held = int(round(held_out_fraction * len(ids)))
+    return sorted(ids[perm[n_held:]].tolist()), sorted(ids[perm[:n_held]].tolist())
+
+
+def choose_targets(ds: Dataset, cfg: SummarizerConfig) -> str:
+    if cfg.targets != "auto":
+        if cfg.targets == "attributes" and not has_attributes(ds.items.values(), cfg.text_attributes):
+            raise UserError(f"targets=attributes but not every item has attributes {list(cfg.text_attributes)}",
+                            "use targets=tfidf (or auto) for datasets without ground-truth attributes")
+        return cfg.targets
+    return "attributes" if has_attributes(ds.items.values(), cfg.text_attributes) else "tfidf"
+
+
+def pseudo_keywords(ds: Dataset, cfg: SummarizerConfig, mode: str) -> dict[int, dict[str, list[str]]]:
+    """SFT targets per item and task."""
+    if mode == "attributes":
+        return {i: {"image": attribute_keywords(it.attributes, cfg.image_attributes),
+                    "text": attribute_keywords(it.attributes, cfg.text_attributes)} for i, it in ds.items.items()}
+    tf = TfidfKeywords(it.text for it in ds.items.values())
+    out = {}
+    for i, it in ds.items.items():
+        kw = tf.keywords(it.text, cfg.tfidf_k)
+        out[i] = {"image": kw, "text": kw}
+    return out
+
+
+def encoder_of(tokenizer) -> Callable[[str], list[int]]:
+    return lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
+
+
+def prompt_spec(model, tokenizer, cfg: SummarizerConfig) -> PromptSpec:
+    from ..models.mllm import num_image_tokens
+
+    if tokenizer.eos_token_id is None:
+        raise UserError("the checkpoint's tokenizer has no eos token", "set eos_token in its tokenizer_config.json")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PromptSpec(eos_id=int(tokenizer.eos_token_id), pad_id=int(pad),
+                      image_token_id=int(model.config.image_token_index), num_image_tokens=num_image_tokens(model),
+                      bos_id=None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
+                      max_text_tokens=cfg.max_text_tokens)
+
+
+def load_pixels(ds: Dataset, ids, size: int, label: str = "loading images") -> dict[int, np.ndarray]:
+    from ..imaging import load_image, preprocess
+
+    ids = [i for i in ids if ds.items[i].image]
+    out = {}
+    with progress_bar(label, len(ids)) as adv:
+        for i in ids:
+            out[i] = preprocess(load_image(ds.image_path(i)), size)
+            adv()
+    return out
+
+
+def make_prompts(ds: Dataset, ids, encode, spec: PromptSpec, pixels: dict, tasks=("image", "text")) -> list[Prompt]:
+    out = []
+    for i in ids:
+        for task in tasks:
+            if task == "image" and i not in pixels:
+                continue  # no image, no image keywords
+            out.append(Prompt(i, task, prompt_ids(encode, spec, task, ds.items[i].text),
+                              pixels[i] if task == "image" else None))
+    return out
+
+
+def summarize_prompts(model, tokenizer, spec: PromptSpec, prompts: list[Prompt], max_new_tokens: int,
+                      max_keywords: int, batch_size: int = 32, label: str = "summarizing") -> list[list[str]]:
+    """Greedy keywords per prompt (deterministic)."""
+    # Batches of one task and similar length waste less compute on padding.
+    order = sorted(range(len(prompts)), key=lambda k: (prompts[k].task, len(prompts[k].ids)))
+    with progress_bar(label, len(prompts)) as adv:
+        comps = generate(model, [prompts[k] for k in order], spec, max_new_tokens, batch_size=batch_size,
+                         progress=adv)
+    out: list[list[str]] = [[] for _ in prompts]
+    for k, c in zip(order, comps):
+        out[k] = decode_keywords(tokenizer, c, spec, max_keywords)
+    return out
+
+
+def score_keywords(ds: Dataset, prompts: list[Prompt], keywords: list[list[str]], reward_model, cfg,
+                   gold: bool) -> dict:
+    """Mean reward terms and keyword counts per task (and both), plus precision/recall against attributes."""
+    rb = reward_model.score([p.item_id for p in prompts], keywords)
+    out = {}
+    for task in ("image", "text", "all"):
+        rows = [k for k, p in enumerate(prompts) if task in ("all", p.task)]
+        if not rows:
+            continue
+        d = {"n": len(rows), "total": float(np.mean(rb.total[rows])), "r_info": float(np.mean(rb.r_info[rows])),
+             "r_recon": float(np.mean(rb.r_recon[rows])), "r_len": float(np.mean(rb.r_len[rows])),
+             "keywords": float(np.mean(rb.n_keywords[rows])),
+             "empty": float(np.mean([len(keywords[k]) == 0 for k in rows]))}
+        if gold:
+            keys = {"image": cfg.image_attributes, "text": cfg.text_attributes}
+            d.update({f"gold_{k}": v for k, v in precision_recall(
+                match_counts(keywords[r], attribute_keywords(ds.items[prompts[r].item_id].attributes,
+                                                            keys[prompts[r].task]), SYNTH_SYNONYMS)
+                for r in rows).items()})
+        out[task] = d
+    return out
+
+
+def save_summarizer(model, tokenizer, spec: PromptSpec, cfg: SummarizerConfig, out_dir: Path, stage: str) -> None:
+    from ..models.mllm import save_mllm
+
+    save_mllm(model, tokenizer, out_dir)
+    write_json(Path(out_dir) / SUMMARIZER_META, {
+        "format": "mmsrarec-summarizer", "version": 1, "stage": stage, "prompt_spec": spec.to_dict(),
+        "max_new_tokens": cfg.max_new_tokens, "max_keywords": cfg.max_keywords,
+        "reward_weights": {"a": cfg.a, "b": cfg.b, "c": cfg.c}})
+
+
+def resolve_model_dir(path: Path, stage: str = "rl") -> Path:
+    """A summarizer checkpoint, given it or a `train summarizer` output directory (then its rl/ or sft/)."""
+    path = Path(path)
+    if (path / SUMMARIZER_META).exists():
+        return path
+    for cand in ([path / stage] + ([path / "sft"] if stage == "rl" else [])):
+        if (cand / SUMMARIZER_META).exists():
+            return cand
+    raise UserError(f"{path} is not a summarizer (no {SUMMARIZER_META} in it, in {path / stage} or in {path / 'sft'})",
+                    "train one with `mmsrarec-edge train summarizer DATASET --out DIR`")
+
+
+def load_summarizer(path: Path):
+    """(model, tokenizer, PromptSpec, meta) of a saved summarizer checkpoint."""
+    from ..models.mllm import load_mllm
+
+    path = Path(path)
+    meta = json.loads((path / SUMMARIZER_META).read_text())
+    model, tok = load_mllm(path)
+    return model, tok, PromptSpec.from_dict(meta["prompt_spec"]), meta
+
+
+def _recon_pools(ds: Dataset, ids, targets: dict, k: int) -> list[list[str]]:
+    tf = TfidfKeywords(ds.items[i].text for i in ids)
+    pools = []
+    for i in ids:
+        words = list(dict.fromkeys([*targets[i]["text"], *targets[i]["image"], *tf.keywords(ds.items[i].text, 2 * k),
+                                    *text_words(ds.items[i].title)]))
+        pools.append(words)
+    return pools
+
+
+def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None, base: Path | None = None,
+                     sft_only: bool = False, echo=print) -> dict:
+    """SFT then GRPO on `ds`; writes OUT (see module doc) atomically and returns the training log."""
+    import torch
+
+    from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, image_size, load_mllm
+    from .embeddings import init_token_embeddings
+    from .grpo import train_grpo
+    from .reconstructor import Reconstructor, compact_vocab, train_reconstructor
+    from .rewards import RewardModel, SentenceEncoder
+    from .sft import SFTExample, train_sft
+
+    cfg = cfg or SummarizerConfig()
+    torch.set_num_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mode = choose_targets(ds, cfg)
+    train_ids, held_ids = split_items(ds.items, cfg.held_out_fraction, cfg.seed)
+    if cfg.max_train_items and len(train_ids) > cfg.max_train_items:
+        rng = np.random.default_rng(cfg.seed + 1)
+        train_ids = sorted(rng.choice(train_ids, cfg.max_train_items, replace=False).tolist())
+    eval_ids = held_ids[: cfg.max_eval_items] if cfg.max_eval_items else held_ids
+    if len(train_ids) < 2:
+        raise UserError(f"only {len(train_ids)} training item(s) after holding out {len(held_ids)}",
+                        "use a larger dataset or a smaller held_out_fraction")
+    targets = pseudo_keywords(ds, cfg, mode)
+    echo(f"targets: {mode}; items: {len(train_ids)} train, {len(held_ids)} held out ({len(eval_ids)} evaluated)")
+
+    if base is not None:
+        model, tok = load_mllm(base)
+    else:
+        tok = build_tokenizer()
+        model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
+        init_token_embeddings(model, tok)
+    spec = prompt_spec(model, tok, cfg)
+    encode = encoder_of(tok)
+    pixels = load_pixels(ds, [*train_ids, *eval_ids], image_size(model))
+    timings["setup"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    rtok = build_tokenizer()
+    recon = Reconstructor.build(rtok, compact_vocab(rtok, [it.text for it in ds.items.values()], cfg.recon_vocab),
+                                cfg.recon_hidden, cfg.recon_layers, cfg.max_text_tokens, cfg.seed)
+    with progress_bar("training reference LM (R_recon)", cfg.recon_steps) as adv:
+        recon_losses = train_reconstructor(recon, [ds.items[i].text for i in train_ids],
+                                           _recon_pools(ds, train_ids, targets, cfg.tfidf_k), cfg.recon_steps,
+                                           cfg.recon_batch_size, cfg.recon_lr, cfg.max_keywords, cfg.seed, adv)
+    encoder = SentenceEncoder()
+    rewards = RewardModel(encoder, recon, {i: ds.items[i].text for i in [*train_ids, *eval_ids]}, cfg.a, cfg.b, cfg.c)
+    timings["reference_lm"] = time.perf_counter() - t
+
+    gold = mode == "attributes"
+    eval_prompts = make_prompts(ds, eval_ids, encode, spec, pixels)
+    evals = {"targets": score_keywords(ds, eval_prompts, [targets[p.item_id][p.task] for p in eval_prompts],
+                                       rewards, cfg, gold)}
+
+    t = time.perf_counter()
+    train_prompts = make_prompts(ds, train_ids, encode, spec, pixels)
+    examples = [SFTExample(p, target_ids(encode, spec, targets[p.item_id][p.task])) for p in train_prompts]
+    with progress_bar("SFT warm start", cfg.sft_steps) as adv:
+        sft_losses = train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
+                               cfg.seed, adv)
+    timings["sft"] = time.perf_counter() - t
+
+    def evaluate(m, label):
+        kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
+                                label=f"held-out keywords ({label})")
+        return score_keywords(ds, eval_prompts, kws, rewards, cfg, gold), kws
+
+    evals["sft"], sft_kws = evaluate(model, "SFT")
+    grpo_log: list[dict] = []
+    with atomic_dir(out) as tmp:
+        save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
+        recon.save(tmp / "reconstructor")
+        if not sft_only and cfg.grpo_steps:
+            t = time.perf_counter()
+            with progress_bar("GRPO", cfg.grpo_steps) as adv:
+                model, grpo_log = train_grpo(model, tok, spec, train_prompts, rewards, cfg, adv)
+            timings["grpo"] = time.perf_counter() - t
+            evals["rl"], rl_kws = evaluate(model, "RL")
+            save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
+        timings["total"] = time.perf_counter() - t0
+        samples = [{"item_id": p.item_id, "task": p.task, "target": targets[p.item_id][p.task], "sft": sft_kws[k],
+                    **({"rl": rl_kws[k]} if "rl" in evals else {})} for k, p in enumerate(eval_prompts[:40])]
+        log = {"format": "mmsrarec-summarizer-train-log", "config": cfg.to_dict(), "base": str(base) if base else None,
+               "dataset": {"name": ds.name, "items": len(ds.items), "train_items": len(train_ids),
+                           "held_out_items": len(held_ids), "evaluated_items": len(eval_ids), "targets": mode},
+               "held_out_ids": held_ids, "timings_s": {k: round(v, 2) for k, v in timings.items()},
+               "reference_lm_loss": recon_losses, "sft_loss": sft_losses, "grpo": grpo_log, "eval": evals,
+               "samples": samples}
+        write_json(tmp / "train_log.json", log)
+    return log
+
+
+def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int = 32, reconstructor: Path | None = None,
+                      rewards: bool = True, echo=print) -> Path:
+    """Greedy image and text keywords for every item of `ds` -> keyword store at `out` (atomic)."""
+    import torch
+
+    from ..models.mllm import image_size
+    from .reconstructor import Reconstructor
+    from .rewards import RewardModel, SentenceEncoder
+    from .store import ItemKeywords, RewardTerms, write_keyword_store
+
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    model_dir = Path(model_dir)
+    model, tok, spec, meta = load_summarizer(model_dir)
+    pixels = load_pixels(ds, list(ds.items), image_size(model))
+    prompts = make_prompts(ds, sorted(ds.items), encoder_of(tok), spec, pixels)
+    kws = summarize_prompts(model, tok, spec, prompts, meta["max_new_tokens"], meta["max_keywords"], batch_size)
+    rows = {i: ItemKeywords(i, has_image=i in pixels) for i in ds.items}
+    scored = None
+    if rewards:
+        rdir = Path(reconstructor) if reconstructor else model_dir.parent / "reconstructor"
+        recon = Reconstructor.load(rdir)
+        w = meta["reward_weights"]
+        rm = RewardModel(SentenceEncoder(), recon, {i: it.text for i, it in ds.items.items()}, w["a"], w["b"], w["c"])
+        scored = rm.score([p.item_id for p in prompts], kws)
+    for k, p in enumerate(prompts):
+        row = rows[p.item_id]
+        terms = None if scored is None else RewardTerms(float(scored.r_info[k]), float(scored.r_recon[k]),
+                                                        float(scored.r_len[k]), float(scored.total[k]))
+        if p.task == "image":
+            row.image_keywords, row.image_rewards = kws[k], terms
+        else:
+            row.text_keywords, row.text_rewards = kws[k], terms
+    write_keyword_store(out, rows.values(), {"model": str(model_dir), "stage": meta.get("stage"),
+                                             "dataset": ds.name, "reward_weights": meta.get("reward_weights"),
+                                             "rewards": rewards})
+    return Path(out)
