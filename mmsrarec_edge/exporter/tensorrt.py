@@ -127,13 +127,19 @@ def build_engine(onnx_path: Path, profiles: list[dict], out_path: Path, fp16: bo
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         types = {getattr(trt.LayerType, t) for t in FP32_LAYER_TYPES if hasattr(trt.LayerType, t)}
         nodes = set(fp32_nodes or [])
+        floats = (trt.float32, trt.float16)
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            if layer.type in types or any(layer.name == n or layer.name.startswith(n + "_") for n in nodes):
-                layer.precision = trt.float32
-                for o in range(layer.num_outputs):
+            named = any(layer.name == n or layer.name.startswith((n + "_", n + " ")) for n in nodes)
+            # Only float layers: shape arithmetic (int Reduce, ...) must keep its own types.
+            if not (layer.type in types or named) or layer.num_outputs == 0 \
+                    or layer.get_output(0).dtype not in floats:
+                continue
+            layer.precision = trt.float32
+            for o in range(layer.num_outputs):
+                if layer.get_output(o).dtype in floats:
                     layer.set_output_type(o, trt.float32)
-                kept += 1
+            kept += 1
     for prof in profiles:
         p = builder.create_optimization_profile()
         for name, dims in prof["shapes"].items():
