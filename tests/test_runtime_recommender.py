@@ -167,6 +167,10 @@ def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
     assert row.title == "Nova lamp" and row.keywords == summary.keywords and row.has_image
     man2 = load_manifest(d, verify=True)
     assert man2.config()["catalog"]["count"] == len(bundle.dataset.items) + 1
+    from mmsrarec_edge.summarize.store import read_keyword_store
+
+    store = read_keyword_store(d / man2.config()["keywords"]["file"])
+    assert store[5000].keywords == summary.keywords and len(store) == man2.config()["keywords"]["items"]
     rec = Recommender(d, provider="cpu", threads=1)
     assert 5000 in rec.catalog and rec.catalog.features[5000].shape == (16, 64)
     res = rec.recommend(user=_user(bundle), top_k=20)

@@ -7,7 +7,6 @@ a slim install (`pip install 'mmsrarec-edge[cpu]'`).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -146,7 +145,3 @@ def summarize_item(
 def register(apps) -> None:
     apps["app"].command("recommend")(recommend)
     apps["app"].command("summarize-item")(summarize_item)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(0)

@@ -6,8 +6,8 @@ projected image features, computed at export time). Both are read once when a Re
 
 Write (`add_item`, behind `summarize-item --add-to-catalog`): the new item's row -- keywords from the runtime
 summarizer, token ids of its candidate part when the catalog stores them, image features from the bundle's
-recommender.vision graph when the catalog caches them -- is added to items.parquet (and image_features.safetensors),
-config.json's catalog count is updated, and the manifest gets the new files' SHA-256 and sizes. The whole bundle is
+recommender.vision graph when the catalog caches them -- is added to items.parquet (and image_features.safetensors,
+and the bundle's copy of the keyword store), config.json's counts are updated, and the manifest gets the new files' SHA-256 and sizes. The whole bundle is
 swapped in one step: a sibling temporary directory receives hard links to every unchanged file (a copy where links
 are not possible) plus the rewritten files and manifest, and replaces the bundle by rename (io_utils.atomic_dir). A
 crash leaves the old bundle intact; the new one verifies (`load_manifest(verify=True)`) before the call returns.
@@ -136,11 +136,20 @@ def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | N
         row["candidate_token_ids"] = item.candidate_token_ids
     new_table = pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)])
     section["count"] = new_table.num_rows
-    writers: dict[str, Callable[[Path], None]] = {
-        items_rel: lambda p: pq.write_table(new_table, p),
-        "config.json": lambda p: p.write_text(json.dumps({**config, "catalog": section}, indent=2) + "\n",
-                                              encoding="utf-8"),
-    }
+    new_config = {**config, "catalog": section}
+    writers: dict[str, Callable[[Path], None]] = {items_rel: lambda p: pq.write_table(new_table, p)}
+    kw_section = config.get("keywords")
+    if kw_section and kw_section.get("file") in manifest.files:
+        # The bundle's copy of the keyword store gets the item too, so catalog and store keep telling the same story.
+        from ..summarize.store import ItemKeywords, read_keyword_store, read_store_meta, write_keyword_store
+
+        store_path = manifest.path(kw_section["file"])
+        rows = read_keyword_store(store_path)
+        rows[item.item_id] = ItemKeywords(item.item_id, item.image_keywords, item.text_keywords, item.has_image)
+        meta = {k: v for k, v in read_store_meta(store_path).items() if k not in ("format", "version")}
+        writers[kw_section["file"]] = lambda p: write_keyword_store(p, rows.values(), meta)
+        new_config["keywords"] = {**kw_section, "items": len(rows)}
+    writers["config.json"] = lambda p: p.write_text(json.dumps(new_config, indent=2) + "\n", encoding="utf-8")
     if section.get("image_features") and image_features is not None:
         rel = section["image_features"]
         st = read_safetensors(manifest.path(rel))
