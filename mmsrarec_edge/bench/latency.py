@@ -1,0 +1,235 @@
+"""`mmsrarec-edge bench`: latency of one recommendation, per stage and against peers measured in the same run.
+
+Peers score the *same* prompts (the runtime's own `build_case`: identical token ids), with the same intra-op thread
+count, over candidate counts and history lengths:
+- PyTorch eager, naive: one full prompt per candidate (what the paper does);
+- PyTorch eager with the same prefix sharing as the runtime (prefix once, KV cache expanded, suffixes batched);
+- optimum's ORTModelForCausalLM, one full prompt per candidate (text decoder extracted from the LLaVA);
+- our ONNX Runtime scorer, fp32 and int8 (and per-candidate ONNX, to separate "ONNX Runtime" from "prefix sharing").
+The floor is the FLOPs of one recommendation (prefix once + every suffix, yes/no head rows only) divided by the
+matmul rate numpy's BLAS reaches on this machine in the same run.
+
+The end-to-end section times `Recommender.recommend` per stage (user encode, ANN + context, prompt, scoring) as
+p50/p95/p99 with throughput; the agreement section compares the runtime's rankings with PyTorch's on protocol cases.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .harness import host_info, matmul_gflops, measure
+
+
+@dataclass
+class BenchConfig:
+    candidate_counts: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    history_lengths: tuple[int, ...] = (1, 3, 5)
+    repeats: int = 15
+    max_seconds: float = 8.0  # per peer and cell: slow peers get fewer samples (the count is reported)
+    threads: int = 1
+    e2e_requests: int = 60
+    agreement_cases: int = 200
+    seed: int = 0
+
+
+def _pick_history(rec, length: int, seed: int) -> list[int]:
+    users = sorted(rec.retrieval.histories) if rec.retrieval is not None else []
+    rng = np.random.default_rng(seed)
+    long = [u for u in users if len(rec.retrieval.histories[u]) >= length]
+    if long:
+        return list(rec.retrieval.histories[long[int(rng.integers(len(long)))]][-length:])
+    items = sorted(rec.catalog.items)
+    return [items[int(k)] for k in rng.choice(len(items), size=length, replace=False)]
+
+
+def decoder_dims(rec) -> dict:
+    """Per-token weight FLOPs of the recommender decoder, read off its ONNX graph: 2 x the elements of every 2-D
+    weight (each is one [in, out] matmul per token), plus the layer/width numbers the attention term needs."""
+    import onnx
+
+    path = rec.manifest.root / "recommender" / "decoder.onnx"
+    m = onnx.load(str(path), load_external_data=False)
+    vocab = int(rec.rec_conf.get("vocab_size", -1))
+    # The LM head's [H, vocab] matrix is only gathered from (two rows, at one slot per row): not a per-token matmul.
+    weights = sum(int(np.prod(i.dims)) for i in m.graph.initializer if len(i.dims) == 2 and vocab not in i.dims)
+    return {"weight_flops_per_token": 2 * weights, "hidden_size": int(rec.rec_conf["hidden_size"]),
+            "num_layers": int(rec.rec_conf["num_layers"])}
+
+
+def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float) -> float | None:
+    """FLOPs of the prefix once plus every suffix over it, at the measured matmul rate (weights + attention)."""
+    if not dims:
+        return None
+    w, H, L = dims["weight_flops_per_token"], dims["hidden_size"], dims["num_layers"]
+    attn = lambda n, past: 4 * L * H * n * (past + (n + 1) / 2)  # noqa: E731  scores + weighted sum
+    f = prefix_len * w + attn(prefix_len, 0) + sum(s * w + attn(s, prefix_len) for s in suffix_lens)
+    return f / (gflops * 1e9) * 1e3
+
+
+def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, workdir: Path, log=print) -> dict:
+    """name -> (score_fn(prefix, suffixes, features), Recommender or None)."""
+    from ..runtime.recommender import Recommender
+
+    peers: dict = {}
+    fp32 = Recommender(bundle, precision="fp32", threads=cfg.threads)
+    peers["ONNX Runtime fp32 (ours)"] = lambda p, s, f: fp32.scorer.score(p, s, None, f)
+    peers["ONNX Runtime fp32, per candidate"] = lambda p, s, f: fp32.scorer.score_naive(p, s, None, f)
+    try:
+        int8 = Recommender(bundle, precision="int8", threads=cfg.threads)
+        peers["ONNX Runtime int8 (ours)"] = lambda p, s, f: int8.scorer.score(p, s, None, f)
+    except Exception as exc:  # a bundle exported without the int8 variant
+        log(f"int8 variant unavailable: {exc}")
+    if recommender_dir is not None:
+        import torch
+
+        from ..recommend.model_dir import RecommenderDir
+        from ..recommend.scoring import TorchScorer
+        from .peers import OptimumPerCandidate
+
+        torch.set_num_threads(cfg.threads)
+        rd = RecommenderDir.load(recommender_dir)
+        yes, no = int(rd.meta["yes_token_id"]), int(rd.meta["no_token_id"])
+        ts = TorchScorer(rd.model.float().eval(), yes, no, rd.tokenizer.pad_token_id, max_batch=fp32.scorer.max_batch)
+        peers["PyTorch eager, naive"] = lambda p, s, f: ts.score_naive(p, s)
+        peers["PyTorch eager, prefix sharing"] = lambda p, s, f: ts.score_shared(p, s)
+        try:
+            import onnxruntime as ort  # noqa: F401
+
+            opt = OptimumPerCandidate(rd.model, rd.tokenizer, workdir / "optimum", yes, no,
+                                      rd.tokenizer.convert_tokens_to_ids("<image>"))
+            peers["optimum ORTModelForCausalLM, per candidate"] = lambda p, s, f: opt.score(p, s)
+        except ImportError as exc:
+            log(f"optimum peer unavailable: {exc}")
+    return {"peers": peers, "runtime": fp32}
+
+
+def latency_grid(peers: dict, rec, cfg: BenchConfig, gflops: float, progress=None) -> list[dict]:
+    rows = []
+    try:
+        dims = decoder_dims(rec)
+    except Exception:  # onnx missing or an unexpected layout: report without a floor
+        dims = {}
+    for h in cfg.history_lengths:
+        hist = _pick_history(rec, h, cfg.seed + h)
+        for c in cfg.candidate_counts:
+            case = rec.build_case(history=hist, candidates=f"sampled:{c}", seed=cfg.seed)
+            feats = case.features if any(f is not None for f in case.features) else None
+            row = {"history_len": h, "candidates": c, "prefix_tokens": len(case.prefix),
+                   "suffix_tokens_mean": float(np.mean([len(s) for s in case.suffixes])),
+                   "floor_ms": floor_ms(len(case.prefix), [len(s) for s in case.suffixes], dims, gflops), "peers": {}}
+            for name, fn in peers.items():
+                t = measure(lambda fn=fn: fn(case.prefix, case.suffixes, feats), repeats=cfg.repeats, warmup=1,
+                            max_seconds=cfg.max_seconds)
+                row["peers"][name] = t.stats()
+                if progress:
+                    progress(1, cell=f"h={h} C={c}", peer=name[:24])
+            rows.append(row)
+    return rows
+
+
+def end_to_end(rec, cfg: BenchConfig, candidates: int = 20) -> dict:
+    users = sorted(rec.retrieval.histories)[: cfg.e2e_requests] if rec.retrieval is not None else []
+    stages: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    n = 0
+    for k in range(cfg.e2e_requests):
+        hist = _pick_history(rec, 5, cfg.seed + 1000 + k) if not users else rec.retrieval.histories[users[k % len(users)]][-5:]
+        r = rec.recommend(history=list(hist), candidates=f"sampled:{candidates}", top_k=5, seed=k)
+        for name, v in r.timings_ms.items():
+            stages.setdefault(name, []).append(v)
+        n += 1
+    wall = time.perf_counter() - t0
+    out = {name: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
+                  "p99_ms": float(np.percentile(v, 99))} for name, v in stages.items()}
+    return {"candidates": candidates, "requests": n, "stages": out, "throughput_rps": n / wall}
+
+
+def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, cfg: BenchConfig, progress=None) -> dict:
+    """Runtime (fp32, int8) vs PyTorch on the first `agreement_cases` test cases: same candidates, same prompts."""
+    from .. import metrics
+    from ..data.protocol import load_protocol
+    from ..recommend.scoring import load_scorer
+    from ..runtime.recommender import Recommender
+
+    p = load_protocol(protocol_dir)
+    cases = p.test.subset(np.arange(min(cfg.agreement_cases, len(p.test))))
+    torch_scores = load_scorer(recommender_dir, p, threads=cfg.threads)(cases)
+    out = {"cases": len(cases), "variants": {}}
+    ref_rank = np.argsort(-torch_scores, axis=1, kind="stable")
+    out["variants"]["PyTorch"] = {k: float(v.mean()) for k, v in metrics.per_case(torch_scores).items()
+                                  if k in ("HR@5", "NDCG@5", "AUC")}
+    for precision in ("fp32", "int8"):
+        try:
+            rec = Recommender(bundle, precision=precision, threads=cfg.threads)
+        except Exception:
+            continue
+        scores = np.zeros_like(torch_scores)
+        for r in range(len(cases)):
+            res = rec.recommend(history=list(cases.prefixes[r]), candidates=[int(c) for c in cases.candidates[r]],
+                                top_k=1)
+            got = dict(res.scored)
+            scores[r] = [got[int(c)] for c in cases.candidates[r]]
+            if progress:
+                progress(1, variant=precision)
+        rank = np.argsort(-scores, axis=1, kind="stable")
+        top5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(rank, ref_rank)])
+        m = metrics.per_case(scores)
+        out["variants"][precision] = {
+            "identical_ranking": float(np.mean(np.all(rank == ref_rank, axis=1))),
+            "top5_overlap": float(top5), "max_abs_score_diff": float(np.abs(scores - torch_scores).max()),
+            **{k: float(v.mean()) for k, v in m.items() if k in ("HR@5", "NDCG@5", "AUC")}}
+    return out
+
+
+def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protocol_dir: Path | None = None,
+        cfg: BenchConfig | None = None, log=print) -> dict:
+    from ..progress import progress_bar
+
+    cfg = cfg or BenchConfig()
+    out_dir = Path(out_dir)
+    workdir = out_dir / ".work"
+    gflops = matmul_gflops()
+    built = build_peers(bundle, recommender_dir, cfg, workdir, log)
+    peers, rec = built["peers"], built["runtime"]
+    cells = len(cfg.history_lengths) * len(cfg.candidate_counts) * len(peers)
+    with progress_bar("latency grid (peer x cell)", cells) as adv:
+        grid = latency_grid(peers, rec, cfg, gflops, progress=adv)
+    report = {"host": host_info(), "config": cfg.__dict__, "matmul_gflops": gflops, "bundle": str(bundle),
+              "grid": grid, "end_to_end": end_to_end(rec, cfg)}
+    if recommender_dir is not None and protocol_dir is not None:
+        with progress_bar("ranking agreement (cases)", 2 * cfg.agreement_cases) as adv:
+            report["agreement"] = ranking_agreement(bundle, recommender_dir, protocol_dir, cfg, progress=adv)
+    report["summary"] = summarize(report)
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+OURS = "ONNX Runtime fp32 (ours)"
+TARGETS = {"PyTorch eager, naive": 20.0, "PyTorch eager, prefix sharing": 3.0,
+           "optimum ORTModelForCausalLM, per candidate": 5.0}
+
+
+def summarize(report: dict) -> dict:
+    """Speedups of ours over each peer: per cell (median ratio) and their median over cells; targets checked."""
+    ratios: dict[str, list[float]] = {}
+    for row in report["grid"]:
+        ours = row["peers"].get(OURS, {}).get("p50_ms")
+        for name, st in row["peers"].items():
+            if name != OURS and ours and st.get("p50_ms"):
+                ratios.setdefault(name, []).append(st["p50_ms"] / ours)
+    out = {}
+    for name, r in ratios.items():
+        at20 = [row["peers"][name]["p50_ms"] / row["peers"][OURS]["p50_ms"] for row in report["grid"]
+                if row["candidates"] == 20 and row["history_len"] == max(x["history_len"] for x in report["grid"])
+                and name in row["peers"]]
+        med = float(np.median(r))
+        out[name] = {"median_speedup": med, "min_speedup": float(np.min(r)), "max_speedup": float(np.max(r)),
+                     "speedup_at_20_candidates": at20[0] if at20 else None,
+                     "target": TARGETS.get(name), "meets_target": (med >= TARGETS[name]) if name in TARGETS else None}
+    return out
