@@ -115,7 +115,10 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
     kws = ground_truth_keywords(ds)
     kw_path = write_keyword_store(work / "keywords.parquet", kws)
     retrieval = build_retrieval(work / "retrieval", ds, sas, {k.item_id: k.keywords for k in kws})
-    profile = parse_profile({"parity": {"cases": 1}, **(profile_overrides or {})})
+    # fp32 by default, with int8 variants beside (as cpu-int8 pins them, SASRec and the vision towers stay fp32)
+    profile = parse_profile({"parity": {"cases": 1}, "variants": ["fp32", "int8"],
+                             "fp32_graphs": ["sasrec.user_encoder", "summarizer.vision", "recommender.vision"],
+                             **(profile_overrides or {})})
     meta = {"max_new_tokens": 8, "max_keywords": 8}
     rec_meta = {"prompt": {"history_len": 5, "candidate_image": True}, "n_image_tokens": 16, "n_rescore": 8,
                 "retrieval": {"enabled": True, "k": 3, "items_per_neighbour": 2}}

@@ -103,9 +103,21 @@ def test_bad_requests_are_user_errors(rec, kwargs, needle):
         rec.recommend(**kwargs)
 
 
+def test_precision_variants(bundle, rec):
+    """The bundle ships fp32 (default) and int8 decoders: --precision int8 loads the int8 graphs (SASRec stays fp32,
+    pinned), scores move by less than the int8 parity tolerance, and a variant the bundle lacks is refused."""
+    r8 = Recommender(bundle.dir, provider="cpu", precision="int8", threads=1)
+    a = r8.recommend(history=[1, 2, 3], candidates="all", top_k=5)
+    b = rec.recommend(history=[1, 2, 3], candidates="all", top_k=5)
+    assert a.variants == {"recommender.embed": "int8", "recommender.decoder": "int8", "sasrec.user_encoder": "fp32"}
+    assert set(b.variants.values()) == {"fp32"}
+    diff = np.abs(np.array([s for _, s in a.scored]) - np.array([s for _, s in b.scored]))
+    assert 0 < diff.max() < 0.05  # really another graph, and close
+    with pytest.raises(UserError, match="no fp16 variant"):
+        Recommender(bundle.dir, precision="fp16")
+
+
 def test_session_choices_are_checked(bundle):
-    with pytest.raises(UserError, match="no int8 variant"):  # an fp32 bundle
-        Recommender(bundle.dir, precision="int8")
     with pytest.raises(UserError, match="unknown precision 'int4'"):
         Recommender(bundle.dir, precision="int4")
     with pytest.raises(UserError, match="unknown execution provider 'rocm'"):

@@ -85,7 +85,8 @@ def recommend(
     from rich.table import Table
 
     who = f"user {user}" if user is not None else "ad-hoc history"
-    table = Table(title=f"Top {len(result.items)} for {who} ({result.provider}, {result.candidate_mode}, "
+    precision = result.variants.get("recommender.decoder", "?")
+    table = Table(title=f"Top {len(result.items)} for {who} ({result.provider} {precision}, {result.candidate_mode}, "
                         f"{len(result.scored)} scored by the LLM)")
     for col, kw in (("#", {"justify": "right"}), ("item", {"justify": "right"}), ("title", {}),
                     ("score", {"justify": "right"}), ("why (keywords)", {})):

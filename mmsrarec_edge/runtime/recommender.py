@@ -51,7 +51,7 @@ from .bundle import load_manifest, read_safetensors
 from .catalog import Catalog
 from .llm import Decoder, Embedder
 from .scorer import CandidateScorer
-from .sessions import SessionConfig, open_bundle_graph
+from .sessions import SessionConfig, bundle_graph_variant, open_bundle_graph
 from .tokenizer import Codec
 
 DEFAULT_RESCORE = 50
@@ -78,6 +78,7 @@ class Recommendation:
     collaborative_keywords: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     provider: str = "cpu"
+    variants: dict[str, str] = field(default_factory=dict)  # graph -> precision variant loaded
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -126,6 +127,8 @@ class Recommender:
         self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
         embedder = Embedder(open_bundle_graph(self.manifest, "recommender.embed", cfg), self.image_token_id)
         decoder = Decoder(open_bundle_graph(self.manifest, "recommender.decoder", cfg))
+        self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
+                         ("recommender.embed", "recommender.decoder", "sasrec.user_encoder") if self.manifest.has_graph(g)}
         batch = max_batch or int(self.limits.get("max_candidates", 32))
         self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch)
         self.catalog = Catalog.load(self.manifest)
@@ -355,4 +358,4 @@ class Recommender:
                  for r, k in enumerate(order)]
         return Recommendation(items, user, case.history, case.candidate_mode,
                               [(c, float(s)) for c, s in zip(cands, scores)], case.neighbours, collab,
-                              case.warnings, self.provider, timings)
+                              case.warnings, self.provider, dict(self.variants), timings)

@@ -156,14 +156,19 @@ def open_session(path: Path, cfg: SessionConfig, trt_options: dict | None = None
                           "the graph is corrupt or needs a newer onnxruntime; re-export the bundle") from exc
 
 
-def open_bundle_graph(manifest, graph: str, cfg: SessionConfig):
-    """A session for one graph of a verified bundle (runtime.bundle.Manifest), in the variant `cfg` asks for, with
-    the manifest's TensorRT profiles and an engine cache outside the bundle when running on TensorRT."""
-    from .tensorrt import tensorrt_provider_options
-
+def bundle_graph_variant(manifest, graph: str, cfg: SessionConfig) -> str:
+    """The precision variant of `graph` that `cfg` loads from a verified bundle (runtime.bundle.Manifest)."""
     default = manifest.graphs[graph].get("default_variant") if manifest.has_graph(graph) else None
     has = any(cfg.precision in e.get("variants", {}) for e in manifest.graphs.values())
-    path = manifest.graph_file(graph, graph_precision_for(cfg, manifest.graph_variants(graph), default, graph, has))
+    return graph_precision_for(cfg, manifest.graph_variants(graph), default, graph, has)
+
+
+def open_bundle_graph(manifest, graph: str, cfg: SessionConfig):
+    """A session for one graph of a verified bundle, in the variant `cfg` asks for, with the manifest's TensorRT
+    profiles and an engine cache outside the bundle when running on TensorRT."""
+    from .tensorrt import tensorrt_provider_options
+
+    path = manifest.graph_file(graph, bundle_graph_variant(manifest, graph, cfg))
     trt = None
     if cfg.provider == "tensorrt":
         trt = tensorrt_provider_options(manifest, graph, fp16=cfg.precision == "fp16")
