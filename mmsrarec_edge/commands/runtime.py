@@ -13,6 +13,7 @@ import typer
 
 PROVIDER_HELP = "Execution provider: cpu, cuda or tensorrt (default: the fastest available)."
 PRECISION_HELP = "Graph variant: fp32, fp16 or int8 (default: the bundle's export-profile precision)."
+VERIFY_HELP = "Check every file's SHA-256 against the manifest (--no-verify: sizes and file types only, faster)."
 
 
 def _console():
@@ -68,6 +69,7 @@ def recommend(
     provider: str = typer.Option(None, "--provider", help=PROVIDER_HELP),
     precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
     threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help=VERIFY_HELP),
 ):
     """Recommend items for a known user or an ad-hoc history, with scores and explanation keywords."""
     from ..errors import UserError
@@ -75,7 +77,7 @@ def recommend(
 
     if (user is None) == (history is None):
         raise UserError("pass exactly one of --user ID or --history ID,ID,...")
-    rec = Recommender(bundle, provider=provider, precision=precision, threads=threads)
+    rec = Recommender(bundle, provider=provider, precision=precision, threads=threads, verify=verify)
     result = rec.recommend(user=user, history=_parse_ids(history, "--history") if history is not None else None,
                            candidates=parse_candidates(candidates), top_k=top_k, n_rescore=rescore, seed=seed)
     _warn(result.warnings)
