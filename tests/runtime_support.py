@@ -119,7 +119,12 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
     profile = parse_profile({"parity": {"cases": 1}, "variants": ["fp32", "int8"],
                              "fp32_graphs": ["sasrec.user_encoder", "summarizer.vision", "recommender.vision"],
                              **(profile_overrides or {})})
-    meta = {"max_new_tokens": 8, "max_keywords": 8}
+    from mmsrarec_edge.summarize.prompts import PromptSpec
+
+    tok = graphs.tokenizer
+    spec = PromptSpec(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, image_token_id=graphs.image_token_id,
+                      num_image_tokens=16, bos_id=tok.bos_token_id, max_text_tokens=48)
+    meta = {"prompt_spec": spec.to_dict(), "max_new_tokens": 8, "max_keywords": 8}  # as summarizer.json has them
     rec_meta = {"prompt": {"history_len": 5, "candidate_image": True}, "n_image_tokens": 16, "n_rescore": 8,
                 "retrieval": {"enabled": True, "k": 3, "items_per_neighbour": 2}}
     export_bundle(ExportInputs(summarizer=MLLMInput(graphs.model, graphs.tokenizer, meta),

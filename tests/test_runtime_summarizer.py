@@ -103,3 +103,28 @@ def test_bad_image_is_a_user_error(parts, tiny, tmp_path):
         summ.summarize(tmp_path / "bad.png", TEXT)
     with pytest.raises(UserError, match="does not exist"):
         summ.summarize(tmp_path / "missing.png", TEXT)
+
+
+def test_prompt_spec_from_bundle_config():
+    from mmsrarec_edge.errors import BundleError
+    from mmsrarec_edge.runtime.summarizer import prompt_spec_from_config
+
+    saved = PromptSpec(eos_id=5, pad_id=0, image_token_id=9, num_image_tokens=4, bos_id=None, max_text_tokens=33)
+    assert prompt_spec_from_config({"prompt_spec": saved.to_dict(), "image_token_id": 1}) == saved
+    rebuilt = prompt_spec_from_config({"special_tokens": {"eos_id": 102, "pad_id": 0, "bos_id": 101},
+                                       "image_token_id": 30522, "num_image_tokens": 16})
+    assert rebuilt == PromptSpec(102, 0, 30522, 16, 101)
+    with pytest.raises(BundleError, match="lacks"):
+        prompt_spec_from_config({"special_tokens": {}})
+
+
+def test_bundle_summarizer_uses_the_saved_prompt_spec(tiny):
+    from runtime_support import shared_tiny_bundle
+
+    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.runtime.summarizer import load_item_summarizer
+
+    summ = load_item_summarizer(load_manifest(shared_tiny_bundle().dir), SessionConfig.resolve("cpu", threads=1))
+    assert summ.spec.max_text_tokens == 48 and summ.max_new_tokens == 8 and summ.image_size == 64
+    out = summ.summarize(None, "word " * 200)  # 200 tokens of text are cut to 48 by the prompt builder
+    assert out.text_keywords and out.image_keywords == []
