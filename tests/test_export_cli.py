@@ -77,3 +77,27 @@ def test_build_engine_cli_errors(tmp_path):
         assert "TensorRT is not installed" in r.stderr
     else:  # pragma: no cover - device machines
         assert "not found" in r.stderr
+
+
+def test_recommender_sasrec_copy_must_match(model_dirs, tiny_synth, tmp_path):
+    """The recommender dir's own SASRec built its retrieval index: a different --sasrec is refused, none uses the copy."""
+    import shutil
+
+    import torch
+
+    from mmsrarec_edge.errors import UserError
+    from mmsrarec_edge.exporter.inputs import load_inputs
+    from mmsrarec_edge.io_utils import sha256_file
+    from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
+
+    root, _ = model_dirs
+    rec = tmp_path / "rec"
+    shutil.copytree(root / "rec", rec)
+    torch.manual_seed(1)
+    SASRecModel(SASRec(len(tiny_synth.items), SASRecConfig(hidden=16, layers=1, max_len=8)),
+                sorted(tiny_synth.items)).save(rec / "sasrec")
+    with pytest.raises(UserError, match="is not the SASRec model the recommender's retrieval index was built with"):
+        load_inputs(None, rec, root / "sas", None, None)
+    inp = load_inputs(None, rec, None, None, None)
+    assert inp.sasrec is not None and inp.yes_no_ids is not None
+    assert sha256_file(rec / "sasrec" / "model.safetensors") != sha256_file(root / "sas" / "model.safetensors")

@@ -27,6 +27,7 @@ from .parity import check, gate
 from .profile import ExportProfile
 from .variants import FP32_OPS, make_variant, onnx_files
 
+META_EXCLUDED = ("inputs", "training", "ablations")
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
 
 
@@ -155,7 +156,9 @@ def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
         "max_position_embeddings": tc.max_position_embeddings,
         "image_size": image_size(m.model), "num_image_tokens": num_image_tokens(m.model),
         "image_token_id": m.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        **m.meta,
+        # The stage's own settings (prompt config, answer tokens, ...), without its provenance and training log:
+        # paths and training-user lists of the machine that trained it do not belong in a shipped bundle.
+        **{k: v for k, v in m.meta.items() if k not in META_EXCLUDED},
     }
 
 

@@ -20,6 +20,13 @@ from ..errors import UserError
 from .bundle import ExportInputs, MLLMInput
 
 
+def _weights_sha(sasrec_dir: Path) -> str | None:
+    from ..io_utils import sha256_file
+
+    f = sasrec_dir / "model.safetensors"
+    return sha256_file(f) if f.is_file() else None
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -82,6 +89,13 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
         inp.image_features = bool(prompt.get("candidate_image", False)) if isinstance(prompt, dict) else True
         if (Path(recommender) / "retrieval").is_dir():
             inp.retrieval = Path(recommender) / "retrieval"
+    rec_sasrec = Path(recommender) / "sasrec" if recommender else None
+    if rec_sasrec is not None and rec_sasrec.is_dir():
+        # The retrieval index was built with this SASRec: a different encoder would query it with foreign vectors.
+        if sasrec and _weights_sha(Path(sasrec)) != _weights_sha(rec_sasrec):
+            raise UserError(f"--sasrec {sasrec} is not the SASRec model the recommender's retrieval index was built "
+                            f"with ({rec_sasrec})", "omit --sasrec to use the recommender's own copy")
+        sasrec = sasrec or rec_sasrec
     if sasrec:
         inp.sasrec = SASRecModel.load(sasrec)
     inp.keywords = Path(keywords) if keywords else None
