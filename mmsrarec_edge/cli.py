@@ -18,7 +18,7 @@ from rich.console import Console
 
 from .errors import UserError
 
-STAGES = ["data", "train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve"]
+STAGES = ["data", "train", "recommend_train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve"]
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

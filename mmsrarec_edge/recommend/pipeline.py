@@ -1,0 +1,194 @@
+"""Stages 2 + 3 end to end: retrieval index -> prompts -> multi-task SFT -> the recommender directory (model_dir.py).
+
+Everything here reads training users only, except model selection, which reads validation cases (never the test
+split): the best epoch and, with `items_per_neighbour=0` ("auto"), the number of next items taken per neighbour. That
+choice uses a cheap proxy instead of one trained model per value: validation NDCG@5 of a scorer that ranks each
+candidate by how often (and how early) it appears among the retrieved next items, keyword overlap breaking ties.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..io_utils import atomic_dir, sha256_file
+from ..retrieval import RetrievalConfig, RetrievalIndex, build_retrieval
+from . import prompt as P
+from .context import PromptMaker, item_texts
+from .model_dir import FORMAT, META, VERSION, load_item_pixels, sasrec_ranks, score_cases, write_items
+from .tasks import TaskConfig, build_windows, epoch_rows
+from .train import TrainConfig, train_recommender, validation_metrics
+
+IPN_CHOICES = (1, 2, 3, 5, 8)
+
+
+@dataclass
+class RecommenderConfig:
+    retrieval_enabled: bool = True
+    items_per_neighbour: int = 0  # 0 = choose on validation (proxy, see the module docstring)
+    init: str = ""  # "" = a fresh tiny LLaVA; else a LLaVA checkpoint directory (e.g. the summarizer's)
+    mllm: dict = field(default_factory=dict)  # MLLMConfig overrides for a fresh model
+    prompt: P.PromptConfig = field(default_factory=P.PromptConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def proxy_scores(index: RetrievalIndex, maker_items, neighbours, cases, ipn: int) -> np.ndarray:
+    out = np.zeros(cases.candidates.shape)
+    for r, nbs in enumerate(neighbours):
+        got, groups = index.context(nbs, ipn)
+        weight = {i: 1.0 / (1 + k) for k, i in reversed(list(enumerate(got)))}
+        kws = {k for g in groups for k in g}
+        for c, cand in enumerate(cases.candidates[r].tolist()):
+            ck = maker_items[cand].keywords if cand in maker_items else []
+            overlap = len(kws & set(ck)) / max(1, len(ck))
+            out[r, c] = weight.get(cand, 0.0) + 0.01 * overlap
+    return out
+
+
+def choose_items_per_neighbour(index: RetrievalIndex, items, sasrec, val_cases, k: int) -> tuple[int, dict]:
+    emb = sasrec.user_embeddings(val_cases.prefixes)
+    nbs = index.neighbours(emb, k, exclude=val_cases.user_id.tolist())
+    table = {}
+    for ipn in IPN_CHOICES:
+        res = validation_metrics(proxy_scores(index, items, nbs, val_cases, ipn), val_cases.user_id)
+        table[ipn] = {"NDCG@5": round(res["NDCG@5"], 4), "HR@5": round(res["HR@5"], 4)}
+    best = max(IPN_CHOICES, key=lambda i: (table[i]["NDCG@5"], -i))
+    return best, {"chosen": best, "proxy_val": {str(i): v for i, v in table.items()}}
+
+
+def _fingerprint(path: Path) -> dict:
+    path = Path(path)
+    if path.is_file():
+        return {"path": str(path), "sha256": sha256_file(path)}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors"))
+    return {"path": str(path), "sha256": {p.relative_to(path).as_posix(): sha256_file(p) for p in files}}
+
+
+def _val_subset(cases, n: int, seed: int):
+    if n <= 0 or n >= len(cases):
+        return cases
+    return cases.subset(np.sort(np.random.default_rng(seed).choice(len(cases), n, replace=False)))
+
+
+def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: Path, out: Path,
+        cfg: RecommenderConfig, progress_factory=None) -> dict:
+    """Train and write the recommender directory. Returns recommender.json's content."""
+    import torch
+
+    from ..data.protocol import load_protocol
+    from ..data.schema import load_dataset
+    from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, load_mllm, num_image_tokens, save_mllm
+    from ..models.sasrec import SASRecModel
+    from ..summarize.store import read_keyword_store
+    from .scoring import TorchScorer
+
+    prog = progress_factory or (lambda label, total: _NullProgress())
+    ds, protocol = load_dataset(dataset_dir), load_protocol(protocol_dir)
+    if protocol.dataset_fingerprint:
+        from ..data.protocol import fingerprint
+
+        if fingerprint(ds) != protocol.dataset_fingerprint:
+            raise UserError(f"protocol {protocol_dir} was not built from dataset {dataset_dir}",
+                            "pass the dataset the protocol was built from")
+    sasrec = SASRecModel.load(sasrec_dir)
+    store = read_keyword_store(keywords_path)
+    universe = [int(i) for i in protocol.items]
+    missing = [i for i in universe if i not in store]
+    if len(missing) > 0.5 * len(universe):
+        raise UserError(f"the keyword store {keywords_path} covers only {len(universe) - len(missing)} of "
+                        f"{len(universe)} protocol items", "summarize this dataset: `mmsrarec-edge summarize`")
+    items = item_texts({i: ds.items[i].title for i in universe}, store,
+                       {i: bool(ds.items[i].image) and ds.image_path(i) is not None for i in universe})
+    images = {i: ds.items[i].image for i in universe if items[i].has_image}
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    train_seqs = protocol.train_sequences()
+    val_sel = _val_subset(protocol.val, cfg.train.val_cases, cfg.train.seed)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        retrieval, ipn_info = None, {}
+        if cfg.retrieval_enabled:
+            q = sasrec.user_embeddings(protocol.val.prefixes)
+            rmeta = build_retrieval(tmp / "retrieval", train_seqs, sasrec.user_embeddings,
+                                    lambda i: items[i].keywords if i in items else [], cfg.retrieval, queries=q)
+            retrieval = RetrievalIndex(tmp / "retrieval")
+            ipn = cfg.items_per_neighbour
+            if ipn <= 0:
+                ipn, ipn_info = choose_items_per_neighbour(retrieval, items, sasrec, protocol.val, cfg.retrieval.k)
+            cfg.retrieval.items_per_neighbour = ipn
+            ipn_info["recall"] = rmeta.get("recall")
+        if cfg.init:
+            init_dir = Path(cfg.init)
+            model, tok = load_mllm(init_dir / "model" if (init_dir / "model" / "config.json").is_file() else init_dir)
+        else:
+            tok = build_tokenizer()
+            model = build_mllm(MLLMConfig(**cfg.mllm), tok)
+        model = model.float()
+        yes_id, no_id = (tok.convert_tokens_to_ids(w) for w in P.ANSWER_WORDS)
+        for w, i in zip(P.ANSWER_WORDS, (yes_id, no_id)):
+            if i in (None, tok.unk_token_id) or tok(w, add_special_tokens=False)["input_ids"] != [i]:
+                raise UserError(f"the tokenizer has no single token for {w!r}", "the yes/no head needs one")
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        encode = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        ranks = sasrec_ranks(sasrec) if cfg.prompt.rank_hint else None
+        maker = PromptMaker(items, encode, tok.bos_token_id, cfg.prompt, retrieval, cfg.retrieval.items_per_neighbour,
+                            cfg.retrieval.k, ranks, num_image_tokens(model))
+        with prog("building training windows", None) as adv:
+            windows = build_windows(train_seqs, maker, sasrec.user_embeddings, cfg.tasks, adv)
+        pixels = load_item_pixels(dataset_dir, images, model) if cfg.prompt.candidate_image else None
+        longest = max(len(w.prefix) for w in windows) + max(len(maker.suffix(i, 0)) for i in universe[:200]) + 16
+        if longest > model.config.text_config.max_position_embeddings:
+            raise UserError(f"prompts reach {longest} tokens, beyond the model's "
+                            f"{model.config.text_config.max_position_embeddings} positions",
+                            "show fewer keywords (prompt config) or use a model with more positions")
+        eos_id = tok.eos_token_id
+
+        def make_epoch(epoch: int):
+            return epoch_rows(windows, maker, universe, yes_id, no_id, eos_id, cfg.tasks, epoch)
+
+        def validate(m):
+            scorer = TorchScorer(m, yes_id, no_id, pad_id)
+            s = score_cases(scorer, maker, sasrec, val_sel, pixels)
+            return validation_metrics(s, val_sel.user_id)
+
+        n_first = len(make_epoch(0))
+        with prog("training the recommender (steps)", cfg.train.epochs * ((n_first + cfg.train.batch_size - 1)
+                                                                          // cfg.train.batch_size)) as adv:
+            model, log = train_recommender(model, make_epoch, pad_id, cfg.train, validate, pixels, adv)
+        save_mllm(model, tok, tmp / "model")
+        sasrec.save(tmp / "sasrec")
+        write_items(tmp / "items.parquet", items, images)
+        meta = {
+            "format": FORMAT, "version": VERSION, "answer_words": list(P.ANSWER_WORDS),
+            "yes_token_id": int(yes_id), "no_token_id": int(no_id), "bos_id": tok.bos_token_id,
+            "pad_id": int(pad_id), "eos_id": eos_id, "n_image_tokens": num_image_tokens(model),
+            "prompt": cfg.prompt.to_dict(), "history_len": cfg.prompt.history_len,
+            "retrieval": {"enabled": cfg.retrieval_enabled, "dir": "retrieval" if cfg.retrieval_enabled else None,
+                          "k": cfg.retrieval.k, "items_per_neighbour": cfg.retrieval.items_per_neighbour,
+                          **ipn_info},
+            "ablations": {"no_retrieval": not cfg.retrieval_enabled, "no_aux": not cfg.tasks.aux,
+                          "keywords": str(keywords_path)},
+            "tasks": asdict(cfg.tasks), "init": cfg.init or "scratch", "mllm": cfg.mllm,
+            "inputs": {"dataset": {"path": str(Path(dataset_dir).resolve()), "fingerprint": protocol.dataset_fingerprint},
+                       "protocol": {"path": str(Path(protocol_dir).resolve()),
+                                    "train_users": [int(u) for u in protocol.train_users]},
+                       "sasrec": _fingerprint(sasrec_dir), "keywords": _fingerprint(keywords_path)},
+            "training": log,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+class _NullProgress:
+    def __enter__(self):
+        return lambda n=1, **kw: None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,173 @@
+"""The recommender's prompts: ONE builder for training, evaluation, export and the torch-free runtime.
+
+Every prompt is a (prefix, suffix) pair split where the candidate starts, so the runtime computes the shared prefix's
+KV cache once per request and scores each candidate suffix against it:
+
+    prefix: [bos] "predict if the user will choose the candidate next . user history : " kw, kw ; kw, kw ; ...
+            " . similar users then chose : " kw, kw ; ... " . candidate :"
+    suffix: " " title " : " kw, kw [" <image>" x N] [" . sequential rank : top 5"] " . will the user choose it ? answer :"
+
+The answer ("yes" / "no") is the next token; score = p(yes) / (p(yes) + p(no)) there. Prefix and suffix are ALWAYS
+tokenized separately (ids = prefix_ids + suffix_ids), in training too, so what the runtime feeds is exactly what the
+model was trained on. Keyword lists are truncated here, by the config, never by callers.
+
+The optional "sequential rank" hint is SASRec-derived context (the candidate's rank among the whole catalog under the
+SASRec user embedding, bucketed); it is off unless the recommender was trained with it (recommender.json says).
+The auxiliary training tasks' templates live here too, so all prompt text is in one file. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+IMAGE_TOKEN = "<image>"
+ANSWER_WORDS = ("yes", "no")
+NONE = "none"
+Encode = Callable[[str], list[int]]
+RANK_BUCKETS = (1, 3, 5, 10, 20, 50, 100)
+
+
+@dataclass
+class PromptConfig:
+    history_len: int = 5  # the paper's n
+    item_keywords: int = 6  # keywords shown per history item
+    candidate_keywords: int = 6
+    collab_items: int = 9  # keyword groups of the collaborative context (k neighbours x items per neighbour)
+    collab_item_keywords: int = 4
+    candidate_title: bool = True
+    candidate_image: bool = False  # splice the candidate's image features into its suffix
+    rank_hint: bool = False  # SASRec-derived: the candidate's bucketed catalog rank
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PromptConfig":
+        d = d or {}
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _clean(s: str) -> str:
+    return " ".join(str(s).replace(";", ",").split())
+
+
+def _groups(groups: Sequence[Sequence[str]], per_group: int) -> str:
+    parts = [", ".join(_clean(k) for k in list(g)[:per_group]) for g in groups]
+    return " ; ".join(p for p in parts if p) or NONE
+
+
+def rank_bucket(rank: int) -> str:
+    """0-based catalog rank -> "top 1", "top 3", ... "top 100", "low"."""
+    for b in RANK_BUCKETS:
+        if rank < b:
+            return f"top {b}"
+    return "low"
+
+
+def prefix_text(history_keywords: Sequence[Sequence[str]], collab_keywords: Sequence[Sequence[str]] | None,
+                cfg: PromptConfig | None = None) -> str:
+    """history_keywords: one keyword list per history item (oldest first); collab_keywords: keyword groups of the
+    collaborative context (None or empty: "none", the w/o-retrieval ablation)."""
+    cfg = cfg or PromptConfig()
+    hist = _groups(list(history_keywords)[-cfg.history_len:] if cfg.history_len else [], cfg.item_keywords)
+    collab = _groups(list(collab_keywords or [])[: cfg.collab_items], cfg.collab_item_keywords)
+    return (f"predict if the user will choose the candidate next . user history : {hist} . "
+            f"similar users then chose : {collab} . candidate :")
+
+
+def candidate_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0, rank: int | None = None,
+                   cfg: PromptConfig | None = None) -> str:
+    cfg = cfg or PromptConfig()
+    kws = ", ".join(_clean(k) for k in list(keywords)[: cfg.candidate_keywords]) or NONE
+    head = f" {_clean(title)} : {kws}" if cfg.candidate_title else f" {kws}"
+    image = (" " + " ".join([IMAGE_TOKEN] * n_image_tokens)) if n_image_tokens else ""
+    hint = f" . sequential rank : {rank_bucket(rank)}" if cfg.rank_hint and rank is not None else ""
+    return head + image + hint
+
+
+def suffix_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0, rank: int | None = None,
+                cfg: PromptConfig | None = None) -> str:
+    if (cfg or PromptConfig()).rank_hint and rank is None:
+        raise ValueError("this recommender's prompt carries the SASRec rank hint: pass the candidate's rank")
+    return candidate_text(title, keywords, n_image_tokens, rank, cfg) + " . will the user choose it ? answer :"
+
+
+def build_prompt(history_keywords, collab_keywords, title: str, keywords: Sequence[str], n_image_tokens: int = 0,
+                 rank: int | None = None, cfg: PromptConfig | None = None) -> tuple[str, str]:
+    """(prefix, suffix) text of one candidate's yes/no prompt."""
+    return prefix_text(history_keywords, collab_keywords, cfg), suffix_text(title, keywords, n_image_tokens, rank, cfg)
+
+
+def prefix_ids(encode: Encode, bos_id: int | None, history_keywords, collab_keywords,
+               cfg: PromptConfig | None = None) -> list[int]:
+    return ([int(bos_id)] if bos_id is not None else []) + list(encode(prefix_text(history_keywords, collab_keywords,
+                                                                                   cfg)))
+
+
+def suffix_ids(encode: Encode, title: str, keywords, n_image_tokens: int = 0, rank: int | None = None,
+               cfg: PromptConfig | None = None) -> list[int]:
+    return list(encode(suffix_text(title, keywords, n_image_tokens, rank, cfg)))
+
+
+def candidate_ids(encode: Encode, item, kw, meta: dict) -> list[int] | None:
+    """An item's suffix ids as an exporter may precompute them for the catalog (meta = recommender.json); None when
+    the suffix depends on the request (the SASRec rank hint)."""
+    cfg = PromptConfig.from_dict(meta.get("prompt"))
+    if cfg.rank_hint:
+        return None
+    n_img = int(meta.get("n_image_tokens", 0)) if cfg.candidate_image and getattr(item, "image", None) else 0
+    return suffix_ids(encode, item.title, kw.keywords if kw is not None else [], n_img, None, cfg)
+
+
+# Auxiliary tasks (training only; LC-Rec style). Each is (prefix, suffix) -> target text + eos.
+def next_keywords_suffix() -> str:
+    return " what will the user choose next ? keywords :"
+
+
+def next_title_suffix() -> str:
+    return " what will the user choose next ? title :"
+
+
+def title_from_keywords(keywords: Sequence[str], cfg: PromptConfig | None = None) -> tuple[str, str]:
+    cfg = cfg or PromptConfig()
+    kws = ", ".join(_clean(k) for k in list(keywords)[: cfg.candidate_keywords]) or NONE
+    return f"an item is described by : {kws} .", " which item is it ? title :"
+
+
+def keywords_from_title(title: str) -> tuple[str, str]:
+    return f"item : {_clean(title)} .", " describe it with keywords :"
+
+
+def keywords_target(keywords: Sequence[str], limit: int) -> str:
+    return " " + (", ".join(_clean(k) for k in list(keywords)[:limit]) or NONE)
+
+
+def title_target(title: str) -> str:
+    return " " + _clean(title)
+
+
+class TokenizerCodec:
+    """A model's tokenizer.json through the `tokenizers` library (no transformers), with the training side's
+    conventions: no special tokens added, no post-processor, no padding or truncation. Gives the same ids as the
+    transformers tokenizer with `add_special_tokens=False` (tested)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} not found")
+        self.tk = Tokenizer.from_file(str(path))
+        self.tk.post_processor = None
+        self.tk.no_padding()
+        self.tk.no_truncation()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def token_id(self, token: str) -> int | None:
+        return self.tk.token_to_id(token)

@@ -1,0 +1,193 @@
+"""Multi-task SFT of the yes/no recommender (MMSRARec stage 3), with model selection on validation.
+
+Loss: next-token cross-entropy over the full vocabulary on each example's target tokens (" yes" / " no" for the
+recommendation task, keywords or titles for the auxiliary ones), averaged per example; auxiliary examples weigh
+`aux_weight`. The language-model head runs only at target positions (the vocabulary is ~30k and prompts ~150 tokens:
+computing every position's logits would dominate a step). A window's examples are packed into one row
+(tasks.py); batches group rows of similar length.
+
+Full fine-tuning is the default for the tiny model: it starts from random weights or from the summarizer's, so there is
+no pretrained knowledge for LoRA to protect, and LoRA on a 2-layer, 128-wide decoder trains slower for no memory gain.
+`lora_r > 0` trains peft LoRA adapters on the decoder's projections instead (for a real checkpoint), merged before
+saving so the export sees plain weights. After every epoch the model ranks `val_cases` validation cases with the
+shared-prefix scorer; the best epoch's weights win and training stops after `patience` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import metrics
+from .tasks import Row
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32  # packed rows (one window's examples each)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of steps with a linear warm-up
+    aux_weight: float = 0.5
+    patience: int = 2
+    val_cases: int = 300
+    lora_r: int = 0
+    max_steps: int = 0  # 0 = no cap
+    threads: int = 1  # measured: 2 threads ran 6x slower than 1 on the shared 2-core machine
+    seed: int = 0
+
+
+def length_batches(rows: list[Row], batch_size: int, rng: np.random.Generator) -> list[list[Row]]:
+    """Shuffled batches of similar-length rows (sorted within pools of 50 batches)."""
+    order = rng.permutation(len(rows))
+    pool = batch_size * 50
+    batches = []
+    for s in range(0, len(order), pool):
+        chunk = sorted(order[s:s + pool], key=lambda k: len(rows[k]))
+        batches.extend([rows[k] for k in chunk[b:b + batch_size]] for b in range(0, len(chunk), batch_size))
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def pack(rows: list[Row], pad_id: int):
+    """Packed rows -> input ids, a 4D boolean attention mask (each segment sees the prefix and itself, causally),
+    position ids (restarting after the prefix in every segment), and the (row, position, target, segment) of every
+    target token. Pad slots attend only to themselves (no NaN rows) and are never read."""
+    width = max(len(r) for r in rows)
+    B = len(rows)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(B, 1, 1)
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    where: list[tuple[int, int, int, int]] = []
+    seg_id = 0
+    for r, row in enumerate(rows):
+        P = len(row.prefix)
+        ids[r, :P] = torch.tensor(row.prefix)
+        pos[r, :P] = torch.arange(P)
+        mask[r, :P, :P] = causal[:P, :P]
+        start = P
+        for seg in row.segments:
+            toks = seg.suffix + seg.target[:-1]
+            n = len(toks)
+            ids[r, start:start + n] = torch.tensor(toks)
+            pos[r, start:start + n] = torch.arange(P, P + n)
+            mask[r, start:start + n, :P] = True
+            mask[r, start:start + n, start:start + n] = causal[:n, :n]
+            first = start + len(seg.suffix) - 1  # its output predicts the first target token
+            where.extend((r, first + j, t, seg_id) for j, t in enumerate(seg.target))
+            start += n
+            seg_id += 1
+    return ids, mask[:, None], pos, where
+
+
+def batch_loss(model, batch: list[Row], pad_id: int, aux_weight: float, pixels: dict | None = None
+               ) -> tuple[torch.Tensor, dict]:
+    ids, mask, pos, where = pack(batch, pad_id)
+    segs = [seg for row in batch for seg in row.segments]
+    pv = None
+    if pixels is not None:
+        imgs = [pixels[s.image_item] for s in segs if s.image_item is not None]
+        pv = torch.from_numpy(np.stack(imgs)) if imgs else None
+    h = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pv).last_hidden_state
+    rr, pp, tt, owner = (torch.tensor(c) for c in zip(*where))
+    logits = model.lm_head(h[rr, pp])
+    tok_loss = F.cross_entropy(logits.float(), tt, reduction="none")
+    n = len(segs)
+    per_seg = torch.zeros(n).index_add_(0, owner, tok_loss) / torch.bincount(owner, minlength=n)
+    w = torch.tensor([1.0 if s.task == "rec" else aux_weight for s in segs])
+    loss = (per_seg * w).sum() / w.sum()
+    stats = {}
+    with torch.no_grad():
+        for task in {s.task for s in segs}:
+            sel = torch.tensor([s.task == task for s in segs])
+            stats[task] = float(per_seg[sel].mean())
+    return loss, stats
+
+
+def _lr_lambda(total: int, warmup: float):
+    w = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return max(0.0, 0.5 * (1 + np.cos(np.pi * (step - w) / max(1, total - w))))
+
+    return f
+
+
+def _wrap_lora(model, r: int):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, bias="none",
+                     target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+    return get_peft_model(model, cfg)
+
+
+def train_recommender(model, make_epoch, pad_id: int, cfg: TrainConfig, validate, pixels: dict | None = None,
+                      progress=None) -> tuple[object, dict]:
+    """Train `model` (a LLaVA) in place on `make_epoch(epoch) -> list[Row]`; `validate(model) -> metrics dict`
+    (HR/NDCG/AUC means on validation cases). Returns (the best epoch's model, log)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    peft_model = _wrap_lora(model, cfg.lora_r) if cfg.lora_r > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    first = make_epoch(0)
+    steps_per_epoch = (len(first) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, cfg.warmup))
+    segs = [s.task for row in first for s in row.segments]
+    log = {"config": cfg.__dict__.copy(), "epochs": [], "rows_per_epoch": len(first),
+           "examples_per_epoch": {t: segs.count(t) for t in sorted(set(segs))}}
+    best, best_state, best_epoch, step, bad = -1.0, None, 0, 0, 0
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        examples = first if epoch == 0 else make_epoch(epoch)
+        model.train()
+        losses: dict[str, list[float]] = {}
+        for batch in length_batches(examples, cfg.batch_size, rng):
+            loss, stats = batch_loss(model, batch, pad_id, cfg.aux_weight, pixels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in stats.items():
+                losses.setdefault(k, []).append(v)
+            if progress:
+                progress(1, loss=f"{loss.item():.3f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        model.eval()
+        val = validate(model)
+        entry = {"epoch": epoch + 1, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+                 "loss": {k: float(np.mean(v)) for k, v in losses.items()},
+                 "val": {m: round(float(val[m]), 4) for m in ("HR@1", "HR@5", "NDCG@5", "AUC")}}
+        log["epochs"].append(entry)
+        if val["NDCG@5"] > best:
+            best, best_epoch, bad = float(val["NDCG@5"]), epoch + 1, 0
+            best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            bad += 1
+        if bad >= cfg.patience or (cfg.max_steps and step >= cfg.max_steps):
+            break
+    model.load_state_dict(best_state)
+    if peft_model is not None:
+        model = peft_model.merge_and_unload()
+    log.update({"best_epoch": best_epoch, "best_val_NDCG@5": best, "steps": step,
+                "train_seconds": round(time.perf_counter() - t0, 1)})
+    return model.eval(), log
+
+
+def validation_metrics(scores: np.ndarray, users: np.ndarray) -> dict:
+    res = metrics.summarize(scores, users, n_boot=1)
+    return {k: v["mean"] for k, v in res.items() if not k.startswith("_")}
