@@ -3,18 +3,21 @@
 Each stage registers its commands from `mmsrarec_edge/commands/<stage>.py` (a `register(apps)` function), so the CLI
 grows without one file owning every stage. Command modules import torch/transformers only inside command bodies: the
 torch-free runtime commands must work on a slim install. Errors a user can cause (UserError) print as one line with a
-hint and exit 2; anything else prints one line and exits 1; `--debug` shows the traceback.
+hint and exit 2, as do usage errors; anything else prints one line and exits 1; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import traceback
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import UserError
 
@@ -47,26 +50,55 @@ for _stage in STAGES:
     _mod.register(APPS)
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so `finally` blocks (atomic writes) clean up as they do on Ctrl-C. A BaseException:
+    neither Typer nor `except Exception` handlers swallow it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    err_console.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]hint: {escape(hint)}[/]" if hint else ""),
+                      highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point with error rendering (the console script). Usage errors stay Typer's (exit 2, with usage)."""
+    """Entry point with error rendering (the console script): every failure is one line on stderr, no traceback
+    unless --debug. A UserError exits 2 (usage errors too), anything else 1, Ctrl-C 130 and SIGTERM 143."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    from typer.exceptions import Abort
+
     debug = "--debug" in sys.argv or os.environ.get("MMSRAREC_DEBUG") == "1"
+    with contextlib.suppress(ValueError):  # not in the main thread (embedded): keep the default handler
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `mmsrarec-edge data`: Typer printed the help building the exception
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        _fail(exc.format_message(), f"see `{ctx.command_path if ctx else 'mmsrarec-edge'} --help`", exc.exit_code, debug)
+    except ClickException as exc:
+        _fail(exc.format_message(), None, exc.exit_code, debug)
     except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]hint: {exc.hint}[/]" if exc.hint else ""),
-                          highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(exc.message, exc.hint, 2, debug)
+    except (KeyboardInterrupt, Abort):
         err_console.print("interrupted")
         sys.exit(130)
+    except Terminated:
+        err_console.print("terminated")
+        sys.exit(143)
     except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} [dim](run with --debug for the traceback)[/]",
-                          highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(f"{type(exc).__name__}: {exc}", None if debug else "run with --debug for the traceback", 1, debug)
+    if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130
+        err_console.print("interrupted")
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

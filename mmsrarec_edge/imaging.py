@@ -6,6 +6,8 @@ Images are resized (bicubic) to the vision tower's square size and normalised wi
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +20,33 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 64_000_000  # refuse decompression bombs well before PIL's own limit
 
 
+def _too_large(path: Path, w: int, h: int) -> UserError:
+    return UserError(f"image {path} is too large ({w}x{h} pixels, limit {MAX_PIXELS})", "downscale it first")
+
+
 def load_image(path: Path) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise UserError(f"image {path} does not exist", "check the path")
+    if not path.is_file():
+        raise UserError(f"image {path} is not a file", "pass the path of a PNG/JPEG file")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise UserError(f"image {path} is too large ({w}x{h} pixels, limit {MAX_PIXELS})", "downscale it first")
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns from 89M pixels and refuses from 179M; ours (64M) is lower, so its warning means too large
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise _too_large(path, w, h)
+                im.load()
+                return im.convert("RGB")
     except UserError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise UserError(f"image {path} is too large ({size.group(1) if size else 'too many'} pixels, limit "
+                        f"{MAX_PIXELS})", "downscale it first") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})", "is it a valid PNG/JPEG file?") from exc
 
 

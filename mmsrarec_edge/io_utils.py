@@ -18,14 +18,32 @@ from .errors import UserError
 
 
 def ensure_writable_dir(path: Path) -> Path:
+    """Create `path` (and its parents) if needed; a UserError naming the problem when it cannot be written.
+    Permission bits alone do not tell (root ignores them; /proc or a read-only mount refuse anyway), so a probe file
+    is created and removed."""
     path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot create output directory {path}: {blocker} is a file, not a directory",
+                        "choose another location")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output directory {path}: {exc.strerror}", "choose a writable location") from exc
     if not os.access(path, os.W_OK):
-        raise UserError(f"output directory {path} is not writable", "choose a writable location or fix its permissions")
+        raise UserError(f"cannot write to {path}: permission denied", "choose a writable location or fix its permissions")
+    fd, probe = _temp_in(path, lambda: tempfile.mkstemp(prefix=".write-test.", dir=path))
+    os.close(fd)
+    os.unlink(probe)
     return path
+
+
+def _temp_in(parent: Path, make):
+    """mkstemp/mkdtemp in `parent`, with a failure (read-only or pseudo file system, no space) as a UserError."""
+    try:
+        return make()
+    except OSError as exc:
+        raise UserError(f"cannot write to {parent}: {exc.strerror or exc}", "choose a writable location") from exc
 
 
 @contextlib.contextmanager
@@ -33,7 +51,8 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path next to `target`; on success it replaces `target` in one rename."""
     target = Path(target)
     ensure_writable_dir(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    fd, tmp = _temp_in(target.parent, lambda: tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
+                                                               dir=target.parent))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -44,12 +63,26 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `target`; on success it replaces `target` (old one removed last)."""
+def check_replaceable(target: Path, marker: str | None = None) -> None:
+    """UserError unless `target` is absent, or a directory that is empty or holds `marker` (see atomic_dir)."""
     target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise UserError(f"output {target} exists and is not a directory", "choose a new or empty directory")
+    if marker and target.is_dir() and not (target / marker).is_file() and any(target.iterdir()):
+        raise UserError(f"output {target} exists, is not empty and has no {marker}; refusing to replace it",
+                        "choose a new or empty directory")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, marker: str | None = None) -> Iterator[Path]:
+    """Yield a temporary directory next to `target`; on success it replaces `target` (old one removed last).
+
+    An existing `target` must be a directory; with `marker` (the file that identifies what the caller writes, e.g.
+    manifest.json) it must also be empty or hold that file, so a mistyped --out never wipes an unrelated folder."""
+    target = Path(target)
+    check_replaceable(target, marker)
     ensure_writable_dir(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(_temp_in(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)))
     try:
         yield tmp
         if target.exists():

@@ -152,6 +152,71 @@ def test_eight_threads_equal_serial(rec, bundle):
         assert a == b
 
 
+def test_mixed_requests_from_eight_threads_equal_serial(rec, bundle):
+    """Known users, ad-hoc and over-long histories, every candidate mode and bad requests, interleaved on 8 threads:
+    each result (or error) is the one a serial call gives."""
+    users = sorted(bundle.dataset.sequences())
+    requests = [dict(user=users[0]), dict(user=users[1], candidates="sampled:5", seed=2),
+                dict(history=[3, 9, 4]), dict(history=list(range(1, 13)), top_k=3),  # truncated, with a warning
+                dict(history=[5], candidates=[1, 2, 3, 4]), dict(history=[2, 7], candidates="all", top_k=40),
+                dict(user=users[2], n_rescore=3), dict(history=[1, 1]), dict(user=10**6), dict(history=[8, 6, 2],
+                                                                                             candidates="sampled:9")]
+
+    def call(kw):
+        try:
+            out = rec.recommend(**kw).to_dict()
+            out.pop("timings_ms")
+            return out
+        except UserError as exc:
+            return f"UserError: {exc}"
+
+    serial = [call(kw) for kw in requests]
+    assert sum(isinstance(r, str) for r in serial) == 2 and serial[3]["warnings"]
+    got: dict[tuple[int, int], object] = {}
+    barrier = threading.Barrier(8)
+
+    def work(k):
+        barrier.wait()
+        for j in range(len(requests)):
+            n = (k + j) % len(requests)  # every thread runs every request, each in its own order
+            got[k, n] = call(requests[n])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 * len(requests)
+    for (k, n), r in got.items():
+        assert r == serial[n], (k, requests[n])
+
+
+def test_image_token_in_a_title_never_breaks_requests(bundle, tmp_path):
+    """A title holding the literal <image> would add an image slot without features: cold start refuses such a title,
+    and a catalog that has one anyway (an imported dataset) still serves, scoring the title without the token."""
+    import dataclasses
+
+    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.runtime.catalog import add_item
+    from mmsrarec_edge.runtime.cold_start import add_summarized_item
+    from mmsrarec_edge.runtime.sessions import SessionConfig
+    from mmsrarec_edge.runtime.summarizer import ItemSummary
+
+    d = copy_bundle(bundle, tmp_path / "b")
+    man = load_manifest(d)
+    summary = ItemSummary(text_keywords=["red", "lamp"])
+    with pytest.raises(UserError, match="reserved for images"):
+        add_summarized_item(man, SessionConfig.resolve("cpu", threads=1), 5000, "Evil <image> lamp", "a red lamp",
+                            summary)
+    base = Recommender(d, provider="cpu", threads=1).catalog.items[3]
+    d2 = copy_bundle(bundle, tmp_path / "b2")
+    for root, title in ((d, "Evil <image> lamp"), (d2, "Evil lamp")):
+        add_item(root, dataclasses.replace(base, item_id=5000, title=title))
+    got = Recommender(d, provider="cpu", threads=1).recommend(history=[1, 2], candidates=[5000, 3]).scored
+    want = Recommender(d2, provider="cpu", threads=1).recommend(history=[1, 2], candidates=[5000, 3]).scored
+    assert [i for i, _ in got] == [5000, 3] and np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
+
+
 def test_tampered_bundle_is_refused(bundle, tmp_path):
     d = copy_bundle(bundle, tmp_path / "b")
     items = d / "catalog" / "items.parquet"

@@ -21,7 +21,7 @@ def synth(
     from ..progress import progress_bar
 
     cfg = SynthConfig(seed=seed, n_items=items, n_users=users)
-    with atomic_dir(out) as tmp, progress_bar("drawing items", min(items, 384)) as adv:
+    with atomic_dir(out, marker="dataset.json") as tmp, progress_bar("drawing items", min(items, 384)) as adv:
         ds = generate(cfg, tmp, progress=adv)
     typer.echo(json.dumps(ds.stats()))
     typer.echo(f"wrote {out}")

@@ -19,6 +19,14 @@ def export(
     threads: int = typer.Option(2, help="Torch/ONNX Runtime threads used by export and parity checks."),
 ):
     """Export ONNX graphs + precision variants, gate each against PyTorch, and write one verified bundle."""
+    from ..io_utils import check_replaceable, ensure_writable_dir
+    from ..runtime.bundle import MANIFEST
+
+    if threads < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--threads")
+    check_replaceable(out, MANIFEST)  # before minutes of export, not after
+    ensure_writable_dir(out.parent)
+
     import torch
 
     from ..exporter.bundle import export_bundle, parity_summary
@@ -26,8 +34,6 @@ def export(
     from ..exporter.profile import load_profile
     from ..progress import progress_bar
 
-    if threads < 1:
-        raise typer.BadParameter("must be >= 1", param_hint="--threads")
     torch.set_num_threads(threads)
     prof = load_profile(profile)
     inputs = load_inputs(summarizer, recommender, sasrec, keywords, dataset)

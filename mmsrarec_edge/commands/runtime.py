@@ -115,7 +115,10 @@ def summarize_item(
     from ..runtime.bundle import load_manifest
     from ..runtime.sessions import SessionConfig
     from ..runtime.summarizer import load_item_summarizer
+    from ..runtime.tokenizer import require_utf8
 
+    text = None if text is None else require_utf8(text, "--text")
+    title = None if title is None else require_utf8(title, "--title")
     if image is None and not (text and text.strip()):
         raise UserError("nothing to summarize", "pass --image PATH and/or --text \"...\"")
     if add_to_catalog and item_id is None:

@@ -42,17 +42,21 @@ def sasrec(
 ):
     """Train SASRec on the training users (PyTorch), early-stopped on validation."""
     from ..data.protocol import load_protocol
-    from ..io_utils import atomic_dir, write_json
-    from ..models.sasrec import SASRecConfig
+    from ..io_utils import atomic_dir, check_replaceable, ensure_writable_dir, write_json
+
+    p = load_protocol(protocol_dir)
+    check_replaceable(out, "model.safetensors")  # before training, not after
+    ensure_writable_dir(out.parent)
+
+    from ..models.sasrec import SASRecConfig  # torch: only once the inputs are known to be good
     from ..models.sasrec_train import SASRecTrainConfig, train_sasrec
     from ..progress import progress_bar
 
-    p = load_protocol(protocol_dir)
     cfg = SASRecConfig(hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout, seed=seed)
     tcfg = SASRecTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
     with progress_bar("training SASRec (epochs)", epochs) as adv:
         model, log = train_sasrec(p, cfg, tcfg, progress=adv)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="model.safetensors") as tmp:
         model.save(tmp)
         write_json(tmp / "train_log.json", log)
     typer.echo(f"best epoch {log['best_epoch']} of {log['epochs_run']}, val NDCG@5 {log['best_val_NDCG@5']:.4f}")

@@ -172,7 +172,7 @@ def _cases_from_table(t: pa.Table) -> Cases:
 
 
 def save_protocol(p: Protocol, out_dir: Path) -> Path:
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), marker="protocol.json") as tmp:
         meta = {"format": "mmsrarec-protocol", "version": PROTOCOL_VERSION, "config": asdict(p.config),
                 "dataset_fingerprint": p.dataset_fingerprint, "items": p.items, "train_users": p.train_users,
                 "val_users": p.val_users, "test_users": p.test_users,

@@ -238,7 +238,7 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
     """Write the bundle at `out` (atomically). Returns the manifest. Raises ExportError when a graph misses its gate."""
     started = time.time()
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker=MANIFEST) as tmp:
         scratch = tmp / ".scratch"
         scratch.mkdir()
         graphs = export_graphs(inputs, profile, tmp, scratch, progress)

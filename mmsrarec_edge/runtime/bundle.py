@@ -66,7 +66,16 @@ class Manifest:
         return self.root / rel
 
     def config(self) -> dict:
-        return json.loads(self.path("config.json").read_text(encoding="utf-8"))
+        return self.read_json("config.json")
+
+    def read_json(self, rel: str):
+        """A listed JSON file of the bundle; unreadable JSON is a BundleError (it matched the manifest, so the
+        export that wrote it was broken or the manifest was rewritten by hand)."""
+        path = self.path(rel)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: not valid JSON ({exc})", "re-export the bundle") from exc
 
     def has_graph(self, graph: str) -> bool:
         return graph in self.graphs
@@ -107,7 +116,8 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path}: not an mmsrarec bundle manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
     version = data.get("format_version")
     if version not in SUPPORTED_VERSIONS:
-        raise BundleError(f"{path}: unknown bundle format version {version!r} (this code reads {SUPPORTED_VERSIONS})",
+        raise BundleError(f"{path}: unknown bundle format version {version!r} (this code reads version "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})",
                           "upgrade mmsrarec-edge, or re-export the bundle with this version")
     if not isinstance(data.get("files"), dict):
         raise BundleError(f"{path}: has no file list")
@@ -128,6 +138,8 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     listed = data["files"]
     for rel, meta in listed.items():
         path = _safe_rel(root, rel)
+        if not isinstance(meta, dict):
+            raise BundleError(f"{root / MANIFEST}: file entry {rel!r} is not an object", "re-export the bundle")
         if not allowed_file(path.name):
             raise BundleError(f"{path}: file type not allowed in a bundle", f"allowed: {', '.join(ALLOWED_SUFFIXES)}")
         if path.is_symlink() or not path.is_file():

@@ -67,6 +67,11 @@ def add_summarized_item(manifest, cfg: SessionConfig, item_id: int, title: str |
         raise UserError(f"item id must be >= 0, got {item_id}")
     text = " ".join((text or "").split())
     title = (title or "").strip() or default_title(text) or f"item {item_id}"
+    from ..recommend.prompt import IMAGE_TOKEN
+
+    if IMAGE_TOKEN in title:  # it would become an image slot of the recommender's prompt
+        raise UserError(f"the item title {title!r} contains {IMAGE_TOKEN}, a token reserved for images",
+                        "pass a --title without it")
     description = text[len(title):].lstrip(" .") if text.startswith(title) else text
     item = Item(int(item_id), title, description, str(image) if image is not None else None)
     features = recommender_image_features(manifest, cfg, image)

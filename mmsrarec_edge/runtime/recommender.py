@@ -35,7 +35,6 @@ Thread-safety: all state is read-only after construction; onnxruntime's `run` is
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,8 +144,10 @@ class Recommender:
         self._popularity = self._popularity_scores()
         # A candidate shows its image only when the catalog caches its features: a bundle holds no images.
         cat = self.catalog.items
-        texts = item_texts({i: it.title for i, it in cat.items()}, {i: it.keywords for i, it in cat.items()},
-                           {i: i in self.catalog.features for i in cat})
+        # Titles are free text: one holding the literal image token would add an image slot with no features (a
+        # ValueError on every request scoring that item), so the token is blanked; no trained prompt could hold it.
+        texts = item_texts({i: it.title.replace(rp.IMAGE_TOKEN, " ") for i, it in cat.items()},
+                           {i: it.keywords for i, it in cat.items()}, {i: i in self.catalog.features for i in cat})
         ranks = SASRecRanks(list(self.sasrec_index), self.item_embeddings) if self.item_embeddings is not None else None
         r = rec.get("retrieval") or {}
         self.prompts = PromptMaker(texts, self.codec.encode, self.bos_id, pc, self.retrieval,
@@ -161,7 +162,7 @@ class Recommender:
         if not s or not self.manifest.has_graph("sasrec.user_encoder"):
             return
         self.max_len = int(s["max_len"])
-        ids = json.loads(self.manifest.path(s["item_ids"]).read_text())["item_ids"]
+        ids = self.manifest.read_json(s["item_ids"])["item_ids"]
         self.sasrec_index = {int(i): k + 1 for k, i in enumerate(ids)}
         self.user_encoder = open_bundle_graph(self.manifest, "sasrec.user_encoder", self.session_config)
         if s.get("item_embeddings"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import BundleError
+from ..errors import BundleError, UserError
 
 
 class Codec:
@@ -26,7 +26,7 @@ class Codec:
         self.tk.no_truncation()
 
     def encode(self, text: str) -> list[int]:
-        return self.tk.encode(text, add_special_tokens=False).ids
+        return self.tk.encode(require_utf8(text), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -36,3 +36,19 @@ class Codec:
 
     def __len__(self) -> int:
         return self.tk.get_vocab_size(with_added_tokens=True)
+
+
+def require_utf8(text: str, what: str = "text") -> str:
+    """`text` if it is valid Unicode; a UserError naming the first bad byte otherwise. Bytes that are not UTF-8 reach
+    Python as lone surrogates (command-line arguments are decoded with surrogateescape), which tokenizers rejects
+    with a bare TypeError."""
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        ch = ord(text[exc.start])
+        bad = f"byte 0x{ch - 0xDC00:02x}" if 0xDC80 <= ch <= 0xDCFF else f"code point U+{ch:04X}"
+        raise UserError(f"{what} is not valid UTF-8 ({bad} at character {exc.start + 1})",
+                        "pass UTF-8 text (convert it with iconv)") from None
+    return text

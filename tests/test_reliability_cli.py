@@ -1,0 +1,292 @@
+"""The README's troubleshooting table, row by row, through the CLI as a user runs it (subprocesses).
+
+Each row of the table is one case here, named by the text the user sees: the command must exit non-zero with exactly
+one line on stderr holding that text and no traceback (the long-history row is the one success: exit 0, one warning
+line). `test_readme_table_matches_the_cases` keeps the README and this list one to one. The in-process checks behind
+these rows (exact messages, atomicity, tampering) live in the stage tests: test_runtime_*, test_export_*, test_data_*,
+test_cli_foundation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from runtime_support import shared_tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).resolve().parent / "fixtures"
+CLI = [sys.executable, "-m", "mmsrarec_edge.cli"]
+ENV = {**os.environ, "MMSRAREC_QUIET": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+MISSING_PROVIDER = "tensorrt"
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+    after: dict  # what the case checks on disk afterwards
+
+
+@dataclass
+class Case:
+    needle: str  # the README's "you see" text, verbatim
+    setup: Callable  # (Work) -> argv after the program name; or a runner (Work) -> Result when `runner` is set
+    rc: int = 2
+    runner: bool = False
+
+
+class Work:
+    """Scratch inputs the cases share: the tiny bundle, copies of it with one defect each, a dataset, models."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.bundle = shared_tiny_bundle()
+        self.b = self.bundle.dir
+
+    def dir(self, name: str) -> Path:
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def variant(self, name: str, change: Callable[[Path], None]) -> Path:
+        d = self.root / "bundles" / name
+        shutil.copytree(self.b, d)
+        change(d)
+        return d
+
+    def dataset(self) -> Path:
+        d = self.root / "dataset"
+        if not d.exists():
+            shutil.copytree(self.bundle.dataset.root, d)
+        return d
+
+    def fixture(self, name: str, file: str, line: int, new: bytes) -> Path:
+        d = self.root / f"src_{name}_{line}"
+        shutil.copytree(FIX / name, d)
+        lines = (d / file).read_bytes().split(b"\n")
+        lines[line - 1] = new
+        (d / file).write_bytes(b"\n".join(lines))
+        return d
+
+
+def relist(bundle: Path, rel: str) -> None:
+    """Rewrite the manifest entry of `rel` to match its current bytes (a consistent but broken bundle)."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / rel).read_bytes()
+    m["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def truncate(path: Path, n: int = 1000) -> None:
+    path.write_bytes(path.read_bytes()[:n])
+
+
+def flip(path: Path, at: int = 5000) -> None:
+    b = bytearray(path.read_bytes())
+    b[at] ^= 0x01
+    path.write_bytes(bytes(b))
+
+
+def set_version(bundle: Path) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["format_version"] = 99
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def png_header(path: Path, side: int) -> Path:
+    """A PNG whose header claims side x side pixels (a decompression bomb needs no more than its header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def garbage(path: Path, data: bytes = b"not an image") -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def corrupt_items(w: Work) -> Path:
+    d = w.root / "bad_dataset"
+    shutil.copytree(w.dataset(), d)
+    (d / "items.parquet").write_bytes(b"PAR1 not really")
+    return d
+
+
+def big_sasrec(w: Work) -> Path:
+    """A SASRec large enough (20k items) that its export runs for about a second: time to interrupt it."""
+    out = w.root / "sasrec_big"
+    if not out.exists():
+        import torch
+
+        from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
+
+        torch.manual_seed(0)
+        SASRecModel(SASRec(20000, SASRecConfig(hidden=128, layers=2, max_len=50)), list(range(1, 20001))).save(out)
+        (w.root / "sasrec.toml").write_text('name = "sasrec-only"\ngraphs = ["sasrec.user_encoder"]\n'
+                                            '[parity]\ncases = 1\n')
+    return out
+
+
+def interrupted_export(sig: int):
+    """Run `export`, send `sig` once its temporary bundle directory exists, and report what is left on disk."""
+
+    def run(w: Work) -> Result:
+        sas = big_sasrec(w)
+        for attempt in range(3):  # the export may win the race on a fast machine: then try again
+            parent = w.dir(f"interrupt_{sig}_{attempt}")
+            p = subprocess.Popen([*CLI, "export", "--profile", w.root / "sasrec.toml", "--sasrec", sas,
+                                  "--out", parent / "bundle", "--threads", "1"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+            deadline = time.time() + 120
+            while p.poll() is None and time.time() < deadline:
+                if any(e.name.startswith(".bundle.") for e in os.scandir(parent)):
+                    p.send_signal(sig)
+                    break
+                time.sleep(0.002)
+            out, err = p.communicate(timeout=120)
+            if p.returncode != 0:
+                break
+        return Result(p.returncode, out, err, {"left": sorted(os.listdir(parent))})
+
+    return run
+
+
+# needle -> how to provoke it. Keep in the README's order (## Troubleshooting).
+CASES = [
+    # --- data
+    Case("dataset directory does not exist", lambda w: ["data", "stats", w.root / "no_dataset"]),
+    Case("items.parquet: not a readable Parquet file", lambda w: ["data", "stats", corrupt_items(w)]),
+    Case("u.data, line 3: expected 4 tab-separated fields",
+         lambda w: ["data", "import", w.fixture("ml100k", "u.data", 3, b"1\t2"), "--out", w.root / "imp1"]),
+    Case("u.data, line 4: not valid UTF-8 text (byte 0xff at column 12)",
+         lambda w: ["data", "import", w.fixture("ml100k", "u.data", 4, b"2\t3\t2\t87500\xff000"),
+                    "--out", w.root / "imp2"]),
+    Case("not a protocol directory", lambda w: ["train", "sasrec", w.root / "no_protocol", "--out", w.root / "s"]),
+    Case("the 1000-core filter removed every interaction",
+         lambda w: ["data", "protocol", w.dataset(), "--kcore", 1000, "--out", w.root / "proto"]),
+    # --- requests
+    Case("unknown user id 1000000", lambda w: ["recommend", w.b, "--user", 1000000]),
+    Case("unknown item id 999999 in the history", lambda w: ["recommend", w.b, "--history", "1,999999"]),
+    Case("unknown candidate item id 999", lambda w: ["recommend", w.b, "--history", "1", "--candidates", "2,999"]),
+    Case("the history is empty", lambda w: ["recommend", w.b, "--history", ","]),
+    Case("history has 12 items; the model reads the last 8",
+         lambda w: ["recommend", w.b, "--history", ",".join(map(str, range(1, 13))), "--top-k", 2], rc=0),
+    Case("duplicate item id 1 in the history", lambda w: ["recommend", w.b, "--history", "1,2,1"]),
+    Case("duplicate candidate item id 2", lambda w: ["recommend", w.b, "--history", "1", "--candidates", "2,2"]),
+    Case("--history must be comma-separated integer item ids", lambda w: ["recommend", w.b, "--history", "1,x"]),
+    Case("Invalid value for '--user'", lambda w: ["recommend", w.b, "--user", "abc"]),
+    # --- item inputs
+    Case("cannot be decoded", lambda w: ["summarize-item", w.b, "--image", garbage(w.root / "bad.png")]),
+    Case("does not exist", lambda w: ["summarize-item", w.b, "--image", w.root / "missing.png"]),
+    Case("is too large (400000000 pixels", lambda w: ["summarize-item", w.b, "--image",
+                                                        png_header(w.root / "huge.png", 20000)]),
+    Case("--text is not valid UTF-8 (byte 0xe9 at character 4)",
+         lambda w: ["summarize-item", w.b, "--text", os.fsdecode(b"caf\xe9 lamp")]),
+    # --- bundles
+    Case("not found (not a directory)", lambda w: ["recommend", w.root / "no_bundle", "--history", "1"]),
+    Case("manifest.json: missing", lambda w: ["recommend", w.variant("no_manifest", lambda d: (
+        d / "manifest.json").unlink()), "--history", "1"]),
+    Case("catalog/items.parquet: missing", lambda w: ["recommend", w.variant("missing_file", lambda d: (
+        d / "catalog" / "items.parquet").unlink()), "--history", "1"]),
+    Case("recommender/decoder.onnx: size 1000 bytes, manifest says", lambda w: ["recommend", w.variant(
+        "truncated", lambda d: truncate(d / "recommender" / "decoder.onnx")), "--history", "1"]),
+    Case("onnxruntime cannot load decoder.onnx", lambda w: ["recommend", w.variant("unloadable", lambda d: (
+        truncate(d / "recommender" / "decoder.onnx"), relist(d, "recommender/decoder.onnx"))), "--history", "1"]),
+    Case("SHA-256 does not match the manifest", lambda w: ["recommend", w.variant(
+        "flipped", lambda d: flip(d / "recommender" / "decoder.onnx")), "--history", "1"]),
+    Case("unexpected file, not listed in the manifest", lambda w: ["recommend", w.variant(
+        "extra", lambda d: garbage(d / "model.pkl", b"\x80\x04N.")), "--history", "1"]),
+    Case("unknown bundle format version 99", lambda w: ["recommend", w.variant("version", set_version),
+                                                        "--history", "1"]),
+    Case(f"execution provider '{MISSING_PROVIDER}'", lambda w: ["recommend", w.b, "--history", "1", "--provider",
+                                                                MISSING_PROVIDER]),
+    Case("the bundle has no fp16 variant", lambda w: ["recommend", w.b, "--history", "1", "--precision", "fp16"]),
+    # --- outputs
+    Case("cannot create output directory /proc/mmsrarec", lambda w: ["data", "synth", "--out", "/proc/mmsrarec/x",
+                                                                       "--items", 10, "--users", 5]),
+    Case("cannot write to /proc", lambda w: ["export", "--profile", ROOT / "export" / "cpu-fp32.toml",
+                                             "--out", "/proc/bundle"]),
+    Case("exists and is not a directory", lambda w: ["export", "--profile", ROOT / "export" / "cpu-fp32.toml",
+                                                     "--out", garbage(w.root / "a_file", b"keep me")]),
+    Case("has no manifest.json; refusing to replace it", lambda w: [
+        "export", "--profile", ROOT / "export" / "cpu-fp32.toml", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
+    Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),
+    Case("terminated", interrupted_export(signal.SIGTERM), rc=143, runner=True),
+]
+
+
+def _run(w: Work, case: Case) -> Result:
+    if case.runner:
+        return case.setup(w)
+    args = [str(a) for a in case.setup(w)]
+    r = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    return Result(r.returncode, r.stdout, r.stderr, {})
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every case, run four at a time (each is mostly a Python start-up)."""
+    w = Work(tmp_path_factory.mktemp("reliability"))
+    w.dataset()
+    big_sasrec(w)  # once, before the two interrupt cases run side by side
+    with ThreadPoolExecutor(4) as pool:
+        futures = {c.needle: pool.submit(_run, w, c) for c in CASES}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.needle for c in CASES])
+def test_bad_input_gives_one_clear_line(results, case):
+    if case.needle.startswith("execution provider"):
+        import onnxruntime
+
+        if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("TensorRT is available on this machine")
+    r = results[case.needle]
+    lines = r.stderr.strip().splitlines()
+    assert r.rc == case.rc, r.stderr
+    assert len(lines) == 1, r.stderr
+    assert case.needle in lines[0] and "Traceback" not in r.stderr
+    if case.rc == 2:
+        assert lines[0].startswith("error: ")
+    if case.rc == 0:
+        assert lines[0].startswith("warning: ") and "Top 2" in r.stdout
+    if case.runner:  # an interrupted export leaves neither a bundle nor its temporary directory
+        assert r.after["left"] == [], r.after
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = subprocess.run([*CLI, "--debug", "recommend", str(tmp_path / "none"), "--history", "1"], capture_output=True,
+                       text=True, timeout=120, env=ENV)
+    assert r.returncode == 2
+    assert "Traceback" in r.stderr and "BundleError" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: bundle")
+
+
+def readme_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")][1:]
+    return [re.search(r"`([^`]+)`", row.split("|")[2]).group(1) for row in rows]
+
+
+def test_readme_table_matches_the_cases():
+    assert readme_rows() == [c.needle for c in CASES]
