@@ -1,76 +1,76 @@
 """`mmsrarec-edge demo`: the whole chain on the embedded default, end to end, in one command.
 
-Each step writes into OUT/<step>; a step whose output already exists is reused unless --fresh is given.
+data synth -> protocol -> train SASRec -> train summarizer (SFT + GRPO) -> summarize (keyword store) -> train
+recommender (retrieval + multi-task SFT) -> evaluate (popularity, SASRec, MMSRARec-edge) -> export (cpu-int8 bundle,
+parity-gated) -> recommend (torch-free runtime) -> bench (latency vs peers). Each step runs the same CLI command a user
+would, writes into OUT/<step>, and is skipped when its output exists (use --fresh to redo everything). Sizes are the
+embedded default's, chosen so that the chain finishes on 2 CPU cores in about a quarter of an hour.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import typer
+
+PROFILE = Path(__file__).resolve().parents[2] / "export" / "cpu-int8.toml"
 
 
 def demo(
     out: Path = typer.Option(Path("work/demo"), "--out", "-o", help="Working directory for every step's output."),
     fresh: bool = typer.Option(False, help="Recompute every step even if its output exists."),
     seed: int = typer.Option(0, help="Seed of the synthetic catalog."),
+    bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with the latency benchmark."),
+    profile: Path = typer.Option(PROFILE, help="Export profile."),
 ):
-    """Run the end-to-end demo on the synthetic catalog: data -> protocol -> SASRec -> evaluate."""
-    from ..data.protocol import ProtocolConfig, build_protocol, load_protocol, save_protocol
-    from ..data.schema import load_dataset
-    from ..data.synth import SynthConfig, generate
-    from ..evaluate import run_evaluation, write_report
-    from ..io_utils import atomic_dir, ensure_writable_dir, write_json
-    from ..models.popularity import Popularity
-    from ..models.sasrec import SASRecModel
-    from ..models.sasrec_train import SASRecTrainConfig, train_sasrec
-    from ..progress import progress_bar
+    """Run the end-to-end demo on the synthetic catalog (the embedded default)."""
+    from ..errors import UserError
+    from ..io_utils import ensure_writable_dir, write_json
 
     ensure_writable_dir(out)
-    timings = {}
+    if not Path(profile).is_file():
+        raise UserError(f"export profile {profile} not found", "run the demo from a checkout, or pass --profile")
+    d = {k: out / k for k in ("data", "protocol", "sasrec", "summarizer", "recommender", "report", "bundle", "bench")}
+    kw = out / "keywords.parquet"
+    timings: dict[str, float] = {}
 
-    def step(name: str, path: Path, fn):
+    def step(name: str, done: Path, *args) -> None:
         t = time.perf_counter()
-        if fresh or not path.exists():
-            typer.echo(f"[demo] {name} -> {path}")
-            fn()
+        if fresh or not done.exists():
+            typer.secho(f"\n[demo] {name}", bold=True)
+            r = subprocess.run([sys.executable, "-m", "mmsrarec_edge.cli", *map(str, args)])
+            if r.returncode != 0:
+                raise UserError(f"demo step '{name}' failed (exit {r.returncode})", "see the message above")
         else:
-            typer.echo(f"[demo] {name}: reusing {path}")
-        timings[name] = round(time.perf_counter() - t, 2)
+            typer.echo(f"[demo] {name}: reusing {done}")
+        timings[name] = round(time.perf_counter() - t, 1)
 
-    data_dir, proto_dir, sas_dir, rep_dir = out / "data", out / "protocol", out / "sasrec", out / "report"
-
-    def make_data():
-        with atomic_dir(data_dir) as tmp, progress_bar("drawing items", SynthConfig().n_items) as adv:
-            generate(SynthConfig(seed=seed), tmp, progress=adv)
-
-    step("data synth", data_dir, make_data)
-    step("protocol", proto_dir, lambda: save_protocol(build_protocol(load_dataset(data_dir), ProtocolConfig()), proto_dir))
-    protocol = load_protocol(proto_dir)
-
-    def make_sasrec():
-        tcfg = SASRecTrainConfig()
-        with progress_bar("training SASRec (epochs)", tcfg.epochs) as adv:
-            model, log = train_sasrec(protocol, tcfg=tcfg, progress=adv)
-        with atomic_dir(sas_dir) as tmp:
-            model.save(tmp)
-            write_json(tmp / "train_log.json", log)
-
-    step("train sasrec", sas_dir, make_sasrec)
-
-    def make_report():
-        sas = SASRecModel.load(sas_dir)
-        pop = Popularity(protocol.train_sequences())
-        report = run_evaluation(protocol, {"popularity": lambda c: pop.score(None, c.candidates),
-                                           "SASRec": lambda c: sas.score(c.prefixes, c.candidates)})
-        write_report(report, rep_dir, title="Demo: synthetic catalog")
-
-    step("evaluate", rep_dir, make_report)
+    step("data synth", d["data"], "data", "synth", "--out", d["data"], "--seed", seed)
+    step("protocol", d["protocol"], "data", "protocol", d["data"], "--out", d["protocol"])
+    step("train sasrec", d["sasrec"], "train", "sasrec", d["protocol"], "--out", d["sasrec"])
+    step("train summarizer", d["summarizer"], "train", "summarizer", d["data"], "--out", d["summarizer"])
+    step("summarize", kw, "summarize", d["data"], "--model", d["summarizer"], "--out", kw)
+    step("train recommender", d["recommender"], "train", "recommender", "--dataset", d["data"], "--protocol",
+         d["protocol"], "--sasrec", d["sasrec"], "--keywords", kw, "--out", d["recommender"])
+    step("evaluate", d["report"], "evaluate", d["protocol"], "--sasrec", d["sasrec"], "--recommender",
+         d["recommender"], "--out", d["report"], "--title", "Demo: synthetic catalog (test split)")
+    step("export", d["bundle"], "export", "--profile", profile, "--summarizer", d["summarizer"], "--recommender",
+         d["recommender"], "--keywords", kw, "--dataset", d["data"], "--out", d["bundle"])
+    first_user = sorted(json.loads((d["protocol"] / "protocol.json").read_text())["train_users"])[0]
+    step("recommend", out / "_never", "recommend", d["bundle"], "--user", first_user, "--top-k", 5)
+    if bench:
+        step("bench", d["bench"], "bench", d["bundle"], "--recommender", d["recommender"], "--protocol", d["protocol"],
+             "--out", d["bench"], "--candidates", "1,10,20,50", "--histories", "5", "--repeats", 7,
+             "--max-seconds", 3, "--agreement-cases", 100)
     write_json(out / "timings.json", timings)
-    typer.echo((rep_dir / "report.md").read_text())
-    typer.echo(json.dumps({"timings_s": timings}))
+    typer.echo("\n" + (d["report"] / "report.md").read_text())
+    if bench:
+        typer.echo(f"latency report: {d['bench'] / 'report.md'}")
+    typer.echo(json.dumps({"timings_s": timings, "total_s": round(sum(timings.values()), 1)}))
 
 
 def register(apps) -> None:
