@@ -67,11 +67,19 @@ def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
     sys.exit(code)
 
 
+def _click_errors():
+    """Click's exception classes: recent Typer vendors click as typer._click, older Typer uses the click package."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:  # pragma: no cover - older Typer
+        from click import exceptions as ex
+    return ex.ClickException, getattr(ex, "NoArgsIsHelpError", ()), ex.UsageError
+
+
 def main() -> None:
     """Entry point with error rendering (the console script): every failure is one line on stderr, no traceback
     unless --debug. A UserError exits 2 (usage errors too), anything else 1, Ctrl-C 130 and SIGTERM 143."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-    from typer.exceptions import Abort
+    ClickException, NoArgsIsHelpError, UsageError = _click_errors()
 
     debug = "--debug" in sys.argv or os.environ.get("MMSRAREC_DEBUG") == "1"
     with contextlib.suppress(ValueError):  # not in the main thread (embedded): keep the default handler
@@ -87,7 +95,7 @@ def main() -> None:
         _fail(exc.format_message(), None, exc.exit_code, debug)
     except UserError as exc:
         _fail(exc.message, exc.hint, 2, debug)
-    except (KeyboardInterrupt, Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)
     except Terminated:

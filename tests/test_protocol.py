@@ -61,3 +61,13 @@ def test_errors_are_clear(tiny_synth, tmp_path):
         build_protocol(tiny_synth, ProtocolConfig(kcore=10_000))
     with pytest.raises(UserError, match="not a protocol directory"):
         load_protocol(tmp_path)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"n_negatives": -1}, "--negatives must be >= 1, got -1"), ({"history_len": 0}, "--history must be >= 1"),
+    ({"kcore": -1}, "--kcore must be >= 0"), ({"max_cases_per_user": 0}, "--max-cases-per-user must be >= 1"),
+    ({"split": (1.2, -0.1, -0.1)}, "must be >= 0 and sum to 1"), ({"split": (0.5, 0.1, 0.1)}, "sum to 1"),
+])
+def test_out_of_range_settings_are_user_errors(tiny_synth, change, needle):
+    with pytest.raises(UserError, match=needle):
+        build_protocol(tiny_synth, ProtocolConfig(**change))

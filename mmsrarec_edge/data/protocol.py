@@ -133,8 +133,12 @@ def _make_cases(users: list[int], seqs, times, universe: np.ndarray, cfg: Protoc
 
 def build_protocol(ds: Dataset, cfg: ProtocolConfig | None = None) -> Protocol:
     cfg = cfg or ProtocolConfig()
-    if abs(sum(cfg.split) - 1.0) > 1e-6:
-        raise UserError(f"split fractions {cfg.split} do not sum to 1")
+    for flag, value, low in (("--kcore", cfg.kcore, 0), ("--history", cfg.history_len, 1),
+                             ("--negatives", cfg.n_negatives, 1), ("--max-cases-per-user", cfg.max_cases_per_user, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if min(cfg.split) < 0 or abs(sum(cfg.split) - 1.0) > 1e-6:
+        raise UserError(f"split fractions {cfg.split} must be >= 0 and sum to 1")
     keep = kcore_filter(ds.users, ds.item_ids, cfg.kcore)
     if keep.sum() == 0:
         raise UserError(f"the {cfg.kcore}-core filter removed every interaction", "lower --kcore")

@@ -71,7 +71,8 @@ class Catalog:
                               "export it with the dataset (`mmsrarec-edge export ... --dataset DIR`)")
         path = manifest.path(section.get("items", ITEMS))
         try:
-            rows = pq.read_table(path).to_pylist()
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas (~0.5 s)
+            rows = pq.ParquetFile(path).read().to_pylist()
         except Exception as exc:  # pyarrow raises ArrowInvalid & co. for damaged files
             raise BundleError(f"{path}: not a readable Parquet file ({exc})", "re-export the bundle") from exc
         items: dict[int, CatalogItem] = {}
@@ -125,7 +126,7 @@ def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | N
         raise BundleError(f"bundle {manifest.root} has no item catalog to add to",
                           "export it with the dataset (`mmsrarec-edge export ... --dataset DIR`)")
     items_rel = section.get("items", ITEMS)
-    table = pq.read_table(manifest.path(items_rel))
+    table = pq.ParquetFile(manifest.path(items_rel)).read()
     if item.item_id in set(table.column("item_id").to_pylist()):
         raise UserError(f"item id {item.item_id} is already in the catalog", "choose a new --item-id")
     row = {"item_id": item.item_id, "title": item.title, "text_keywords": item.text_keywords,
