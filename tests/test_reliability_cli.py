@@ -146,6 +146,13 @@ def big_sasrec(w: Work) -> Path:
     return out
 
 
+def corrupt_checkpoint(w: Work) -> Path:
+    d = w.root / "sasrec_corrupt"
+    shutil.copytree(big_sasrec(w), d)
+    truncate(d / "model.safetensors", 100)
+    return d
+
+
 def interrupted_export(sig: int):
     """Run `export`, send `sig` once its temporary bundle directory exists, and report what is left on disk."""
 
@@ -229,6 +236,8 @@ CASES = [
                                                      "--out", garbage(w.root / "a_file", b"keep me")]),
     Case("has no manifest.json; refusing to replace it", lambda w: [
         "export", "--profile", ROOT / "export" / "cpu-fp32.toml", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
+    Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
+                                                 corrupt_checkpoint(w), "--out", w.root / "never"]),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),
     Case("terminated", interrupted_export(signal.SIGTERM), rc=143, runner=True),
 ]

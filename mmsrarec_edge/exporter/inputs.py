@@ -36,6 +36,18 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def _checkpoint(path: Path, load):
+    """load() of a user-supplied model directory; a corrupt or truncated checkpoint (safetensors, torch and JSON each
+    raise their own types) is a UserError naming the directory; --debug keeps the original traceback."""
+    try:
+        return load()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot load the model in {path}: {type(exc).__name__}: {str(exc).strip()[:200]}",
+                        "the checkpoint is corrupt or incomplete: copy it again or retrain") from exc
+
+
 def load_mllm_dir(path: Path, meta_name: str, subdirs: tuple[str, ...] = ("model",)) -> MLLMInput:
     """A checkpoint in `path` or its first subdir (in order) that has one; stage settings from `meta_name` beside
     the checkpoint, else in `path`."""
@@ -50,7 +62,7 @@ def load_mllm_dir(path: Path, meta_name: str, subdirs: tuple[str, ...] = ("model
         if not found:
             raise UserError(f"{path} holds no model checkpoint (no config.json in it or in {', '.join(subdirs)}/)")
         model_dir = found[0]
-    model, tok = load_mllm(model_dir)
+    model, tok = _checkpoint(model_dir, lambda: load_mllm(model_dir))
     meta = _read_json(model_dir / meta_name) or _read_json(path / meta_name)
     return MLLMInput(model.float().eval(), tok, meta, str(model_dir))
 
@@ -97,7 +109,7 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
                             f"with ({rec_sasrec})", "omit --sasrec to use the recommender's own copy")
         sasrec = sasrec or rec_sasrec
     if sasrec:
-        inp.sasrec = SASRecModel.load(sasrec)
+        inp.sasrec = _checkpoint(Path(sasrec), lambda: SASRecModel.load(sasrec))
     inp.keywords = Path(keywords) if keywords else None
     if dataset:
         inp.dataset = load_dataset(dataset)
