@@ -21,6 +21,9 @@ def recommender(
     items_per_neighbour: int = typer.Option(0, help="Next items per neighbour; 0 = choose on validation."),
     rank_hint: bool = typer.Option(False, "--rank-hint/--no-rank-hint",
                                    help="Show the candidate's bucketed SASRec catalog rank in the prompt."),
+    crossfit: int = typer.Option(2, help="With --rank-hint: SASRec folds giving the training windows' hints "
+                                         "(0 = in-sample ranks of the main SASRec)."),
+    sasrec_folds: str = typer.Option("", help="Reuse cross-fitted folds (another recommender's sasrec_folds/)."),
     candidate_image: bool = typer.Option(False, "--candidate-image/--no-candidate-image",
                                          help="Splice the candidate's image tokens into its prompt."),
     epochs: int = typer.Option(3), batch_size: int = typer.Option(32, help="Packed rows per step."), lr: float = typer.Option(1e-3),
@@ -43,7 +46,8 @@ def recommender(
     from ..retrieval import RetrievalConfig
 
     cfg = RecommenderConfig(
-        retrieval_enabled=retrieval, items_per_neighbour=items_per_neighbour, init=init,
+        retrieval_enabled=retrieval, items_per_neighbour=items_per_neighbour, init=init, crossfit_folds=crossfit,
+        sasrec_folds=sasrec_folds,
         mllm={"hidden_size": hidden, "num_layers": layers, "intermediate_size": 2 * hidden, "seed": seed},
         prompt=PromptConfig(rank_hint=rank_hint, candidate_image=candidate_image),
         retrieval=RetrievalConfig(k=k, seed=seed),

@@ -9,6 +9,7 @@ candidate by how often (and how early) it appears among the retrieved next items
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,11 @@ IPN_CHOICES = (1, 2, 3, 5, 8)
 class RecommenderConfig:
     retrieval_enabled: bool = True
     items_per_neighbour: int = 0  # 0 = choose on validation (proxy, see the module docstring)
-    init: str = ""  # "" = a fresh tiny LLaVA; else a LLaVA checkpoint directory (e.g. the summarizer's)
+    init: str = ""  # "": a fresh tiny LLaVA; "minilm": fresh, token embeddings from MiniLM (PCA); else a LLaVA
+    # checkpoint directory (e.g. the summarizer's `train summarizer` output or one of its stages)
     mllm: dict = field(default_factory=dict)  # MLLMConfig overrides for a fresh model
+    crossfit_folds: int = 2  # rank hint only: SASRec folds for the training windows' hints (0 = in-sample ranks)
+    sasrec_folds: str = ""  # reuse folds trained before (a recommender's sasrec_folds/); "" = train them here
     prompt: P.PromptConfig = field(default_factory=P.PromptConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
@@ -124,12 +128,21 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
                 ipn, ipn_info = choose_items_per_neighbour(retrieval, items, sasrec, protocol.val, cfg.retrieval.k)
             cfg.retrieval.items_per_neighbour = ipn
             ipn_info["recall"] = rmeta.get("recall")
-        if cfg.init:
+        if cfg.init and cfg.init != "minilm":
             init_dir = Path(cfg.init)
-            model, tok = load_mllm(init_dir / "model" if (init_dir / "model" / "config.json").is_file() else init_dir)
+            # a `train summarizer` output holds rl/ and sft/; a recommender directory holds model/
+            for sub in ("rl", "sft", "model"):
+                if (init_dir / sub / "config.json").is_file():
+                    init_dir = init_dir / sub
+                    break
+            model, tok = load_mllm(init_dir)
         else:
             tok = build_tokenizer()
             model = build_mllm(MLLMConfig(**cfg.mllm), tok)
+            if cfg.init == "minilm":
+                from ..summarize.embeddings import init_token_embeddings
+
+                init_token_embeddings(model, tok, seed=cfg.train.seed)
         model = model.float()
         yes_id, no_id = (tok.convert_tokens_to_ids(w) for w in P.ANSWER_WORDS)
         for w, i in zip(P.ANSWER_WORDS, (yes_id, no_id)):
@@ -140,8 +153,19 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
         ranks = sasrec_ranks(sasrec) if cfg.prompt.rank_hint else None
         maker = PromptMaker(items, encode, tok.bos_token_id, cfg.prompt, retrieval, cfg.retrieval.items_per_neighbour,
                             cfg.retrieval.k, ranks, num_image_tokens(model))
+        rank_folds, folds_info = None, None
+        if cfg.prompt.rank_hint and cfg.crossfit_folds >= 2:
+            from .crossfit import load_folds, train_folds
+
+            if cfg.sasrec_folds:
+                shutil.copytree(cfg.sasrec_folds, tmp / "sasrec_folds")
+            else:
+                with prog("cross-fitting SASRec folds", cfg.crossfit_folds) as adv:
+                    train_folds(protocol, sasrec, tmp / "sasrec_folds", cfg.crossfit_folds, cfg.train.seed, adv)
+            rank_folds = load_folds(tmp / "sasrec_folds", protocol)
+            folds_info = {"dir": "sasrec_folds", "k": len(rank_folds), "source": cfg.sasrec_folds or "trained here"}
         with prog("building training windows", None) as adv:
-            windows = build_windows(train_seqs, maker, sasrec.user_embeddings, cfg.tasks, adv)
+            windows = build_windows(train_seqs, maker, sasrec.user_embeddings, cfg.tasks, adv, rank_folds)
         pixels = load_item_pixels(dataset_dir, images, model) if cfg.prompt.candidate_image else None
         longest = max(len(w.prefix) for w in windows) + max(len(maker.suffix(i, 0)) for i in universe[:200]) + 16
         if longest > model.config.text_config.max_position_embeddings:
@@ -175,6 +199,7 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
                           **ipn_info},
             "ablations": {"no_retrieval": not cfg.retrieval_enabled, "no_aux": not cfg.tasks.aux,
                           "keywords": str(keywords_path)},
+            "rank_hint": {"enabled": cfg.prompt.rank_hint, "crossfit": folds_info},
             "tasks": asdict(cfg.tasks), "init": cfg.init or "scratch", "mllm": cfg.mllm,
             "inputs": {"dataset": {"path": str(Path(dataset_dir).resolve()), "fingerprint": protocol.dataset_fingerprint},
                        "protocol": {"path": str(Path(protocol_dir).resolve()),

@@ -5,14 +5,14 @@ KV cache once per request and scores each candidate suffix against it:
 
     prefix: [bos] "predict if the user will choose the candidate next . user history : " kw, kw ; kw, kw ; ...
             " . similar users then chose : " kw, kw ; ... " . candidate :"
-    suffix: " " title " : " kw, kw [" <image>" x N] [" . sequential rank : top 5"] " . will the user choose it ? answer :"
+    suffix: " " title " : " kw, kw [" <image>" x N] [" . sequential rank : 40"] " . will the user choose it ? answer :"
 
 The answer ("yes" / "no") is the next token; score = p(yes) / (p(yes) + p(no)) there. Prefix and suffix are ALWAYS
 tokenized separately (ids = prefix_ids + suffix_ids), in training too, so what the runtime feeds is exactly what the
 model was trained on. Keyword lists are truncated here, by the config, never by callers.
 
 The optional "sequential rank" hint is SASRec-derived context (the candidate's rank among the whole catalog under the
-SASRec user embedding, bucketed); it is off unless the recommender was trained with it (recommender.json says).
+SASRec user embedding, rounded to one significant digit); it is off unless the recommender was trained with it (recommender.json says).
 The auxiliary training tasks' templates live here too, so all prompt text is in one file. Torch-free.
 """
 
@@ -26,7 +26,6 @@ IMAGE_TOKEN = "<image>"
 ANSWER_WORDS = ("yes", "no")
 NONE = "none"
 Encode = Callable[[str], list[int]]
-RANK_BUCKETS = (1, 3, 5, 10, 20, 50, 100)
 
 
 @dataclass
@@ -59,11 +58,11 @@ def _groups(groups: Sequence[Sequence[str]], per_group: int) -> str:
 
 
 def rank_bucket(rank: int) -> str:
-    """0-based catalog rank -> "top 1", "top 3", ... "top 100", "low"."""
-    for b in RANK_BUCKETS:
-        if rank < b:
-            return f"top {b}"
-    return "low"
+    """0-based catalog rank -> the 1-based rank rounded down to one significant digit ("1".."9", "10".."90",
+    "100".."900", ...): exact where it matters most, coarse in the tail, and independent of the catalog size."""
+    r = int(rank) + 1
+    p = 10 ** (len(str(r)) - 1)
+    return str((r // p) * p)
 
 
 def prefix_text(history_keywords: Sequence[Sequence[str]], collab_keywords: Sequence[Sequence[str]] | None,

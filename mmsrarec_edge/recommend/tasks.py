@@ -44,8 +44,12 @@ class Window:
     prefix: list[int]
     positive: int
     seen: set = field(repr=False, default_factory=set)
-    ranks: dict = field(repr=False, default_factory=dict)  # item -> SASRec catalog rank (rank hint only)
-    embedding: np.ndarray | None = field(repr=False, default=None)
+    embedding: np.ndarray | None = field(repr=False, default=None)  # SASRec's, of the items before the target
+    rank_source: object = field(repr=False, default=None)  # SASRecRanks giving the rank hint (cross-fitted or not)
+    rank_embedding: np.ndarray | None = field(repr=False, default=None)
+
+    def ranks(self, items) -> list[int]:
+        return self.rank_source.ranks(self.rank_embedding, items)
 
 
 @dataclass
@@ -79,17 +83,31 @@ def sample_windows(train_sequences: dict[int, list[int]], cfg: TaskConfig) -> li
 
 
 def build_windows(train_sequences: dict[int, list[int]], maker: PromptMaker, embed, cfg: TaskConfig,
-                  progress=None) -> list[Window]:
-    """Windows with their prefix ids. `embed(histories) -> [N, d]` (SASRec); the retrieval excludes the user."""
+                  progress=None, rank_folds=None) -> list[Window]:
+    """Windows with their prefix ids. `embed(histories) -> [N, d]` (SASRec); the retrieval excludes the user.
+
+    `rank_folds` (the rank hint only): [(held-out users, embed, SASRecRanks)] of SASRec models that never saw those
+    users; a window's rank hint then comes from the model that did not train on its user (cross-fitting), so the
+    hint is as reliable in training as on unseen test users. Without it the full SASRec ranks in-sample."""
     pairs = sample_windows(train_sequences, cfg)
     hists = [train_sequences[u][:t] for u, t in pairs]
     emb = embed(hists) if (maker.retrieval is not None or maker.cfg.rank_hint) else None
     collab = maker.collab(emb, exclude=[u for u, _ in pairs]) if maker.retrieval is not None else [[]] * len(pairs)
+    rank_src, rank_emb = [maker.ranks] * len(pairs), emb if emb is not None else [None] * len(pairs)
+    if maker.cfg.rank_hint and rank_folds:
+        rank_emb = [None] * len(pairs)
+        for held_out, fold_embed, fold_ranks in rank_folds:
+            rows = [k for k, (u, _) in enumerate(pairs) if u in held_out]
+            for k, e in zip(rows, fold_embed([hists[k] for k in rows]) if rows else []):
+                rank_src[k], rank_emb[k] = fold_ranks, e
+        if any(e is None for e in rank_emb):
+            raise ValueError("the cross-fitted SASRec folds do not cover every training user")
     out = []
     for k, (u, t) in enumerate(pairs):
         seq = train_sequences[u]
         out.append(Window(u, t, maker.prefix(hists[k], collab[k]), seq[t], set(seq),
-                          embedding=None if emb is None else emb[k]))
+                          embedding=None if emb is None else emb[k], rank_source=rank_src[k],
+                          rank_embedding=rank_emb[k]))
         if progress:
             progress(1)
     return out
@@ -115,7 +133,7 @@ def epoch_rows(windows: list[Window], maker: PromptMaker, items: list[int], yes_
                 negs.append(c)
         cands = [w.positive] + negs
         segs = [Segment(s, [yes_id if c == w.positive else no_id], "rec", c if maker.image_tokens(c) else None)
-                for c, s in zip(cands, maker.suffixes(cands, w.embedding))]
+                for c, s in zip(cands, _suffixes(maker, w, cands))]
         it = maker.items.get(w.positive)
         if cfg.aux and it is not None:
             if rng.random() < cfg.aux_fraction:
@@ -138,6 +156,12 @@ def epoch_rows(windows: list[Window], maker: PromptMaker, items: list[int], yes_
                 maker.encode(suf), _target(maker, P.keywords_target(it.keywords, cfg.target_keywords), eos_id),
                 "item_keywords")]))
     return out
+
+
+def _suffixes(maker: PromptMaker, w: Window, cands: list[int]) -> list[list[int]]:
+    if not maker.cfg.rank_hint:
+        return [maker.suffix(c) for c in cands]
+    return [maker.suffix(c, r) for c, r in zip(cands, w.ranks(cands))]
 
 
 def _bos(maker: PromptMaker) -> list[int]:

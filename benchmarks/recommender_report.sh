@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# MMSRARec-edge vs SASRec and popularity, with the three ablations (w/o retrieval, w/o RL summarization = SFT-only
+# keywords, w/o auxiliary tasks), under the paper's protocol on the synthetic catalog and (when present) ml100k_mm.
+# Writes benchmarks/results/recommender/<dataset>/{report.json,report.md,report.png} (+ scores.parquet).
+# Every model is selected on the validation split only; the test split is scored once, here.
+# Usage: bash benchmarks/recommender_report.sh   (REC_ARGS="..." adds options to every `train recommender`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLI=${CLI:-.venv/bin/mmsrarec-edge}
+WORK=${WORK:-work/recommender}
+ML100K=${ML100K:-../shared/data/ml100k_mm}
+REC_ARGS=${REC_ARGS:-}
+export MMSRAREC_QUIET=${MMSRAREC_QUIET:-1}
+mkdir -p "$WORK"
+
+run() {  # name dataset_dir summarizer_args
+  local name=$1 ds=$2 w="$WORK/$1"
+  [ -f "$w/protocol/protocol.json" ] || $CLI data protocol "$ds" --out "$w/protocol"
+  [ -f "$w/sasrec/config.json" ] || $CLI train sasrec "$w/protocol" --out "$w/sasrec"
+  # Stage 1: one summarizer run gives both keyword stores (sft/ = the "w/o RL" ablation, rl/ = the full model).
+  # The summarizer report's model (benchmarks/summarizer_report.py, same settings) is reused when it exists.
+  local summ="$w/summarizer" shared="${SUMM_WORK:-work/summarizer}/$name/model"
+  [ -d "$shared/rl" ] && summ="$shared"
+  [ -d "$summ/rl" ] || $CLI train summarizer "$ds" --out "$summ" $3
+  [ -f "$w/kw_rl.parquet" ] || $CLI summarize "$ds" --model "$summ" --stage rl --out "$w/kw_rl.parquet"
+  [ -f "$w/kw_sft.parquet" ] || $CLI summarize "$ds" --model "$summ" --stage sft --out "$w/kw_sft.parquet"
+  local common=(--dataset "$ds" --protocol "$w/protocol" --sasrec "$w/sasrec")
+  train() {  # out keywords [extra args]
+    local out=$1 kw=$2; shift 2
+    [ -f "$w/$out/recommender.json" ] || $CLI train recommender "${common[@]}" --keywords "$kw" --out "$w/$out" \
+        $REC_ARGS "$@"
+  }
+  train rec_full "$w/kw_rl.parquet"
+  train rec_no_retrieval "$w/kw_rl.parquet" --no-retrieval
+  train rec_no_rl "$w/kw_sft.parquet"
+  train rec_no_aux "$w/kw_rl.parquet" --no-aux
+  $CLI evaluate "$w/protocol" --sasrec "$w/sasrec" \
+      --recommender "MMSRARec-edge=$w/rec_full" \
+      --recommender "w/o retrieval=$w/rec_no_retrieval" \
+      --recommender "w/o RL summarization=$w/rec_no_rl" \
+      --recommender "w/o auxiliary tasks=$w/rec_no_aux" \
+      --out "benchmarks/results/recommender/$name" --title "MMSRARec-edge on $name (test split)"
+}
+
+[ -f "$WORK/synthetic/data/dataset.json" ] || $CLI data synth --out "$WORK/synthetic/data"
+run synthetic "$WORK/synthetic/data" ""
+if [ -f "$ML100K/interactions.csv" ]; then
+  [ -f "$WORK/ml100k_mm/data/dataset.json" ] || $CLI data import "$ML100K" --out "$WORK/ml100k_mm/data"
+  # As in benchmarks/summarizer_report.py: long plot texts, so fewer training items and a smaller R_recon weight.
+  run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --b 0.01"
+else
+  echo "skipping ml100k_mm: not found at $ML100K (its licence forbids shipping it; see README)"
+fi
