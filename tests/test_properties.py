@@ -84,9 +84,6 @@ def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, k
     assert ";" not in suffix
 
 
-@pytest.mark.xfail(strict=False, reason="recommend/prompt.py: _clean() keeps a literal '<image>' of a title or keyword, "
-                   "which adds an image slot with no features (the runtime's splice then raises ValueError); the "
-                   "runtime blanks it in titles, the builder should drop it from free text (recommender stage)")
 @FAST
 @given(title=keyword, kws=keywords, history=st.lists(keywords, max_size=5), n_img=st.integers(0, 4))
 @example(title="Evil <image> lamp", kws=[], history=[], n_img=0)

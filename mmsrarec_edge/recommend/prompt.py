@@ -49,7 +49,8 @@ class PromptConfig:
 
 
 def _clean(s: str) -> str:
-    return " ".join(str(s).replace(";", ",").split())
+    # A literal "<image>" in a title or keyword would open an image slot with no features behind it.
+    return " ".join(str(s).replace(IMAGE_TOKEN, " ").replace(";", ",").split())
 
 
 def _groups(groups: Sequence[Sequence[str]], per_group: int) -> str:
