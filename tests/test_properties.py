@@ -154,8 +154,6 @@ def test_keyword_parser_is_idempotent_on_its_output(out, n):
     assert parse_keywords(", ".join(kws), max_keywords=n) == kws
 
 
-@pytest.mark.xfail(strict=False, reason="summarize/keywords.py: a word longer than max_chars keeps its head unstripped, "
-                   "so a leading ' or - survives and parsing the output again gives another keyword (summarizer stage)")
 def test_keyword_parser_long_word_is_idempotent():
     from mmsrarec_edge.summarize.keywords import parse_keywords
 

@@ -49,8 +49,9 @@ def normalize_keyword(text: str, max_words: int = 4, max_chars: int = 40) -> str
     words = words[:max_words]
     while words and len(" ".join(words)) > max_chars:
         words.pop()
-    if not words and s.split():  # a single word longer than max_chars: keep its head rather than nothing
-        words = [s.split()[0][:max_chars]]
+    heads = [w.strip("-'") for w in s.split() if w.strip("-'")]
+    if not words and heads:  # a single word longer than max_chars: keep its head rather than nothing
+        words = [heads[0][:max_chars].strip("-'")]  # stripped like every word, so re-parsing changes nothing
     if not any(ch.isalnum() for w in words for ch in w) or all(w in STOPWORDS for w in words):
         return ""
     return " ".join(words)
