@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .harness import host_info, matmul_gflops, measure
 
 
@@ -75,14 +76,19 @@ def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, wo
     from ..runtime.recommender import Recommender
 
     peers: dict = {}
-    fp32 = Recommender(bundle, precision="fp32", threads=cfg.threads)
-    peers["ONNX Runtime fp32 (ours)"] = lambda p, s, f: fp32.scorer.score(p, s, None, f)
-    peers["ONNX Runtime fp32, per candidate"] = lambda p, s, f: fp32.scorer.score_naive(p, s, None, f)
-    try:
-        int8 = Recommender(bundle, precision="int8", threads=cfg.threads)
-        peers["ONNX Runtime int8 (ours)"] = lambda p, s, f: int8.scorer.score(p, s, None, f)
-    except Exception as exc:  # a bundle exported without the int8 variant
-        log(f"int8 variant unavailable: {exc}")
+    variants = {}
+    for precision in ("fp32", "int8"):
+        try:
+            variants[precision] = Recommender(bundle, precision=precision, threads=cfg.threads)
+        except UserError as exc:  # a profile that writes one variant only (cpu-int8 has no fp32 decoder)
+            log(f"{precision} variant unavailable: {exc}")
+    if not variants:
+        raise UserError(f"bundle {bundle} has neither an fp32 nor an int8 recommender", "export it with a CPU profile")
+    for precision, r in variants.items():
+        peers[f"ONNX Runtime {precision} (ours)"] = lambda p, s, f, r=r: r.scorer.score(p, s, None, f)
+    fp32 = variants.get("fp32") or next(iter(variants.values()))
+    peers[f"ONNX Runtime {fp32.session_config.precision or 'default'}, per candidate"] = \
+        lambda p, s, f: fp32.scorer.score_naive(p, s, None, f)
     if recommender_dir is not None:
         import torch
 
@@ -104,7 +110,8 @@ def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, wo
             peers["optimum ORTModelForCausalLM, per candidate"] = lambda p, s, f: opt.score(p, s)
         except ImportError as exc:
             log(f"optimum peer unavailable: {exc}")
-    return {"peers": peers, "runtime": fp32}
+    ours = "ONNX Runtime fp32 (ours)" if "fp32" in variants else f"ONNX Runtime {next(iter(variants))} (ours)"
+    return {"peers": peers, "runtime": fp32, "ours": ours}
 
 
 def latency_grid(peers: dict, rec, cfg: BenchConfig, gflops: float, progress=None) -> list[dict]:
@@ -199,6 +206,7 @@ def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protoc
     with progress_bar("latency grid (peer x cell)", cells) as adv:
         grid = latency_grid(peers, rec, cfg, gflops, progress=adv)
     report = {"host": host_info(), "config": cfg.__dict__, "matmul_gflops": gflops, "bundle": str(bundle),
+              "ours": built["ours"],
               "grid": grid, "end_to_end": end_to_end(rec, cfg)}
     if recommender_dir is not None and protocol_dir is not None:
         with progress_bar("ranking agreement (cases)", 2 * cfg.agreement_cases) as adv:
@@ -217,6 +225,7 @@ TARGETS = {"PyTorch eager, naive": 20.0, "PyTorch eager, prefix sharing": 3.0,
 
 def summarize(report: dict) -> dict:
     """Speedups of ours over each peer: per cell (median ratio) and their median over cells; targets checked."""
+    OURS = report.get("ours", globals()["OURS"])
     ratios: dict[str, list[float]] = {}
     for row in report["grid"]:
         ours = row["peers"].get(OURS, {}).get("p50_ms")

@@ -22,7 +22,7 @@ def markdown(report: dict) -> str:
              f"{cfg['threads']} intra-op thread(s) for every peer; numpy matmul rate {report['matmul_gflops']:.1f} "
              "GFLOP/s (measured in this run). Medians (p50) of repeated calls on identical prompts; the floor is the "
              "recommendation's FLOPs divided by that matmul rate.", "",
-             "## Speedup of our ONNX Runtime scorer (fp32, shared prefix) over each peer", "",
+             f"## Speedup of our ONNX Runtime scorer ({report.get('ours', OURS)}, shared prefix) over each peer", "",
              "| peer | median speedup over cells | at 20 candidates, longest history | target | met |",
              "|---|---|---|---|---|"]
     for name, s in report["summary"].items():
@@ -70,7 +70,7 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     for name in rows[0]["peers"]:
         xs = [r["candidates"] for r in rows]
         ys = [r["peers"][name].get("p50_ms") for r in rows]
-        ax.plot(xs, ys, marker="o", lw=2.5 if name == OURS else 1.2, label=name)
+        ax.plot(xs, ys, marker="o", lw=2.5 if name == report.get("ours", OURS) else 1.2, label=name)
     floors = [r["floor_ms"] for r in rows]
     if all(f is not None for f in floors):
         ax.plot([r["candidates"] for r in rows], floors, "k--", label="FLOP floor (matmul rate)")
