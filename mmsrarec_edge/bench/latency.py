@@ -52,7 +52,8 @@ def decoder_dims(rec) -> dict:
     weight (each is one [in, out] matmul per token), plus the layer/width numbers the attention term needs."""
     import onnx
 
-    path = rec.manifest.root / "recommender" / "decoder.onnx"
+    # whichever variant the bundle ships: int8 weights are still one matmul per 2-D initializer
+    path = sorted((rec.manifest.root / "recommender").glob("decoder*.onnx"))[0]
     m = onnx.load(str(path), load_external_data=False)
     vocab = int(rec.rec_conf.get("vocab_size", -1))
     # The LM head's [H, vocab] matrix is only gathered from (two rows, at one slot per row): not a per-token matmul.
