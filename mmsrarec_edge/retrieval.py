@@ -5,7 +5,8 @@ to it are the items the user interacted with *from* the cut on (at most `max_nex
 every `stride` items from each user's end backwards, so every part of a sequence can be matched ("the point where a
 neighbour was where the query user is now"). A query embedding's neighbours are the k nearest windows of k DISTINCT
 training users (the best-matching cut of each); the keywords of the first `items_per_neighbour` items each of them
-interacted with afterwards, neighbour by neighbour, are the collaborative context (one keyword group per item).
+interacted with afterwards, round robin over the neighbours, are the collaborative context (one keyword group per
+item).
 
 No leakage: only training users are indexed, so a validation or test user's own items never reach its context; a
 training window of user u (an SFT example) passes `exclude=u`, so u never retrieves itself and its target cannot
@@ -221,17 +222,19 @@ class RetrievalIndex:
 
     def context(self, neighbours: Sequence[Neighbour], items_per_neighbour: int | None = None
                 ) -> tuple[list[int], list[list[str]]]:
-        """(item ids, keyword groups) of what the neighbours interacted with after their matching cut, neighbour by
-        neighbour, an item shown once."""
+        """(item ids, keyword groups) of what the neighbours interacted with after their matching cut: round robin
+        (every neighbour's first next item, then every neighbour's second, ...), so a prompt that keeps only the
+        first groups still hears from every neighbour; an item shown once."""
         ipn = self.config.items_per_neighbour if items_per_neighbour is None else int(items_per_neighbour)
         items, groups, seen = [], [], set()
-        for nb in neighbours:
-            for i, kws in list(zip(self.next_items[nb.row], self.next_keywords[nb.row]))[:ipn]:
-                if i in seen:
+        for j in range(ipn):
+            for nb in neighbours:
+                nxt = self.next_items[nb.row]
+                if j >= len(nxt) or nxt[j] in seen:
                     continue
-                seen.add(i)
-                items.append(int(i))
-                groups.append(kws)
+                seen.add(nxt[j])
+                items.append(int(nxt[j]))
+                groups.append(self.next_keywords[nb.row][j])
         return items, groups
 
     def collaborative_context(self, embeddings: np.ndarray, exclude=None, k: int | None = None,

@@ -42,6 +42,7 @@ def test_image_slots_and_rank_hint():
         P.suffix_text("T", ["k"], cfg=cfg)  # a rank-hint prompt without the rank
     assert [P.rank_bucket(r) for r in (0, 1, 8, 9, 10, 19, 48, 99, 136, 999, 1348)] == [
         "1", "2", "9", "10", "10", "20", "40", "100", "100", "1000", "1000"]
+    assert [P.rank_bucket(r, 2) for r in (8, 48, 136, 1348)] == ["9", "49", "130", "1300"]
 
 
 def test_sasrec_ranks_match_argsort():

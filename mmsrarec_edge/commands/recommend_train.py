@@ -16,13 +16,16 @@ def recommender(
     out: Path = typer.Option(..., "--out", "-o", help="Recommender directory to write."),
     retrieval: bool = typer.Option(True, "--retrieval/--no-retrieval", help="Collaborative keywords of similar users."),
     aux: bool = typer.Option(True, "--aux/--no-aux", help="The auxiliary (multi-task) instructions."),
-    init: str = typer.Option("", help="Start from this LLaVA checkpoint (e.g. the summarizer's); default: fresh."),
+    init: str = typer.Option("minilm", help="minilm (fresh, MiniLM token embeddings), scratch, or a LLaVA "
+                                            "checkpoint directory (e.g. the summarizer's)."),
+    freeze_embeddings: bool = typer.Option(True, "--freeze-embeddings/--train-embeddings",
+                                           help="Keep the (tied) token embeddings fixed."),
     k: int = typer.Option(3, help="Similar training users retrieved."),
     items_per_neighbour: int = typer.Option(0, help="Next items per neighbour; 0 = choose on validation."),
     rank_hint: bool = typer.Option(False, "--rank-hint/--no-rank-hint",
                                    help="Show the candidate's bucketed SASRec catalog rank in the prompt."),
-    crossfit: int = typer.Option(2, help="With --rank-hint: SASRec folds giving the training windows' hints "
-                                         "(0 = in-sample ranks of the main SASRec)."),
+    crossfit: int = typer.Option(0, help="With --rank-hint: SASRec folds giving the training windows' hints "
+                                         "(0 = in-sample ranks of the main SASRec, better on validation)."),
     sasrec_folds: str = typer.Option("", help="Reuse cross-fitted folds (another recommender's sasrec_folds/)."),
     candidate_image: bool = typer.Option(False, "--candidate-image/--no-candidate-image",
                                          help="Splice the candidate's image tokens into its prompt."),
@@ -46,7 +49,8 @@ def recommender(
     from ..retrieval import RetrievalConfig
 
     cfg = RecommenderConfig(
-        retrieval_enabled=retrieval, items_per_neighbour=items_per_neighbour, init=init, crossfit_folds=crossfit,
+        retrieval_enabled=retrieval, items_per_neighbour=items_per_neighbour, init="" if init == "scratch" else init,
+        freeze_embeddings=freeze_embeddings, crossfit_folds=crossfit,
         sasrec_folds=sasrec_folds,
         mllm={"hidden_size": hidden, "num_layers": layers, "intermediate_size": 2 * hidden, "seed": seed},
         prompt=PromptConfig(rank_hint=rank_hint, candidate_image=candidate_image),

@@ -85,7 +85,7 @@ class PromptMaker:
     def suffix(self, item: int, rank: int | None = None) -> list[int]:
         if self.cfg.rank_hint and rank is None:
             raise ValueError("the SASRec rank hint needs the candidate's rank")
-        key = (int(item), P.rank_bucket(rank) if self.cfg.rank_hint else None)
+        key = (int(item), P.rank_bucket(rank, self.cfg.rank_digits) if self.cfg.rank_hint else None)
         if key not in self._suffix:
             it = self.items.get(int(item)) or ItemText(f"item {item}", [])
             self._suffix[key] = P.suffix_ids(self.encode, it.title, it.keywords, self.image_tokens(item),

@@ -24,17 +24,21 @@ from .model_dir import FORMAT, META, VERSION, load_item_pixels, sasrec_ranks, sc
 from .tasks import TaskConfig, build_windows, epoch_rows
 from .train import TrainConfig, train_recommender, validation_metrics
 
-IPN_CHOICES = (1, 2, 3, 5, 8)
+IPN_CHOICES = (1, 2, 3)  # k=3 neighbours x 3 = the prompt's 9 collaborative keyword groups
 
 
 @dataclass
 class RecommenderConfig:
     retrieval_enabled: bool = True
     items_per_neighbour: int = 0  # 0 = choose on validation (proxy, see the module docstring)
-    init: str = ""  # "": a fresh tiny LLaVA; "minilm": fresh, token embeddings from MiniLM (PCA); else a LLaVA
-    # checkpoint directory (e.g. the summarizer's `train summarizer` output or one of its stages)
+    init: str = "minilm"  # "": a fresh tiny LLaVA; "minilm": fresh, token embeddings from MiniLM (PCA, scaled to
+    # embed_std); else a LLaVA checkpoint directory (e.g. the summarizer's `train summarizer` output or a stage of it)
+    embed_std: float = 0.2
+    freeze_embeddings: bool = True  # see train.minilm_embeddings
     mllm: dict = field(default_factory=dict)  # MLLMConfig overrides for a fresh model
-    crossfit_folds: int = 2  # rank hint only: SASRec folds for the training windows' hints (0 = in-sample ranks)
+    # Rank hint only: SASRec folds giving the training windows' hints; 0 = the main SASRec's in-sample ranks, which
+    # validated better (NOTES.md in benchmarks/results/recommender).
+    crossfit_folds: int = 0
     sasrec_folds: str = ""  # reuse folds trained before (a recommender's sasrec_folds/); "" = train them here
     prompt: P.PromptConfig = field(default_factory=P.PromptConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
@@ -140,9 +144,11 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
             tok = build_tokenizer()
             model = build_mllm(MLLMConfig(**cfg.mllm), tok)
             if cfg.init == "minilm":
-                from ..summarize.embeddings import init_token_embeddings
+                from .train import minilm_embeddings
 
-                init_token_embeddings(model, tok, seed=cfg.train.seed)
+                minilm_embeddings(model, cfg.embed_std, cfg.train.seed)
+        if cfg.freeze_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head is frozen with it
         model = model.float()
         yes_id, no_id = (tok.convert_tokens_to_ids(w) for w in P.ANSWER_WORDS)
         for w, i in zip(P.ANSWER_WORDS, (yes_id, no_id)):
@@ -201,6 +207,7 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
                           "keywords": str(keywords_path)},
             "rank_hint": {"enabled": cfg.prompt.rank_hint, "crossfit": folds_info},
             "tasks": asdict(cfg.tasks), "init": cfg.init or "scratch", "mllm": cfg.mllm,
+            "embeddings": {"std": cfg.embed_std if cfg.init == "minilm" else None, "frozen": cfg.freeze_embeddings},
             "inputs": {"dataset": {"path": str(Path(dataset_dir).resolve()), "fingerprint": protocol.dataset_fingerprint},
                        "protocol": {"path": str(Path(protocol_dir).resolve()),
                                     "train_users": [int(u) for u in protocol.train_users]},

@@ -12,7 +12,8 @@ tokenized separately (ids = prefix_ids + suffix_ids), in training too, so what t
 model was trained on. Keyword lists are truncated here, by the config, never by callers.
 
 The optional "sequential rank" hint is SASRec-derived context (the candidate's rank among the whole catalog under the
-SASRec user embedding, rounded to one significant digit); it is off unless the recommender was trained with it (recommender.json says).
+SASRec user embedding, rounded to `rank_digits` significant digits); it is off unless the recommender was trained
+with it (recommender.json's prompt config says).
 The auxiliary training tasks' templates live here too, so all prompt text is in one file. Torch-free.
 """
 
@@ -37,7 +38,8 @@ class PromptConfig:
     collab_item_keywords: int = 4
     candidate_title: bool = True
     candidate_image: bool = False  # splice the candidate's image features into its suffix
-    rank_hint: bool = False  # SASRec-derived: the candidate's bucketed catalog rank
+    rank_hint: bool = False  # SASRec-derived: the candidate's catalog rank, rounded
+    rank_digits: int = 1  # significant digits of the rank hint
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,11 +60,11 @@ def _groups(groups: Sequence[Sequence[str]], per_group: int) -> str:
     return " ; ".join(p for p in parts if p) or NONE
 
 
-def rank_bucket(rank: int) -> str:
-    """0-based catalog rank -> the 1-based rank rounded down to one significant digit ("1".."9", "10".."90",
-    "100".."900", ...): exact where it matters most, coarse in the tail, and independent of the catalog size."""
+def rank_bucket(rank: int, digits: int = 1) -> str:
+    """0-based catalog rank -> the 1-based rank rounded down to `digits` significant digits (1 digit: "1".."9",
+    "10".."90", "100".."900", ...): exact where it matters most, coarse in the tail, independent of the catalog size."""
     r = int(rank) + 1
-    p = 10 ** (len(str(r)) - 1)
+    p = 10 ** max(0, len(str(r)) - int(digits))
     return str((r // p) * p)
 
 
@@ -83,7 +85,7 @@ def candidate_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0,
     kws = ", ".join(_clean(k) for k in list(keywords)[: cfg.candidate_keywords]) or NONE
     head = f" {_clean(title)} : {kws}" if cfg.candidate_title else f" {kws}"
     image = (" " + " ".join([IMAGE_TOKEN] * n_image_tokens)) if n_image_tokens else ""
-    hint = f" . sequential rank : {rank_bucket(rank)}" if cfg.rank_hint and rank is not None else ""
+    hint = f" . sequential rank : {rank_bucket(rank, cfg.rank_digits)}" if cfg.rank_hint and rank is not None else ""
     return head + image + hint
 
 
