@@ -10,6 +10,7 @@ CLI=${CLI:-.venv/bin/mmsrarec-edge}
 WORK=${WORK:-work/recommender}
 ML100K=${ML100K:-../shared/data/ml100k_mm}
 REC_ARGS=${REC_ARGS:-}
+ONLY=${ONLY:-}  # synthetic or ml100k_mm: one dataset (two shells can run the two in parallel)
 export MMSRAREC_QUIET=${MMSRAREC_QUIET:-1}
 mkdir -p "$WORK"
 
@@ -42,9 +43,13 @@ run() {  # name dataset_dir summarizer_args
       --out "benchmarks/results/recommender/$name" --title "MMSRARec-edge on $name (test split)"
 }
 
-[ -f "$WORK/synthetic/data/dataset.json" ] || $CLI data synth --out "$WORK/synthetic/data"
-run synthetic "$WORK/synthetic/data" ""
-if [ -f "$ML100K/interactions.csv" ]; then
+if [ "$ONLY" != ml100k_mm ]; then
+  [ -f "$WORK/synthetic/data/dataset.json" ] || $CLI data synth --out "$WORK/synthetic/data"
+  run synthetic "$WORK/synthetic/data" ""
+fi
+if [ "$ONLY" = synthetic ]; then
+  :
+elif [ -f "$ML100K/interactions.csv" ]; then
   [ -f "$WORK/ml100k_mm/data/dataset.json" ] || $CLI data import "$ML100K" --out "$WORK/ml100k_mm/data"
   # As in benchmarks/summarizer_report.py: long plot texts, so fewer training items and a smaller R_recon weight.
   run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --b 0.01"

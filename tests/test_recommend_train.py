@@ -199,3 +199,28 @@ def test_rank_hint_recommender_trains_and_scores(parts, tmp_path):
     assert (tmp_path / "rank" / "sasrec_folds" / "folds.json").is_file()
     scores = load_scorer(tmp_path / "rank", proto)(proto.test)
     assert scores.shape == proto.test.candidates.shape and np.isfinite(scores).all()
+
+
+def test_exported_variants_rank_like_pytorch_on_the_protocol(trained, parts, tmp_path):
+    """The trained recommender, exported fp32 + int8, scored by the torch-free runtime on the saved validation
+    candidates: fp32 ranks every case exactly as PyTorch does; int8 is smaller and its agreement is measured."""
+    from mmsrarec_edge.bench.variants import markdown, variant_report
+    from mmsrarec_edge.exporter.bundle import export_bundle
+    from mmsrarec_edge.exporter.inputs import load_inputs
+    from mmsrarec_edge.exporter.profile import parse_profile
+
+    out, _ = trained
+    root = parts[0]
+    profile = parse_profile({"name": "both", "precision": "fp32", "variants": ["fp32", "int8"],
+                             "graphs": ["recommender.embed", "recommender.decoder", "sasrec.user_encoder"],
+                             "fp32_graphs": ["sasrec.user_encoder"], "parity": {"cases": 1}})
+    export_bundle(load_inputs(None, out, None, root / "kw.parquet", root / "data"), profile, tmp_path / "b")
+    rep = variant_report({"both": tmp_path / "b"}, out, root / "protocol", split="val", max_cases=12)
+    rows = {r["precision"]: r for r in rep["rows"]}
+    assert set(rows) == {"fp32", "int8"} and rep["cases"] == 12
+    assert rows["fp32"]["identical_ranking"] == 1.0 and rows["fp32"]["max_abs_score_diff"] < 1e-4
+    assert rows["fp32"]["delta_vs_pytorch"]["AUC"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["int8"]["bytes"]["recommender.decoder"] < 0.8 * rows["fp32"]["bytes"]["recommender.decoder"]
+    assert rows["int8"]["max_abs_score_diff"] > 0  # quantization really happened
+    assert 0.0 <= rows["int8"]["top5_overlap"] <= 1.0
+    assert "| both | int8 |" in markdown(rep)

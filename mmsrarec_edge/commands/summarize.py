@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import typer
 class Stage(str, Enum):
     rl = "rl"
     sft = "sft"
+
+
+def _quiet_openmp() -> None:
+    """Before torch loads: idle OpenMP threads sleep instead of spinning, which on shared cores slowed every step
+    of this stage by 2-10x (measured: GRPO step 30 s -> 4.5 s under load 6 on 2 cores)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _load_config(path: Path | None, overrides: dict):
@@ -57,6 +65,7 @@ def train_summarizer(
     config: Path = typer.Option(None, "--config", help="TOML file of SummarizerConfig fields ([summarizer] table)."),
 ):
     """Train the item summarizer: SFT warm start on pseudo-keywords, then GRPO on R = a R_info + b R_recon + c R_len."""
+    _quiet_openmp()
     from ..data.schema import load_dataset
     from ..summarize.pipeline import train_summarizer as run
 
@@ -85,6 +94,7 @@ def summarize(
                                        help="Reference LM for R_recon (default: next to the model)."),
 ):
     """Summarize every item's image and text into keywords (greedy, deterministic) and write the keyword store."""
+    _quiet_openmp()
     from ..data.schema import load_dataset
     from ..summarize.pipeline import resolve_model_dir, summarize_dataset
     from ..summarize.store import read_keyword_store

@@ -197,24 +197,9 @@ def minilm_embeddings(model, std: float = 0.2, seed: int = 0) -> int:
     head's small softmax-tail gradients into full-size steps on every row at once, dragging all the tokens the model
     must tell apart in one direction; and a tied head's logits are hidden . embedding, so at the default 0.02 scale they
     barely move off a flat distribution. Trainable embeddings at 0.02 left the yes/no task at its prior (no rank hint)."""
-    from safetensors.torch import load_file
+    from ..summarize.embeddings import init_token_embeddings
 
-    from ..models.mllm import minilm_dir
-
-    state = load_file(str(minilm_dir() / "model.safetensors"))
-    words = next(v for k, v in state.items() if k.endswith("word_embeddings.weight")).float()
-    emb = model.get_input_embeddings().weight
-    n, dim = min(words.shape[0], emb.shape[0]), emb.shape[1]
-    if dim > words.shape[1]:
-        return 0
-    centred = words - words.mean(0, keepdim=True)
-    torch.manual_seed(seed)
-    _, _, v = torch.pca_lowrank(centred, q=dim, center=False, niter=4)
-    reduced = centred[:n] @ v[:, :dim]
-    emb[:n] = (reduced / reduced.std() * std).to(emb.dtype)
-    if emb.shape[0] > n:  # tokens beyond MiniLM's vocabulary (<image>): same spread
-        emb[n:] = emb[n:] / emb[n:].std().clamp_min(1e-12) * std
-    return n
+    return init_token_embeddings(model, std, seed)
 
 
 def validation_metrics(scores: np.ndarray, users: np.ndarray) -> dict:

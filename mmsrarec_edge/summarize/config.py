@@ -16,7 +16,7 @@ from .targets import SYNTH_IMAGE_ATTRIBUTES, SYNTH_TEXT_ATTRIBUTES
 @dataclass
 class SummarizerConfig:
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # tiny matmuls: one thread beats two on 2 shared cores (OpenMP barriers spin)
     # items
     held_out_fraction: float = 0.15  # items never trained on; the before/after-RL comparison is made on them
     max_train_items: int = 0  # 0 = every non-held-out item; large catalogs subsample to stay within minutes
@@ -31,10 +31,12 @@ class SummarizerConfig:
     max_new_tokens: int = 20
     max_keywords: int = 8
     # SFT warm start (full fine-tuning: the default model starts random)
-    sft_steps: int = 500
-    sft_batch_size: int = 32
-    sft_lr: float = 1e-3
+    sft_steps: int = 1000
+    sft_batch_size: int = 16
+    sft_lr: float = 3e-3
     sft_warmup: int = 25
+    freeze_embeddings: bool = True  # embedded default only: MiniLM token embeddings stay frozen (see embeddings.py)
+    align_steps: int = 0  # embedded default only: InfoNCE vision-keyword alignment before SFT (see align.py)
     # frozen reference LM for R_recon (a small text LM trained here on keywords -> text)
     recon_steps: int = 400
     recon_batch_size: int = 32
@@ -43,9 +45,9 @@ class SummarizerConfig:
     recon_layers: int = 2
     recon_vocab: int = 4096  # the most frequent WordPiece ids of the catalog's texts; rarer ones map to [UNK]
     # GRPO with LoRA on the decoder
-    grpo_steps: int = 80
+    grpo_steps: int = 60
     grpo_batch_size: int = 8  # prompts per step (half image, half text where images exist)
-    num_generations: int = 6
+    num_generations: int = 4
     temperature: float = 1.0
     grpo_lr: float = 3e-4
     beta: float = 0.04  # KL(policy || SFT model), k3 estimator
@@ -72,7 +74,7 @@ class SummarizerConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 (GRPO compares a group), got {self.num_generations}")
-        for name in ("sft_steps", "recon_steps", "grpo_steps", "max_train_items", "max_eval_items"):
+        for name in ("sft_steps", "recon_steps", "grpo_steps", "align_steps", "max_train_items", "max_eval_items"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.recon_vocab < 16:

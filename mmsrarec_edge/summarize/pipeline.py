@@ -136,6 +136,7 @@ def score_keywords(ds: Dataset, prompts: list[Prompt], keywords: list[list[str]]
                                                             keys[prompts[r].task]), SYNTH_SYNONYMS)
                 for r in rows).items()})
         out[task] = d
+    out["all"]["per_prompt_total"] = [round(float(x), 6) for x in rb.total]  # for paired before/after comparisons
     return out
 
 
@@ -187,7 +188,8 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     import torch
 
     from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, image_size, load_mllm
-    from .embeddings import init_token_embeddings
+    from .align import align_vision
+    from .embeddings import warm_start_default
     from .grpo import train_grpo
     from .reconstructor import Reconstructor, compact_vocab, train_reconstructor
     from .rewards import RewardModel, SentenceEncoder
@@ -214,10 +216,24 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     else:
         tok = build_tokenizer()
         model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
-        init_token_embeddings(model, tok)
     spec = prompt_spec(model, tok, cfg)
     encode = encoder_of(tok)
     pixels = load_pixels(ds, [*train_ids, *eval_ids], image_size(model))
+    warm: dict = {}
+    trainable = None
+    if base is None:
+        train_pix = [pixels[i] for i in train_ids if i in pixels]
+        warm = warm_start_default(model, torch.from_numpy(np.stack(train_pix[:64])) if train_pix else None, cfg.seed)
+        if cfg.freeze_embeddings:
+            def trainable(name: str) -> bool:  # tied: the LM head is the same tensor
+                return "embed_tokens" not in name and "lm_head" not in name
+        if cfg.align_steps and len(train_pix) > 1:
+            with_img = [i for i in train_ids if i in pixels]
+            with progress_bar("aligning vision to keywords", cfg.align_steps) as adv:
+                warm["align_loss"] = align_vision(
+                    model, np.stack([pixels[i] for i in with_img]),
+                    [encode(" ".join(targets[i]["image"])) for i in with_img], cfg.align_steps, seed=cfg.seed,
+                    progress=adv)
     timings["setup"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -231,6 +247,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     encoder = SentenceEncoder()
     rewards = RewardModel(encoder, recon, {i: ds.items[i].text for i in [*train_ids, *eval_ids]}, cfg.a, cfg.b, cfg.c)
     timings["reference_lm"] = time.perf_counter() - t
+    echo(f"reference LM: {timings['reference_lm']:.0f} s, final loss {np.mean(recon_losses[-20:] or [0]):.3f}")
 
     gold = mode == "attributes"
     eval_prompts = make_prompts(ds, eval_ids, encode, spec, pixels)
@@ -242,8 +259,9 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     examples = [SFTExample(p, target_ids(encode, spec, targets[p.item_id][p.task])) for p in train_prompts]
     with progress_bar("SFT warm start", cfg.sft_steps) as adv:
         sft_losses = train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
-                               cfg.seed, adv)
+                               cfg.seed, adv, trainable=trainable)
     timings["sft"] = time.perf_counter() - t
+    echo(f"SFT: {timings['sft']:.0f} s, final loss {np.mean(sft_losses[-20:] or [0]):.3f}")
 
     def evaluate(m, label):
         kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
@@ -260,6 +278,8 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
             with progress_bar("GRPO", cfg.grpo_steps) as adv:
                 model, grpo_log = train_grpo(model, tok, spec, train_prompts, rewards, cfg, adv)
             timings["grpo"] = time.perf_counter() - t
+            echo(f"GRPO: {timings['grpo']:.0f} s, mean reward first/last 10 steps "
+                 f"{np.mean([e['total'] for e in grpo_log[:10]]):.4f} / {np.mean([e['total'] for e in grpo_log[-10:]]):.4f}")
             evals["rl"], rl_kws = evaluate(model, "RL")
             save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
         timings["total"] = time.perf_counter() - t0
@@ -268,7 +288,8 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
         log = {"format": "mmsrarec-summarizer-train-log", "config": cfg.to_dict(), "base": str(base) if base else None,
                "dataset": {"name": ds.name, "items": len(ds.items), "train_items": len(train_ids),
                            "held_out_items": len(held_ids), "evaluated_items": len(eval_ids), "targets": mode},
-               "held_out_ids": held_ids, "timings_s": {k: round(v, 2) for k, v in timings.items()},
+               "held_out_ids": held_ids, "warm_start": warm,
+               "timings_s": {k: round(v, 2) for k, v in timings.items()},
                "reference_lm_loss": recon_losses, "sft_loss": sft_losses, "grpo": grpo_log, "eval": evals,
                "samples": samples}
         write_json(tmp / "train_log.json", log)
@@ -278,14 +299,11 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
 def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int = 32, reconstructor: Path | None = None,
                       rewards: bool = True, echo=print) -> Path:
     """Greedy image and text keywords for every item of `ds` -> keyword store at `out` (atomic)."""
-    import torch
-
     from ..models.mllm import image_size
     from .reconstructor import Reconstructor
     from .rewards import RewardModel, SentenceEncoder
     from .store import ItemKeywords, RewardTerms, write_keyword_store
 
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     model_dir = Path(model_dir)
     model, tok, spec, meta = load_summarizer(model_dir)
     pixels = load_pixels(ds, list(ds.items), image_size(model))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -44,16 +44,27 @@ def sft_loss(model, examples: Sequence[SFTExample], spec: PromptSpec) -> torch.T
 
 
 def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, batch_size: int, lr: float,
-              warmup: int = 25, seed: int = 0, progress=None) -> list[float]:
-    """Shuffled epochs over the examples for `steps` steps (AdamW, warmup + cosine). Returns the loss curve."""
+              warmup: int = 25, seed: int = 0, progress=None, trainable: Callable[[str], bool] | None = None,
+              vision_lr_mult: float = 1.0) -> list[float]:
+    """Shuffled epochs over the examples for `steps` steps (AdamW, warmup + cosine). Returns the loss curve.
+
+    `trainable(name)` picks the parameters that learn (default: all); the others stay frozen for this call.
+    """
     if steps == 0 or not examples:
         return []
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    named = []
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable is None or trainable(n))
+        if p.requires_grad:
+            named.append((n, p))
+    vision = [p for n, p in named if "vision_tower" in n or "multi_modal_projector" in n]
+    rest = [p for n, p in named if not ("vision_tower" in n or "multi_modal_projector" in n)]
+    params = [p for _, p in named]
+    groups = [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_mult}) if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     order: list[int] = []
@@ -67,11 +78,13 @@ def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, b
         loss = sft_loss(model, [examples[i] for i in rows], spec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
         if progress:
             progress(1, loss=losses[-1])
     model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
     return losses

@@ -1,0 +1,62 @@
+"""Export report: each shipped CPU/GPU profile's precision variants, their size and their accuracy under the protocol.
+
+Exports the recommender report's full model (benchmarks/recommender_report.sh must have run: it leaves
+work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet} and the summarizer) with export/cpu-fp32.toml,
+export/cpu-int8.toml and export/cuda-fp16.toml (its fp16 graphs run on the CPU provider here: the accuracy is the
+graphs', the speed is not a GPU's), then scores every test case with the torch-free runtime for each variant.
+Writes benchmarks/results/variants/<dataset>/report.{json,md,png}.
+
+Usage: .venv/bin/python benchmarks/variants_report.py [--dataset synthetic] [--work work/recommender]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("cpu-fp32", "cpu-int8", "cuda-fp16")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--work", type=Path, default=ROOT / "work" / "recommender")
+    ap.add_argument("--summarizer", type=Path, default=None, help="default: the summarizer report's model")
+    ap.add_argument("--max-cases", type=int, default=0)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from mmsrarec_edge.bench.variants import variant_report, write
+    from mmsrarec_edge.progress import progress_bar
+
+    w = (args.work / args.dataset).resolve()
+    summ = args.summarizer or next((p for p in (ROOT / "work" / "summarizer" / args.dataset / "model", w / "summarizer")
+                                    if (p / "rl").exists()), None)
+    need = [w / "protocol", w / "rec_full" / "recommender.json", w / "kw_rl.parquet"]
+    if summ is None or any(not p.exists() for p in need):
+        sys.exit(f"run benchmarks/recommender_report.sh first (missing under {w})")
+    cli = [str(ROOT / ".venv" / "bin" / "mmsrarec-edge")]
+    bundles = {}
+    for name in PROFILES:
+        out = w / "bundles" / name
+        if not (out / "manifest.json").exists():
+            subprocess.run([*cli, "export", "--profile", str(ROOT / "export" / f"{name}.toml"), "--summarizer",
+                            str(summ), "--recommender", str(w / "rec_full"), "--keywords", str(w / "kw_rl.parquet"),
+                            "--dataset", str(w / "data"), "--out", str(out)], check=True)
+        bundles[name] = out
+    from mmsrarec_edge.data.protocol import load_protocol
+
+    n = len(load_protocol(w / "protocol").test)
+    n = min(n, args.max_cases) if args.max_cases else n
+    with progress_bar("scoring test cases per variant", n * (len(bundles) + 1)) as adv:
+        rep = variant_report(bundles, w / "rec_full", w / "protocol", max_cases=args.max_cases, progress=adv)
+    rep["dataset"] = args.dataset
+    out_dir = ROOT / "benchmarks" / "results" / "variants" / args.dataset
+    write(rep, out_dir, f"Precision variants on {args.dataset}: size and accuracy (test split)")
+    print((out_dir / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
