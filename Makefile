@@ -4,9 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= cpu,train,dev,bench
+EXTRAS ?= cpu,train,dev,bench,scale
+# Triton serving has its own environment: nvidia-pytriton pins numpy<2, the training stack needs numpy 2.
+SERVE_VENV ?= .venv-serve
 
-.PHONY: install demo test test-fast clean
+.PHONY: install serve-env demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,13 +20,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# about a minute on a fresh machine (the PyTriton wheel ships tritonserver; hnswlib builds from source)
+$(SERVE_VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[cpu,serve]"
+	touch $@
+
+serve-env: $(SERVE_VENV)/.installed
+
 demo: install
 	$(VENV)/bin/mmsrarec-edge demo --out work/demo
 
-test: install
+test: install serve-env
 	$(VENV)/bin/pytest -q
 
-test-fast: install
+test-fast: install serve-env
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from .errors import UserError
 
-STAGES = ["data", "train", "recommend_train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve"]
+STAGES = ["data", "train", "recommend_train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve", "scale"]
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -1,0 +1,48 @@
+"""`mmsrarec-edge summarize-catalog BUNDLE ITEMS.parquet --out STORE [--ray ADDRESS] [--workers N]`: summarize a whole
+item table with the bundle's exported (torch-free) summarizer, in this process or on a Ray cluster, in resumable
+parts. (The `summarize` command is the PyTorch summarizer over a dataset; this one needs only a bundle.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def summarize_catalog(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `mmsrarec-edge export`)."),
+    items: Path = typer.Argument(..., help="Item table (Parquet: item_id, title, description, image)."),
+    out: Path = typer.Option(..., "--out", help="Store directory (parts/, job.json, keywords.parquet); "
+                                                 "rerun on it to resume."),
+    ray_address: str = typer.Option(None, "--ray", help="Run on Ray: 'local' (a private local cluster) or an "
+                                                        "address for ray.init ('auto', 'ray://host:10001')."),
+    workers: int = typer.Option(2, "--workers", help="Ray actors, one summarizer each (with --ray)."),
+    part_size: int = typer.Option(32, "--part-size", help="Items per part (the unit of work and of resuming)."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads per summarizer."),
+    precision: str = typer.Option(None, "--precision", help="Graph variant: fp32, fp16 or int8."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's figures as JSON."),
+):
+    """Summarize every item of a table into image/text keywords (a keyword store), resumable, optionally on Ray."""
+    from ..progress import progress_bar
+    from ..scale.catalog_summarize import CatalogJob, read_item_rows, run_local
+
+    job = CatalogJob(bundle=bundle, items=items, out=out, part_size=part_size, threads=threads, precision=precision)
+    total = len(read_item_rows(items))
+    with progress_bar("summarizing catalog", total) as advance:
+        if ray_address:
+            from ..scale.ray_summarize import run_ray
+
+            result = run_ray(job, ray_address, workers, progress=advance)
+        else:
+            result = run_local(job, progress=advance)
+    figures = {**result.to_dict(), "items_per_s": round(result.items_per_s, 3)}
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+    else:
+        typer.echo(f"{result.store}: {result.items} items summarized in {result.computed_parts} of {result.parts} "
+                   f"parts ({result.mode}, {result.workers} worker(s), {result.seconds:.1f} s)")
+
+
+def register(apps) -> None:
+    apps["app"].command("summarize-catalog")(summarize_catalog)

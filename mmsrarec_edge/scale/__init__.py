@@ -1,0 +1,1 @@
+"""Scale-out jobs: catalog summarization with the exported summarizer, in one process or on a Ray cluster."""
