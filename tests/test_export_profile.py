@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "export").glob("*.toml"))
 
 
-def test_the_five_shipped_profiles_parse():
+def test_the_shipped_profiles_parse():
     names = {p.stem for p in PROFILES}
-    assert names == {"cpu-fp32", "cpu-int8", "cuda-fp16", "tensorrt-fp16", "jetson-orin"}
+    assert names == {"cpu-fp32", "cpu-int8", "cpu-fp32-int8", "cuda-fp16", "tensorrt-fp16", "jetson-orin"}
     for path in PROFILES:
         prof = load_profile(path)
         assert prof.name == path.stem
@@ -29,6 +29,9 @@ def test_variant_policy_of_shipped_profiles():
     assert int8.graph_variants("recommender.decoder") == ["int8"]
     assert int8.graph_variants("sasrec.user_encoder") == ["fp32"]
     assert int8.default_variant("sasrec.user_encoder") == "fp32"
+    both = load_profile(ROOT / "export" / "cpu-fp32-int8.toml")
+    assert both.graph_variants("recommender.decoder") == ["int8", "fp32"]
+    assert both.default_variant("recommender.decoder") == "int8" and both.fp32_graphs == int8.fp32_graphs
     trt = load_profile(ROOT / "export" / "tensorrt-fp16.toml")
     # TensorRT builds fp16 itself from fp32 graphs.
     assert trt.precision == "fp16" and trt.graph_variants("recommender.decoder") == ["fp32"]

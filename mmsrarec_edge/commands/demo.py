@@ -1,7 +1,7 @@
 """`mmsrarec-edge demo`: the whole chain on the embedded default, end to end, in one command.
 
 data synth -> protocol -> train SASRec -> train summarizer (SFT + GRPO) -> summarize (keyword store) -> train
-recommender (retrieval + multi-task SFT) -> evaluate (popularity, SASRec, MMSRARec-edge) -> export (cpu-int8 bundle,
+recommender (retrieval + multi-task SFT) -> evaluate (popularity, SASRec, MMSRARec-edge) -> export (cpu-fp32-int8 bundle,
 parity-gated) -> recommend (torch-free runtime) -> bench (latency vs peers). Each step runs the same CLI command a user
 would, writes into OUT/<step>, and is skipped when its output exists (use --fresh to redo everything). Sizes are the
 embedded default's, chosen so that the chain finishes on 2 CPU cores in about a quarter of an hour.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import typer
 
-PROFILE = Path(__file__).resolve().parents[2] / "export" / "cpu-int8.toml"
+# Both precisions: the bench then runs fp32 and int8 in one run and checks the fp32 ranking against PyTorch.
+PROFILE = Path(__file__).resolve().parents[2] / "export" / "cpu-fp32-int8.toml"
 
 
 def demo(
