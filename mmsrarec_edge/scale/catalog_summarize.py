@@ -53,6 +53,7 @@ class JobResult:
     workers: int
     mode: str
     part_seconds: list[float] = field(default_factory=list)
+    startup_seconds: float = 0.0  # Ray: connecting to / starting the cluster
 
     @property
     def items_per_s(self) -> float:
@@ -61,7 +62,8 @@ class JobResult:
     def to_dict(self) -> dict:
         return {"store": str(self.store), "items": self.items, "parts": self.parts,
                 "computed_parts": self.computed_parts, "seconds": round(self.seconds, 3), "workers": self.workers,
-                "mode": self.mode}
+                "mode": self.mode, "startup_seconds": round(self.startup_seconds, 3),
+                "worker_seconds": round(sum(self.part_seconds), 3)}
 
 
 def read_item_rows(path: Path) -> list[dict]:

@@ -59,9 +59,11 @@ def run_ray(job: CatalogJob, address: str = "local", workers: int = 2, progress=
         raise UserError(f"--workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
     parts, pending = prepare(job)
-    times = []
+    times, startup = [], 0.0
     if pending:
+        t = time.perf_counter()
         ray, started = _init_ray(address, workers)
+        startup = time.perf_counter() - t
         try:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
@@ -85,4 +87,4 @@ def run_ray(job: CatalogJob, address: str = "local", workers: int = 2, progress=
                 ray.shutdown()
     store = finish(job, parts)
     return JobResult(store, sum(len(parts[i]) for i in pending), len(parts), len(pending),
-                     time.perf_counter() - t0, workers, "ray", times)
+                     time.perf_counter() - t0, workers, "ray", times, startup)
