@@ -120,11 +120,3 @@ def client_answers(py: str, url: str, protocol: str, requests: list[dict], tmp: 
                         "--requests", str(path), "--wait", str(wait)], capture_output=True, text=True, timeout=wait + 120)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
-
-
-def metric(text: str, name: str, model: str = "recommend") -> float:
-    """A Prometheus counter of one model from Triton's /metrics text."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)

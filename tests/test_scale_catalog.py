@@ -74,3 +74,41 @@ def test_ray_local_cluster_gives_identical_keywords(catalog, tmp_path):
                              "--ray", "local", "--workers", 2, "--json", timeout=400).stdout)
     assert figures["mode"] == "ray" and figures["workers"] == 2 and figures["computed_parts"] == 5
     assert read_keyword_store(tmp_path / "ray" / "keywords.parquet") == read_keyword_store(out / "keywords.parquet")
+
+
+def test_sigterm_keeps_finished_parts_and_a_rerun_completes(catalog, tmp_path):
+    """A real interruption: SIGTERM while parts are being written, then the same command again."""
+    import signal
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle, items, out, _ = catalog
+    rows = pq.read_table(items).to_pylist()
+    step = max(r["item_id"] for r in rows) + 1
+    big = [{**r, "item_id": r["item_id"] + k * step, "image": str((items.parent / r["image"]).resolve())
+            if r.get("image") else None} for k in range(10) for r in rows]
+    table = tmp_path / "items.parquet"
+    pq.write_table(pa.Table.from_pylist(big), table)
+    store = tmp_path / "store"
+    args = [*CLI, "summarize-catalog", str(bundle.dir), str(table), "--out", str(store), "--part-size", "8", "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((store / "parts").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    done = len(list((store / "parts").glob("part-*.parquet")))
+    assert proc.returncode == 143 and "terminated" in err
+    assert 3 <= done < 50 and not (store / "keywords.parquet").exists()
+    assert [p.name for p in (store / "parts").iterdir() if p.name.startswith(".")] == []  # no half-written part
+    figures = json.loads(run(*args[3:]).stdout)
+    assert figures["computed_parts"] == 50 - done and figures["items"] == 400 - 8 * done
+    merged, reference = read_keyword_store(store / "keywords.parquet"), read_keyword_store(out / "keywords.parquet")
+    assert len(merged) == 400
+    for iid, kw in merged.items():  # copies of an item carry its text and image: same keywords
+        ref = reference[iid % step]
+        assert (kw.image_keywords, kw.text_keywords, kw.has_image) == \
+            (ref.image_keywords, ref.text_keywords, ref.has_image)

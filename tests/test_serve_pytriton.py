@@ -51,6 +51,15 @@ def same(served: list[dict], cli: list[dict]) -> None:
     assert [i["score"] for i in served] == pytest.approx([i["score"] for i in cli], abs=1e-9)
 
 
+def test_serve_without_pytriton_is_a_one_line_error():
+    r = subprocess.run([sys.executable, "-c", "import pytriton.triton"], capture_output=True)
+    if r.returncode == 0:
+        pytest.skip("PyTriton is installed in the test interpreter")
+    r = subprocess.run([*CLI, "serve", str(shared_tiny_bundle().dir)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "PyTriton is not installed" in r.stderr and "make serve-env" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_http_and_grpc_answers_equal_the_cli(server):
     users = sorted(server["bundle"].dataset.sequences())
     reqs = [{"user": users[1], "top_k": 3},

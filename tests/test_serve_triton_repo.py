@@ -166,3 +166,30 @@ def test_pytriton_tritonserver_loads_the_python_model(repos, tmp_path):
         assert [i["item_id"] for i in ans["items"]] == [i["item_id"] for i in cli]
         assert [i["explanation"] for i in ans["items"]] == [i["explanation"] for i in cli]
         assert [i["score"] for i in ans["items"]] == pytest.approx([i["score"] for i in cli], abs=1e-9)
+
+
+def test_built_engines_become_tensorrt_plan_models(tmp_path):
+    """A bundle whose manifest lists a built engine (as `build-engine` records it) gets a tensorrt_plan model for
+    that graph in a gpu repository (no TensorRT accelerator block: it is an engine already), ONNX in a cpu one."""
+    import hashlib
+    import shutil
+
+    from mmsrarec_edge.serving.triton_repo import RepoConfig, write_model_repository
+
+    bundle = shutil.copytree(shared_tiny_bundle().dir, tmp_path / "bundle")
+    engine = bundle / "engines" / "sasrec.user_encoder.fp16.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"not a real engine: the writer only copies it")
+    man = json.loads((bundle / "manifest.json").read_text())
+    rel = "engines/sasrec.user_encoder.fp16.engine"
+    man["files"][rel] = {"sha256": hashlib.sha256(engine.read_bytes()).hexdigest(), "bytes": engine.stat().st_size}
+    man["engines"] = {"sasrec.user_encoder": {"file": rel, "fp16": True}}
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    write_model_repository(bundle, tmp_path / "gpu", RepoConfig(device="gpu"))
+    cfg = parse_pbtxt((tmp_path / "gpu" / "sasrec_user_encoder" / "config.pbtxt").read_text())
+    assert one(cfg, "platform") == "tensorrt_plan" and "optimization" not in cfg
+    assert (tmp_path / "gpu" / "sasrec_user_encoder" / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert [t["name"][0] for t in cfg["input"]] == ["history"] and one(cfg["input"][0], "dims") == 8
+    write_model_repository(bundle, tmp_path / "cpu", RepoConfig(device="cpu"))
+    cfg = parse_pbtxt((tmp_path / "cpu" / "sasrec_user_encoder" / "config.pbtxt").read_text())
+    assert one(cfg, "platform") == "onnxruntime_onnx"
