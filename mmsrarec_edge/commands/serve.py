@@ -43,6 +43,8 @@ def triton_repo(
     instances: int = typer.Option(1, "--instances", help="Instances per model (instance_group count)."),
     max_batch: int = typer.Option(8, "--max-batch", help="max_batch_size of the models with a batch axis."),
     queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Dynamic batching: longest wait to fill a batch."),
+    precision: str = typer.Option(None, "--precision", help="Graph variant to ship (fp32, fp16, int8) where a graph has "
+                                                            "it (default: each graph's default variant)."),
     bls: bool = typer.Option(False, "--bls/--local",
                              help="The Python model runs the graphs through BLS calls to the ONNX models (--bls) "
                                   "or in its own onnxruntime sessions (--local, default: needs no ONNX backend)."),
@@ -53,7 +55,7 @@ def triton_repo(
 
     written = write_model_repository(bundle, out, RepoConfig(device=device, instances=instances,
                                                              max_batch_size=max_batch, max_queue_delay_us=queue_delay_us,
-                                                             bls=bls))
+                                                             bls=bls, precision=precision))
     typer.echo(json.dumps({"repository": str(out), "models": written}, indent=2))
 
 
