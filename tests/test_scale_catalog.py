@@ -112,3 +112,23 @@ def test_sigterm_keeps_finished_parts_and_a_rerun_completes(catalog, tmp_path):
         ref = reference[iid % step]
         assert (kw.image_keywords, kw.text_keywords, kw.has_image) == \
             (ref.image_keywords, ref.text_keywords, ref.has_image)
+
+
+def test_a_missing_image_is_a_one_line_error_on_both_paths(catalog, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'mmsrarec-edge[scale]')")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle, items, _, _ = catalog
+    rows = [{**r, "image": str(items.parent / r["image"]) if r.get("image") else None}
+            for r in pq.read_table(items).to_pylist()[:6]]
+    rows[4]["image"] = "images/does-not-exist.png"  # relative: next to the table
+    table = tmp_path / "items.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    for name, extra in (("local", []), ("ray", ["--ray", "local", "--workers", 1])):
+        r = run("summarize-catalog", bundle.dir, table, "--out", tmp_path / name, "--part-size", 2, *extra,
+                ok=False, timeout=400)
+        assert r.returncode == 2 and "does-not-exist.png" in r.stderr, (name, r.stderr[-2000:])
+        # the parts before the bad item are kept for the rerun once the image is fixed
+        assert (tmp_path / name / "parts" / "part-00000.parquet").is_file()
+        assert not (tmp_path / name / "keywords.parquet").exists()

@@ -26,14 +26,20 @@ class PartSummarizer:
         self.summarizer = open_summarizer(Path(bundle), threads, provider, precision, verify=False)
 
     def __call__(self, batch: dict) -> dict:
-        out_parts, out_rows, out_s = [], [], []
+        out = {"part": [], "rows": [], "seconds": [], "error": []}
         for part, rows in zip(batch["part"], batch["rows"]):
             t = time.perf_counter()
-            kws = summarize_part(self.summarizer, json.loads(rows))
-            out_parts.append(int(part))
-            out_rows.append(json.dumps([[k.item_id, k.image_keywords, k.text_keywords, k.has_image] for k in kws]))
-            out_s.append(time.perf_counter() - t)
-        return {"part": out_parts, "rows": out_rows, "seconds": out_s}
+            try:
+                kws = summarize_part(self.summarizer, json.loads(rows))
+                out["rows"].append(json.dumps([[k.item_id, k.image_keywords, k.text_keywords, k.has_image]
+                                               for k in kws]))
+                out["error"].append("")
+            except UserError as exc:  # a bad item (image missing): Ray would drop the exception's type and text
+                out["rows"].append("")
+                out["error"].append(json.dumps([exc.message, exc.hint]))
+            out["part"].append(int(part))
+            out["seconds"].append(time.perf_counter() - t)
+        return out
 
 
 def _init_ray(address: str, workers: int):
@@ -76,6 +82,8 @@ def run_ray(job: CatalogJob, address: str = "local", workers: int = 2, progress=
                                                             "threads": job.threads, "provider": job.provider,
                                                             "precision": job.precision})
             for row in results.iter_rows():
+                if row["error"]:
+                    raise UserError(*json.loads(row["error"]))
                 kws = [ItemKeywords(int(i), list(img), list(txt), bool(has)) for i, img, txt, has in
                        json.loads(row["rows"])]
                 write_part(Path(job.out), int(row["part"]), kws)
