@@ -100,3 +100,20 @@ def test_load_is_bounded_and_dynamic_batching_merges_requests(server):
     assert serial["triton"]["nv_inference_request_success"] == 36
     # six clients and a 20 ms queue delay: Triton runs fewer batches than it gets requests
     assert concurrent["triton"]["nv_inference_exec_count"] < concurrent["triton"]["nv_inference_request_success"]
+
+
+def test_a_taken_port_is_a_one_line_error():
+    import socket
+
+    from serve_support import serve_python
+
+    py, why = serve_python()
+    if py is None:
+        pytest.skip(why)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([py, "-m", "mmsrarec_edge.cli", "serve", str(shared_tiny_bundle().dir), "--http-port",
+                            str(port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"127.0.0.1:{port} (--http-port)" in r.stderr and "Traceback" not in r.stderr

@@ -14,6 +14,7 @@ interpreter's own LIBDIR first on LD_LIBRARY_PATH, which the server and the stub
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import sysconfig
 import threading
@@ -96,6 +97,18 @@ def triton_tensors():
     return conv(protocol.INPUTS), conv(protocol.OUTPUTS)
 
 
+def check_ports(cfg: ServeConfig) -> None:
+    """UserError naming a port that is taken: tritonserver would exit and PyTriton wait for it until its timeout."""
+    for flag, port in (("--http-port", cfg.http_port), ("--grpc-port", cfg.grpc_port),
+                       ("--metrics-port", cfg.metrics_port)):
+        with socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET) as s:
+            try:
+                s.bind((cfg.host, port))
+            except OSError as exc:
+                raise UserError(f"cannot listen on {cfg.host}:{port} ({flag}): {exc.strerror or exc}",
+                                f"choose another {flag}, or stop what is using it") from exc
+
+
 def build_triton(bundle: Path, cfg: ServeConfig):
     """A PyTriton `Triton` with the bundle's recommender bound as `recommend` (not started). Returns (triton, model)."""
     require_pytriton()
@@ -106,6 +119,7 @@ def build_triton(bundle: Path, cfg: ServeConfig):
 
     if cfg.max_batch_size < 1 or cfg.instances < 1:
         raise UserError("--max-batch and --instances must be >= 1")
+    check_ports(cfg)
     rec = Recommender(bundle, provider=cfg.provider, precision=cfg.precision, threads=cfg.threads, verify=cfg.verify)
     os.environ.update(stub_environment())
     tconf = TritonConfig(http_address=cfg.host, http_port=cfg.http_port, grpc_address=cfg.host,
