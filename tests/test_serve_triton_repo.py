@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -193,3 +194,47 @@ def test_built_engines_become_tensorrt_plan_models(tmp_path):
     write_model_repository(bundle, tmp_path / "cpu", RepoConfig(device="cpu"))
     cfg = parse_pbtxt((tmp_path / "cpu" / "sasrec_user_encoder" / "config.pbtxt").read_text())
     assert one(cfg, "platform") == "onnxruntime_onnx"
+
+
+def test_bls_mode_calls_the_graph_models_through_triton(tmp_path):
+    """--bls against a real tritonserver: the graph models the BLS requests go to run on a Python-backend stand-in
+    for the onnxruntime backend (tests/fixtures/triton_ort_python_model.py; PyTriton's server has no ONNX backend),
+    with the repository's own config.pbtxt tensors. Answers equal the CLI's, and Triton counts the graph calls."""
+    import shutil
+    import urllib.request
+
+    from mmsrarec_edge.serving.triton_repo import RepoConfig, write_model_repository
+
+    py = require_serve_python()
+    bundle = shared_tiny_bundle()
+    repo = tmp_path / "repo"
+    write_model_repository(bundle.dir, repo, RepoConfig(device="cpu", bls=True))
+    graphs = ["recommender_decoder", "recommender_embed", "sasrec_user_encoder"]
+    for name in graphs:
+        cfg = repo / name / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+        shutil.copy(Path(__file__).with_name("fixtures") / "triton_ort_python_model.py", repo / name / "1" / "model.py")
+    http, grpc, metrics = free_ports(3)
+    srv = ServerProcess([py, "-m", "mmsrarec_edge.serving.tritonserver", str(repo), "--http-port", str(http),
+                         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--workdir", str(tmp_path / "w"),
+                         *[a for m in ["recommend", *graphs] for a in ("--model", m)]], tmp_path / "server.log")
+    try:
+        users = sorted(bundle.dataset.sequences())
+        reqs = [{"user": users[4], "top_k": 4}, {"history": [3, 6], "candidates": [1, 8, 9, 10], "top_k": 2}]
+        answers = client_answers(py, f"127.0.0.1:{grpc}", "grpc", reqs, tmp_path, wait=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        srv.stop()
+    assert wait_group_gone(srv.proc.pid) == []
+    calls = {m: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("nv_inference_request_success{") and f'model="{m}"' in line) for m in graphs}
+    assert all(calls[m] >= 2 for m in graphs), calls  # each request ran SASRec, embeddings and the decoder via BLS
+    for req, ans in zip(reqs, answers):
+        args = ["--user", str(req["user"])] if "user" in req else \
+            ["--history", ",".join(map(str, req["history"])), "--candidates", ",".join(map(str, req["candidates"]))]
+        cli = json.loads(subprocess.run([*CLI, "recommend", str(bundle.dir), "--json", "--top-k", str(req["top_k"]),
+                                         *args], capture_output=True, text=True, timeout=300, check=True).stdout)
+        assert "error" not in ans, (ans, srv.log()[-3000:])
+        assert [i["item_id"] for i in ans["items"]] == [i["item_id"] for i in cli["items"]]
+        assert [i["score"] for i in ans["items"]] == pytest.approx([i["score"] for i in cli["items"]], abs=1e-6)
