@@ -199,6 +199,20 @@ def test_rank_hint_recommender_trains_and_scores(parts, tmp_path):
     assert (tmp_path / "rank" / "sasrec_folds" / "folds.json").is_file()
     scores = load_scorer(tmp_path / "rank", proto)(proto.test)
     assert scores.shape == proto.test.candidates.shape and np.isfinite(scores).all()
+    # exported (real-prompt parity inputs need a rank per candidate) and served torch-free: same scores
+    from mmsrarec_edge.bench.variants import runtime_scores
+    from mmsrarec_edge.exporter.bundle import export_bundle
+    from mmsrarec_edge.exporter.inputs import load_inputs
+    from mmsrarec_edge.exporter.profile import parse_profile
+    from mmsrarec_edge.runtime.recommender import Recommender
+
+    profile = parse_profile({"graphs": ["recommender.embed", "recommender.decoder", "sasrec.user_encoder"],
+                             "parity": {"cases": 1}})
+    export_bundle(load_inputs(None, tmp_path / "rank", None, root / "kw.parquet", root / "data"), profile,
+                  tmp_path / "b")
+    cases = proto.test.subset(np.arange(6))
+    got = runtime_scores(Recommender(tmp_path / "b"), cases)
+    assert np.abs(got - scores[:6]).max() < 1e-4
 
 
 def test_exported_variants_rank_like_pytorch_on_the_protocol(trained, parts, tmp_path):

@@ -184,6 +184,8 @@ def _recommender_prompts(inp: ExportInputs, pick) -> list | None:
     seq = max(ds.sequences().values(), key=len)[-cfg.history_len:]
     prefix = rp.prefix_ids(enc, m.tokenizer.bos_token_id, [kw(i) for i in seq], None, cfg)
     n_img = num_image_tokens(m.model) if cfg.candidate_image else 0
-    suffixes = [rp.suffix_ids(enc, ds.items[i].title, kw(i), n_img if ds.items[i].image else 0, None, cfg)
-                for i in pick]
+    # A rank-hint prompt needs a rank per candidate; any realistic spread of ranks serves the parity check.
+    suffixes = [rp.suffix_ids(enc, ds.items[i].title, kw(i), n_img if ds.items[i].image else 0,
+                              1 + 7 * k if cfg.rank_hint else None, cfg)
+                for k, i in enumerate(pick)]
     return [(prefix, suffixes)]

@@ -9,7 +9,9 @@ repeated to C candidates and all right-padded suffixes in one call, yes/no logit
 Metrics (what is gated):
 - `features`: max |onnx - torch| / max |torch| over image features, token embeddings, user embeddings;
 - `logits`: the same over decoder logits (summarizer: full vocabulary; recommender: the yes/no pair);
-- `score`: max |onnx - torch| of p(yes)/(p(yes)+p(no)) in [0, 1] -- what the recommender ranks by.
+- `score`: max |onnx - torch| of p(yes)/(p(yes)+p(no)) in [0, 1] -- what the recommender ranks by. For the
+  recommender's yes/no head only the score is gated (its `logits` figure is reported): a shift common to both logits
+  does not change the score.
 Relative to the largest reference value, so one tolerance holds for tiny random models (|logits| < 1, features ~0.1)
 and trained ones (|logits| ~ 10-30) alike. A graph that computes the wrong function (measured: a graph checked against
 another seed's model) scores 1.3-1.8 on features/logits and 0.26 on score, so the gates below sit far from "broken".
@@ -309,4 +311,10 @@ def check(graph: str, kind: str, path: Path, precision: str, torch_obj, *, cases
     else:
         raise ValueError(f"unknown graph kind {kind!r}")
     real_cases = len(real) if real is not None else 0
-    return GraphParity(graph, precision, acc.metrics, tolerances(precision, tol_overrides), cases, info, real_cases)
+    tol = tolerances(precision, tol_overrides)
+    if kind == "decoder_yes_no" and not getattr(tol_overrides, "logits", 0.0):  # a profile's explicit value holds
+        # The score is sigmoid(l_yes - l_no): a shift common to both logits cancels, so the score gate is the
+        # meaningful one and the relative logit error is reported only (measured on the demo's trained recommender:
+        # int8 logits 0.39 relative while the score moved 0.049).
+        tol.pop("logits", None)
+    return GraphParity(graph, precision, acc.metrics, tol, cases, info, real_cases)
