@@ -64,7 +64,9 @@ def run_dataset(name: str, data: Path, work: Path, extra: list[str]) -> dict:
                     for k in ev},
            "rl_minus_sft_total": paired_bootstrap(ev["sft"]["all"]["per_prompt_total"],
                                                   ev["rl"]["all"]["per_prompt_total"]),
-           "grpo": log["grpo"], "samples": log["samples"][:8]}
+           "grpo": log["grpo"],
+           # the real set's licence forbids redistributing it: no text-derived samples of it in a committed report
+           "samples": log["samples"][:8] if name == "synthetic" else []}
     sys.path.insert(0, str(ROOT))
     from mmsrarec_edge.summarize.store import read_keyword_store
 
@@ -143,6 +145,8 @@ def markdown(results: dict, skipped: dict) -> str:
         lines += [f"Time (2 shared CPU cores): train command {t['train_command']:.0f} s (reference LM "
                   f"{t.get('reference_lm', 0):.0f} s, SFT {t.get('sft', 0):.0f} s, GRPO {t.get('grpo', 0):.0f} s), "
                   f"summarize {t['summarize_command']:.0f} s for {res['store']['items']} items.", ""]
+        if not res["samples"]:
+            continue
         lines += ["Examples (held-out):", "", "| item | task | target | SFT | SFT + GRPO |", "|---|---|---|---|---|"]
         for s in res["samples"]:
             lines.append(f"| {s['item_id']} | {s['task']} | {', '.join(s['target'])} | {', '.join(s['sft'])} | "
@@ -150,7 +154,15 @@ def markdown(results: dict, skipped: dict) -> str:
         lines.append("")
     for name, why in skipped.items():
         lines += [f"## {name}", "", f"Skipped: {why}", ""]
-    lines += ["![reward curve](reward_curve.png)", ""]
+    lines += ["![reward curve](reward_curve.png)", "",
+              "The curve is GRPO's sampled reward on *training* items; the dashed lines are greedy decoding on held-out "
+              "items. The two differ in level, mostly through R_recon: the reference LM was trained on the training "
+              "items' texts, so their perplexity is far lower than an unseen item's (on ml100k_mm ~1-10 vs ~215).",
+              "", "Diagnosis on ml100k_mm: the targets are TF-IDF words of long plot texts, mostly rare names; a 2-layer "
+              "decoder trained for minutes on 500 items does not learn to copy them for unseen items, so its SFT "
+              "keywords are generic or invented WordPiece fragments (R_info 0.16 vs 0.44 for the targets). GRPO "
+              "raises R_info and shortens the lists, which is what the reward asks for; a pretrained MLLM (the "
+              "paper's setting, `train summarizer --base DIR`) is what closes the rest of the gap.", ""]
     return "\n".join(lines)
 
 
@@ -159,7 +171,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "work" / "summarizer")
     ap.add_argument("--ml100k", type=Path, default=Path(os.environ.get("ML100K", ROOT.parent / "shared" / "data" / "ml100k_mm")))
     ap.add_argument("--only", choices=list(DATASETS), default=None)
+    ap.add_argument("--render", action="store_true", help="only rewrite report.md and the plot from report.json")
     args = ap.parse_args()
+    if args.render:
+        rep = json.loads((OUT / "report.json").read_text())
+        plot(rep["results"], OUT / "reward_curve.png")
+        (OUT / "report.md").write_text(markdown(rep["results"], rep["skipped"]))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = args.work.resolve()
     results, skipped = {}, {}
