@@ -1,7 +1,7 @@
 """Export report: each shipped CPU/GPU profile's precision variants, their size and their accuracy under the protocol.
 
 Exports the recommender report's full model (benchmarks/recommender_report.sh must have run: it leaves
-work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet} and the summarizer) with export/cpu-fp32.toml,
+work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet} and the summarizer) with export/cpu-fp32-int8.toml,
 export/cpu-int8.toml and export/cuda-fp16.toml (its fp16 graphs run on the CPU provider here: the accuracy is the
 graphs', the speed is not a GPU's), then scores every test case with the torch-free runtime for each variant.
 Writes benchmarks/results/variants/<dataset>/report.{json,md,png}.
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("cpu-fp32", "cpu-int8", "cuda-fp16")
+PROFILES = ("cpu-fp32-int8", "cpu-int8", "cuda-fp16")  # fp32 + int8 decoder, int8 embeddings only, fp16
 
 
 def main() -> None:

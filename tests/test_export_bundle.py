@@ -92,9 +92,11 @@ def test_bundle_verifies_and_every_graph_passed_its_gate(bundle):
         for precision, v in entry["variants"].items():
             assert v["parity"]["passed"], (graph, precision)
             assert v["parity"]["metrics"], graph
-    assert man.graph_variants("recommender.decoder") == ["int8"]
-    assert man.graph_file("recommender.decoder").name == "decoder.int8.onnx"
-    assert man.graphs["recommender.decoder"]["variants"]["int8"]["quantized_nodes"] > 0
+    # cpu-int8 quantizes the embedding tables and the summarizer's decoder; the recommender's decoder stays fp32
+    assert man.graph_variants("recommender.decoder") == ["fp32"] and man.graph_variants("recommender.embed") == ["int8"]
+    assert man.graph_file("recommender.embed").name == "embed.int8.onnx"
+    assert man.graphs["recommender.embed"]["variants"]["int8"]["quantized_nodes"] > 0
+    assert man.graphs["summarizer.decoder"]["variants"]["int8"]["quantized_nodes"] > 0
     assert man.graph_variants("sasrec.user_encoder") == ["fp32"]
     assert man.data["profile"]["name"] == "cpu-int8" and man.data["packages"]["onnxruntime"]
     for path in bundle.rglob("*"):
@@ -172,7 +174,7 @@ def copy(bundle, tmp_path):
 
 
 def test_flipped_byte_is_caught_by_sha256(copy):
-    target = copy / "recommender" / "decoder.int8.onnx"
+    target = copy / "summarizer" / "decoder.int8.onnx"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -257,7 +259,7 @@ def _leftovers(parent: Path, name: str) -> list[Path]:
 def test_failed_gate_leaves_no_bundle_and_keeps_the_old_one(inputs, profile, bundle, tmp_path):
     strict = replace(profile, graphs=["recommender.decoder"], parity=replace(profile.parity, logits=1e-12))
     out = tmp_path / "fresh"
-    with pytest.raises(ExportError, match=r"recommender\.decoder \(int8\)"):
+    with pytest.raises(ExportError, match=r"recommender\.decoder \(fp32\)"):
         export_bundle(inputs, strict, out)
     assert not out.exists() and not _leftovers(tmp_path, "fresh")
     old = tmp_path / "old"

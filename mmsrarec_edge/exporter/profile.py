@@ -48,6 +48,7 @@ class Parity:
     features: float = 0.0  # vision/embed/user-encoder outputs: max|diff| / max|reference|
     logits: float = 0.0  # decoder logits: max|diff| / max|reference|
     score: float = 0.0  # recommender p(yes)/(p(yes)+p(no)), absolute
+    only: str = ""  # the precision the overrides above apply to ("" = every variant the profile ships)
 
 
 @dataclass
@@ -132,6 +133,8 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
         raise UserError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {prof.precision!r}")
     if prof.exporter not in EXPORTERS:
         raise UserError(f"{path}: exporter must be one of {', '.join(EXPORTERS)}, got {prof.exporter!r}")
+    if prof.parity.only and prof.parity.only not in PRECISIONS:
+        raise UserError(f"{path}: parity.only must be one of {', '.join(PRECISIONS)}, got {prof.parity.only!r}")
     bad = [v for v in prof.variants if v not in PRECISIONS]
     if bad:
         raise UserError(f"{path}: unknown variant {bad[0]!r}", f"variants are among {', '.join(PRECISIONS)}")
