@@ -65,7 +65,11 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
            "rows": []}
     for label, bundle in bundles.items():
         manifest = load_manifest(bundle)
-        for precision in manifest.graph_variants("recommender.decoder"):
+        graphs = [g for g in ("recommender.embed", "recommender.decoder") if manifest.has_graph(g)]
+        # a precision every recommender graph ships; else the bundle's own mix (cpu-int8: int8 embed, fp32 decoder)
+        shipped = [p for p in manifest.graph_variants("recommender.decoder")
+                   if all(p in manifest.graph_variants(g) for g in graphs)] or [None]
+        for precision in shipped:
             rec = Recommender(bundle, precision=precision, threads=threads)
             t = time.perf_counter()
             scores = runtime_scores(rec, cases, progress)
@@ -73,7 +77,8 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
             rank = np.argsort(-scores, axis=1, kind="stable")
             m = _metrics(scores, users)
             out["rows"].append({
-                "bundle": label, "precision": precision, "graph_variants": dict(rec.variants),
+                "bundle": label, "precision": precision or "+".join(sorted(set(rec.variants.values()))),
+                "graph_variants": dict(rec.variants),
                 "bytes": {g: graph_bytes(manifest, g, v) for g, v in rec.variants.items()},
                 "bundle_bytes": int(sum(f["bytes"] for f in manifest.files.values())),
                 "metrics": m,
