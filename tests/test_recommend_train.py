@@ -232,7 +232,8 @@ def test_exported_variants_rank_like_pytorch_on_the_protocol(trained, parts, tmp
     rep = variant_report({"both": tmp_path / "b"}, out, root / "protocol", split="val", max_cases=12)
     rows = {r["precision"]: r for r in rep["rows"]}
     assert set(rows) == {"fp32", "int8"} and rep["cases"] == 12
-    assert rows["fp32"]["identical_ranking"] == 1.0 and rows["fp32"]["max_abs_score_diff"] < 1e-4
+    assert rows["fp32"]["same_order_beyond_1e-5"] == 1.0 and rows["fp32"]["max_abs_score_diff"] < 1e-4
+    assert rows["fp32"]["identical_ranking"] >= 0.9  # exact equality too, but for near-ties that rounding may swap
     assert rows["fp32"]["delta_vs_pytorch"]["AUC"] == pytest.approx(0.0, abs=1e-9)
     assert rows["int8"]["bytes"]["recommender.decoder"] < 0.8 * rows["fp32"]["bytes"]["recommender.decoder"]
     assert rows["int8"]["max_abs_score_diff"] > 0  # quantization really happened

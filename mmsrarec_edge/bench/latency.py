@@ -162,6 +162,7 @@ def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, c
     from ..data.protocol import load_protocol
     from ..recommend.scoring import load_scorer
     from ..runtime.recommender import Recommender
+    from .variants import same_order
 
     p = load_protocol(protocol_dir)
     cases = p.test.subset(np.arange(min(cfg.agreement_cases, len(p.test))))
@@ -188,6 +189,7 @@ def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, c
         m = metrics.per_case(scores)
         out["variants"][precision] = {
             "identical_ranking": float(np.mean(np.all(rank == ref_rank, axis=1))),
+            "same_order_beyond_1e-5": float(np.mean(same_order(scores, torch_scores))),
             "top5_overlap": float(top5), "max_abs_score_diff": float(np.abs(scores - torch_scores).max()),
             **{k: float(v.mean()) for k, v in m.items() if k in ("HR@5", "NDCG@5", "AUC")}}
     return out

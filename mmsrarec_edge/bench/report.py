@@ -50,10 +50,11 @@ def markdown(report: dict) -> str:
     if "agreement" in report:
         ag = report["agreement"]
         lines += ["", f"## Ranking agreement with PyTorch on {ag['cases']} test cases (21 candidates each)", "",
-                  "| scorer | identical ranking | top-5 overlap | max abs score diff | HR@5 | NDCG@5 | AUC |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| scorer | identical ranking | same order (ties < 1e-5 aside) | top-5 overlap | max abs score diff | HR@5 | "
+                  "NDCG@5 | AUC |", "|---|---|---|---|---|---|---|---|"]
         for name, v in ag["variants"].items():
-            lines.append(f"| {name} | {_fmt(v.get('identical_ranking'), 3)} | {_fmt(v.get('top5_overlap'), 3)} | "
+            lines.append(f"| {name} | {_fmt(v.get('identical_ranking'), 3)} | {_fmt(v.get('same_order_beyond_1e-5'), 3)} | "
+                         f"{_fmt(v.get('top5_overlap'), 3)} | "
                          f"{_fmt(v.get('max_abs_score_diff'), 6)} | {100 * v['HR@5']:.2f} | {100 * v['NDCG@5']:.2f} | "
                          f"{100 * v['AUC']:.2f} |")
     return "\n".join(lines) + "\n"
