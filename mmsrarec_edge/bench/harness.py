@@ -30,6 +30,39 @@ class Timing:
                 "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 1,
+                        max_seconds: float = 60.0) -> dict[str, Timing]:
+    """Like `measure`, for several peers at once: one timed call of each peer per round, the order rotating, so a burst
+    of load from a neighbour on a shared machine lands on every peer alike instead of on whichever ran in that block.
+    A peer stops after `repeats` samples or once its own timed calls add up to `max_seconds`."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: Timing(name) for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    names = list(fns)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        rnd = 0
+        while True:
+            active = [n for n in names if len(out[n].samples_ms) < repeats and spent[n] < max_seconds]
+            if not active:
+                break
+            k = rnd % len(active)
+            for name in active[k:] + active[:k]:
+                t0 = time.perf_counter_ns()
+                fns[name]()
+                ms = (time.perf_counter_ns() - t0) / 1e6
+                out[name].samples_ms.append(ms)
+                spent[name] += ms / 1000
+            rnd += 1
+    finally:
+        if gc_was:
+            gc.enable()
+    return out
+
+
 def measure(fn: Callable[[], object], repeats: int = 20, warmup: int = 2, name: str = "",
             min_seconds: float = 0.0, max_seconds: float = 60.0) -> Timing:
     """Call fn() warmup times untimed, then at least `repeats` times (or until min_seconds), each timed alone.

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .harness import host_info, matmul_gflops, measure
+from .harness import host_info, matmul_gflops, measure_interleaved
 
 
 @dataclass
@@ -129,12 +129,13 @@ def latency_grid(peers: dict, rec, cfg: BenchConfig, gflops: float, progress=Non
             row = {"history_len": h, "candidates": c, "prefix_tokens": len(case.prefix),
                    "suffix_tokens_mean": float(np.mean([len(s) for s in case.suffixes])),
                    "floor_ms": floor_ms(len(case.prefix), [len(s) for s in case.suffixes], dims, gflops), "peers": {}}
-            for name, fn in peers.items():
-                t = measure(lambda fn=fn: fn(case.prefix, case.suffixes, feats), repeats=cfg.repeats, warmup=1,
-                            max_seconds=cfg.max_seconds)
-                row["peers"][name] = t.stats()
-                if progress:
-                    progress(1, cell=f"h={h} C={c}", peer=name[:24])
+            timed = measure_interleaved({name: (lambda fn=fn: fn(case.prefix, case.suffixes, feats))
+                                         for name, fn in peers.items()}, repeats=cfg.repeats, warmup=1,
+                                        max_seconds=cfg.max_seconds)
+            for name in peers:
+                row["peers"][name] = timed[name].stats()
+            if progress:
+                progress(len(peers), cell=f"h={h} C={c}")
             rows.append(row)
     return rows
 
