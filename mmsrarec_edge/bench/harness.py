@@ -31,16 +31,19 @@ class Timing:
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 1,
-                        max_seconds: float = 60.0) -> dict[str, Timing]:
-    """Like `measure`, for several peers at once: one timed call of each peer per round, the order rotating, so a burst
-    of load from a neighbour on a shared machine lands on every peer alike instead of on whichever ran in that block.
-    A peer stops after `repeats` samples or once its own timed calls add up to `max_seconds`."""
+                        max_seconds: float = 60.0, blocks: int = 3) -> dict[str, Timing]:
+    """Like `measure`, for several peers at once, in `blocks` rounds: each round gives every peer one untimed call
+    (to re-warm its caches after the other peers ran) and then a block of timed calls, the peer order rotating from
+    round to round. A burst of load from a neighbour on a shared machine then lands on every peer alike instead of on
+    whichever ran at that moment, and no peer is timed right after another peer's working set evicted its own.
+    A peer stops after `repeats` samples or once its timed calls add up to `max_seconds`."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     out = {name: Timing(name) for name in fns}
     spent = dict.fromkeys(fns, 0.0)
     names = list(fns)
+    per_block = max(1, -(-repeats // max(1, blocks)))
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -51,11 +54,15 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20,
                 break
             k = rnd % len(active)
             for name in active[k:] + active[:k]:
-                t0 = time.perf_counter_ns()
-                fns[name]()
-                ms = (time.perf_counter_ns() - t0) / 1e6
-                out[name].samples_ms.append(ms)
-                spent[name] += ms / 1000
+                fns[name]()  # re-warm
+                for _ in range(per_block):
+                    if len(out[name].samples_ms) >= repeats or spent[name] >= max_seconds:
+                        break
+                    t0 = time.perf_counter_ns()
+                    fns[name]()
+                    ms = (time.perf_counter_ns() - t0) / 1e6
+                    out[name].samples_ms.append(ms)
+                    spent[name] += ms / 1000
             rnd += 1
     finally:
         if gc_was:
