@@ -27,13 +27,7 @@ from mmsrarec_edge.bench.harness import host_info  # noqa: E402
 from mmsrarec_edge.io_utils import atomic_path, ensure_writable_dir, write_json, write_text  # noqa: E402
 from mmsrarec_edge.summarize.store import read_keyword_store  # noqa: E402
 
-BUILD = """
-import sys
-sys.path.insert(0, sys.argv[2])
-from pathlib import Path
-from runtime_support import build_tiny_bundle, shared_tiny_llava
-build_tiny_bundle(Path(sys.argv[1]), shared_tiny_llava())
-"""
+from tiny_bundle import build_tiny_bundle  # noqa: E402
 
 
 def run_job(bundle: Path, items: Path, out: Path, part_size: int, workers: int | None) -> dict:
@@ -130,7 +124,7 @@ def main() -> int:
     bundle, items = a.bundle, a.items
     if bundle is None:
         bundle = work / "bundle"
-        subprocess.run([sys.executable, "-c", BUILD, str(bundle), str(ROOT / "tests")], check=True, cwd=ROOT)
+        build_tiny_bundle(bundle)
         items = work / "bundle_parts" / "data" / "items.parquet"
     if items is None:
         sys.exit("--items is required with --bundle")

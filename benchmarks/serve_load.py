@@ -30,13 +30,7 @@ sys.path.insert(0, str(ROOT))
 from mmsrarec_edge.bench.harness import host_info  # noqa: E402
 from mmsrarec_edge.io_utils import atomic_path, ensure_writable_dir, write_json, write_text  # noqa: E402
 
-BUILD = """
-import sys
-sys.path.insert(0, sys.argv[2])
-from pathlib import Path
-from runtime_support import build_tiny_bundle, shared_tiny_llava
-build_tiny_bundle(Path(sys.argv[1]), shared_tiny_llava())
-"""
+from tiny_bundle import build_tiny_bundle  # noqa: E402
 
 
 def serve_python() -> str:
@@ -150,7 +144,7 @@ def main() -> int:
     bundle = a.bundle
     if bundle is None:
         bundle = work / "bundle"
-        subprocess.run([sys.executable, "-c", BUILD, str(bundle), str(ROOT / "tests")], check=True, cwd=ROOT)
+        build_tiny_bundle(bundle)
     from mmsrarec_edge.runtime.recommender import Recommender
 
     rec = Recommender(bundle, provider="cpu", threads=a.threads)

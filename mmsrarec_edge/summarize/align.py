@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .sft import optimizer_step
+
 
 def keyword_targets(model, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """Mean input embedding of each item's keyword tokens (the frozen table), [N, hidden]."""
@@ -57,14 +59,7 @@ def align_vision(model, pixels: np.ndarray, token_ids: Sequence[Sequence[int]], 
         logits = f @ targets[rows].T / temperature
         labels = torch.arange(len(rows))
         loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress:
-            progress(1, loss=losses[-1])
+        optimizer_step(loss, opt, sched, params, losses, progress)
     model.eval()
     for name, p in model.named_parameters():
         p.requires_grad_(saved[name])

@@ -43,6 +43,18 @@ def sft_loss(model, examples: Sequence[SFTExample], spec: PromptSpec) -> torch.T
     return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, -n:], ignore_index=-100)
 
 
+def optimizer_step(loss, opt, sched, params, losses: list[float], progress=None, clip: float = 1.0) -> None:
+    """Backward, clip, step the optimizer and the schedule; record the loss and advance the progress bar."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+    if progress:
+        progress(1, loss=losses[-1])
+
+
 def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, batch_size: int, lr: float,
               warmup: int = 25, seed: int = 0, progress=None, trainable: Callable[[str], bool] | None = None,
               vision_lr_mult: float = 1.0) -> list[float]:
@@ -75,15 +87,7 @@ def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, b
             rng.shuffle(fresh)
             order += fresh
         rows, order = order[:batch_size], order[batch_size:]
-        loss = sft_loss(model, [examples[i] for i in rows], spec)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress:
-            progress(1, loss=losses[-1])
+        optimizer_step(sft_loss(model, [examples[i] for i in rows], spec), opt, sched, params, losses, progress)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
