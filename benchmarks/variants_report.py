@@ -1,9 +1,10 @@
 """Export report: each shipped CPU/GPU profile's precision variants, their size and their accuracy under the protocol.
 
 Exports the recommender report's full model (benchmarks/recommender_report.sh must have run: it leaves
-work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet} and the summarizer) with export/cpu-fp32-int8.toml,
+work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet}) with export/cpu-fp32-int8.toml,
 export/cpu-int8.toml and export/cuda-fp16.toml (its fp16 graphs run on the CPU provider here: the accuracy is the
-graphs', the speed is not a GPU's), then scores every test case with the torch-free runtime for each variant.
+graphs', the speed is not a GPU's), recommendation graphs only, then scores every test case with the torch-free
+runtime for each variant.
 Writes benchmarks/results/variants/<dataset>/report.{json,md,png}.
 
 Usage: .venv/bin/python benchmarks/variants_report.py [--dataset synthetic] [--work work/recommender]
@@ -12,7 +13,6 @@ Usage: .venv/bin/python benchmarks/variants_report.py [--dataset synthetic] [--w
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +24,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--work", type=Path, default=ROOT / "work" / "recommender")
-    ap.add_argument("--summarizer", type=Path, default=None, help="default: the summarizer report's model")
     ap.add_argument("--max-cases", type=int, default=0)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -32,19 +31,25 @@ def main() -> None:
     from mmsrarec_edge.progress import progress_bar
 
     w = (args.work / args.dataset).resolve()
-    summ = args.summarizer or next((p for p in (ROOT / "work" / "summarizer" / args.dataset / "model", w / "summarizer")
-                                    if (p / "rl").exists()), None)
     need = [w / "protocol", w / "rec_full" / "recommender.json", w / "kw_rl.parquet"]
-    if summ is None or any(not p.exists() for p in need):
+    if any(not p.exists() for p in need):
         sys.exit(f"run benchmarks/recommender_report.sh first (missing under {w})")
-    cli = [str(ROOT / ".venv" / "bin" / "mmsrarec-edge")]
+    from dataclasses import replace
+
+    from mmsrarec_edge.exporter.bundle import export_bundle
+    from mmsrarec_edge.exporter.inputs import load_inputs
+    from mmsrarec_edge.exporter.profile import load_profile
+
     bundles = {}
     for name in PROFILES:
-        out = w / "bundles" / name
+        out = w / "variant_bundles" / name
         if not (out / "manifest.json").exists():
-            subprocess.run([*cli, "export", "--profile", str(ROOT / "export" / f"{name}.toml"), "--summarizer",
-                            str(summ), "--recommender", str(w / "rec_full"), "--keywords", str(w / "kw_rl.parquet"),
-                            "--dataset", str(w / "data"), "--out", str(out)], check=True)
+            # the recommendation path only: the summarizer's graphs play no part in ranking (and its own int8 gate
+            # is a separate matter, see NOTES in results/variants)
+            prof = load_profile(ROOT / "export" / f"{name}.toml")
+            prof = replace(prof, graphs=[g for g in prof.graphs if not g.startswith("summarizer.")])
+            export_bundle(load_inputs(None, w / "rec_full", None, w / "kw_rl.parquet", w / "data"), prof, out,
+                          profile_source=f"export/{name}.toml without summarizer graphs")
         bundles[name] = out
     from mmsrarec_edge.data.protocol import load_protocol
 

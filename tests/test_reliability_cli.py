@@ -162,7 +162,10 @@ def interrupted_export(sig: int):
             parent = w.dir(f"interrupt_{sig}_{attempt}")
             p = subprocess.Popen([*CLI, "export", "--profile", w.root / "sasrec.toml", "--sasrec", sas,
                                   "--out", parent / "bundle", "--threads", "1"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+                                 stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                                 # as from a terminal: a shell's background job (nohup ... &) starts its children with
+                                 # SIGINT ignored, and Python then never raises KeyboardInterrupt
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             deadline = time.time() + 120
             while p.poll() is None and time.time() < deadline:
                 if any(e.name.startswith(".bundle.") for e in os.scandir(parent)):
