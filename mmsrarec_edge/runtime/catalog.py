@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BundleError, UserError
-from ..io_utils import atomic_dir, sha256_file
+from ..io_utils import atomic_dir, link_or_copy, sha256_file
 from .bundle import MANIFEST, Manifest, load_manifest, read_safetensors, write_safetensors
 
 ITEMS = "catalog/items.parquet"
@@ -89,14 +88,6 @@ class Catalog:
         return cls(items, features)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]]) -> Manifest:
     """Replace the files `writers` names (rel path -> function writing the new content to the path it is given) and
     swap the bundle atomically (module docstring). Returns the re-verified manifest."""
@@ -107,7 +98,7 @@ def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]
         os.chmod(tmp, mode)  # mkdtemp makes 0700; the bundle keeps its permissions
         for rel in data["files"]:
             if rel not in writers:
-                _link_or_copy(root / rel, tmp / rel)
+                link_or_copy(root / rel, tmp / rel)
         for rel, write in writers.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             write(tmp / rel)

@@ -22,13 +22,12 @@ dependencies (`pip install mmsrarec-edge[cpu]` in the serving image, or an EXECU
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io_utils import atomic_dir
+from ..io_utils import atomic_dir, link_or_copy
 from ..runtime.bundle import load_manifest
 from . import protocol
 
@@ -118,14 +117,6 @@ def python_config(cfg: RepoConfig, graph_models: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def write_model_repository(bundle: Path, out: Path, cfg: RepoConfig | None = None) -> list[str]:
     """Write the repository (atomically: a temp dir renamed to `out`); returns the model names written."""
     cfg = cfg or RepoConfig()
@@ -143,15 +134,15 @@ def write_model_repository(bundle: Path, out: Path, cfg: RepoConfig | None = Non
             vdir.mkdir(parents=True)
             if cfg.device == "gpu" and graph in engines:
                 platform = "tensorrt_plan"
-                _link_or_copy(man.path(engines[graph]["file"]), vdir / "model.plan")
+                link_or_copy(man.path(engines[graph]["file"]), vdir / "model.plan")
             else:
                 platform = "onnxruntime_onnx"
                 variants = man.graph_variants(graph)
                 src = man.graph_file(graph, cfg.precision if cfg.precision in variants else None)
-                _link_or_copy(src, vdir / "model.onnx")
+                link_or_copy(src, vdir / "model.onnx")
                 rel_data = str(src.relative_to(man.root)) + ".data"
                 if rel_data in man.files:  # external weights keep the file name the graph refers to
-                    _link_or_copy(man.path(rel_data), vdir / Path(rel_data).name)
+                    link_or_copy(man.path(rel_data), vdir / Path(rel_data).name)
             limit = int(limits.get(GRAPH_LIMITS.get(graph, ""), 0) or 0)
             (tmp / name / "config.pbtxt").write_text(
                 graph_config(name, entry, cfg, limit, platform, fp16, int(trt.get("workspace_mb", 2048))))
@@ -159,7 +150,7 @@ def write_model_repository(bundle: Path, out: Path, cfg: RepoConfig | None = Non
             written.append(name)
         pdir = tmp / protocol.MODEL_NAME / "1"
         for rel in dict.fromkeys([*man.files, "manifest.json"]):
-            _link_or_copy(man.root / rel, pdir / "bundle" / rel)
+            link_or_copy(man.root / rel, pdir / "bundle" / rel)
         shutil.copy2(PYTHON_MODEL, pdir / "model.py")
         (tmp / protocol.MODEL_NAME / "config.pbtxt").write_text(python_config(cfg, graph_models))
         written.append(protocol.MODEL_NAME)
