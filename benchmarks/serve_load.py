@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsrarec_edge.bench.harness import host_info  # noqa: E402
-from mmsrarec_edge.io_utils import atomic_path, ensure_writable_dir, write_json, write_text  # noqa: E402
+from mmsrarec_edge.bench.harness import host_info, save_figure  # noqa: E402
+from mmsrarec_edge.io_utils import ensure_writable_dir, write_json, write_text  # noqa: E402
 
 from tiny_bundle import build_tiny_bundle  # noqa: E402
 
@@ -97,10 +97,7 @@ def plot(levels: list[dict], direct: dict, path: Path) -> None:
         ax.set_xticklabels([str(x) for x in c])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(rep: dict) -> str:
