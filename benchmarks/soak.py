@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,22 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from mmsrarec_edge.bench.harness import host_info, rss_mb  # noqa: E402
 from mmsrarec_edge.errors import UserError  # noqa: E402
-from mmsrarec_edge.io_utils import atomic_path, ensure_writable_dir, write_json, write_text  # noqa: E402
+from mmsrarec_edge.io_utils import ensure_writable_dir, save_figure, write_json, write_text  # noqa: E402
+from tiny_bundle import build_tiny_bundle  # noqa: E402
 
-BUILD = """
-import sys
-sys.path.insert(0, sys.argv[2])
-from pathlib import Path
-from runtime_support import build_tiny_bundle, shared_tiny_llava
-build_tiny_bundle(Path(sys.argv[1]), shared_tiny_llava())
-"""
 KINDS = ("user", "history", "long_history", "list", "sampled", "unknown_user")
 
 
 def build_default_bundle(work: Path) -> Path:
     out = work / "bundle"
     print(f"exporting the tiny test bundle to {out} (child process, torch) ...", flush=True)
-    subprocess.run([sys.executable, "-c", BUILD, str(out), str(ROOT / "tests")], check=True, cwd=ROOT)
+    build_tiny_bundle(out)
     return out
 
 
@@ -218,10 +211,7 @@ def plot(r: dict, path: Path) -> None:
     b.set_title("latency percentiles by request kind")
     b.legend()
     b.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -89,6 +89,9 @@ def smooth(x, k=9):
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
+    sys.path.insert(0, str(ROOT))
+    from mmsrarec_edge.io_utils import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -106,9 +109,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("GRPO step")
         ax.set_ylabel("R = a R_info + b R_recon + c R_len (sampled, train items)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(results: dict, skipped: dict) -> str:

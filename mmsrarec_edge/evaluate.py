@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from . import metrics
 from .data.protocol import Cases, Protocol
-from .io_utils import atomic_path, ensure_writable_dir, write_json, write_text
+from .io_utils import atomic_path, ensure_writable_dir, save_figure, write_json, write_text
 
 Scorer = Callable[[Cases], np.ndarray]
 REPORT_METRICS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "AUC"]
@@ -78,10 +78,7 @@ def bar_plot(report: dict, path: Path, metrics_to_plot=("HR@5", "NDCG@5", "AUC")
     ax.set_ylabel("%")
     ax.set_title(title or f"{report['split']} split, {report['n_cases']} cases")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(Path(path), ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=120)
 
 
 def write_report(report: dict, out_dir: Path, title: str = "", plot: bool = True) -> Path:

@@ -122,3 +122,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Lay out, write the PNG atomically (a half-written plot never replaces a good one) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(Path(path), ".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)

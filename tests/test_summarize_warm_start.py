@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from mmsrarec_edge.models.mllm import MLLMConfig, build_mllm, build_tokenizer, image_size
-from mmsrarec_edge.summarize.align import align_vision, image_tokens
-from mmsrarec_edge.summarize.embeddings import EMBED_STD, minilm_word_embeddings, warm_start_default
+from mmsrarec_edge.summarize.align import align_vision
+from mmsrarec_edge.summarize.embeddings import EMBED_STD, image_tokens, minilm_word_embeddings, warm_start_default
 
 
 def _model():

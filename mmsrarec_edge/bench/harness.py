@@ -146,14 +146,3 @@ def rss_mb() -> float:
 
     return psutil.Process().memory_info().rss / 2**20
 
-
-def save_figure(fig, path, dpi: int = 110) -> None:
-    """Lay out, write the PNG atomically (a half-written plot never replaces a good one) and close the figure."""
-    import matplotlib.pyplot as plt
-
-    from ..io_utils import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)

@@ -163,13 +163,12 @@ def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, c
     from ..data.protocol import load_protocol
     from ..recommend.scoring import load_scorer
     from ..runtime.recommender import Recommender
-    from .variants import same_order
+    from .variants import agreement, runtime_scores
 
     p = load_protocol(protocol_dir)
     cases = p.test.subset(np.arange(min(cfg.agreement_cases, len(p.test))))
     torch_scores = load_scorer(recommender_dir, p, threads=cfg.threads)(cases)
     out = {"cases": len(cases), "variants": {}}
-    ref_rank = np.argsort(-torch_scores, axis=1, kind="stable")
     out["variants"]["PyTorch"] = {k: float(v.mean()) for k, v in metrics.per_case(torch_scores).items()
                                   if k in ("HR@5", "NDCG@5", "AUC")}
     for precision in ("fp32", "int8"):
@@ -177,22 +176,10 @@ def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, c
             rec = Recommender(bundle, precision=precision, threads=cfg.threads)
         except Exception:
             continue
-        scores = np.zeros_like(torch_scores)
-        for r in range(len(cases)):
-            res = rec.recommend(history=list(cases.prefixes[r]), candidates=[int(c) for c in cases.candidates[r]],
-                                top_k=1)
-            got = dict(res.scored)
-            scores[r] = [got[int(c)] for c in cases.candidates[r]]
-            if progress:
-                progress(1, variant=precision)
-        rank = np.argsort(-scores, axis=1, kind="stable")
-        top5 = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(rank, ref_rank)])
+        scores = runtime_scores(rec, cases, (lambda n, p=precision: progress(n, variant=p)) if progress else None)
         m = metrics.per_case(scores)
-        out["variants"][precision] = {
-            "identical_ranking": float(np.mean(np.all(rank == ref_rank, axis=1))),
-            "same_order_beyond_1e-5": float(np.mean(same_order(scores, torch_scores))),
-            "top5_overlap": float(top5), "max_abs_score_diff": float(np.abs(scores - torch_scores).max()),
-            **{k: float(v.mean()) for k, v in m.items() if k in ("HR@5", "NDCG@5", "AUC")}}
+        out["variants"][precision] = {**agreement(scores, torch_scores),
+                                      **{k: float(v.mean()) for k, v in m.items() if k in ("HR@5", "NDCG@5", "AUC")}}
     return out
 
 

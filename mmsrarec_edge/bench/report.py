@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import atomic_path, ensure_writable_dir, write_json, write_text
+from ..io_utils import ensure_writable_dir, save_figure, write_json, write_text
 from .latency import OURS
 
 
@@ -85,10 +85,7 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     ax.set_title(f"Candidate scoring latency, history n={h}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    with atomic_path(out_dir / "latency_vs_candidates.png", ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "latency_vs_candidates.png", dpi=120)
     files.append("latency_vs_candidates.png")
 
     st = report["end_to_end"]["stages"]
@@ -101,10 +98,7 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     ax.set_ylabel("ms")
     ax.set_title(f"Per-stage latency, {report['end_to_end']['candidates']} candidates")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_dir / "stages.png", ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "stages.png", dpi=120)
     files.append("stages.png")
 
     summ = report["summary"]
@@ -119,10 +113,7 @@ def plots(report: dict, out_dir: Path) -> list[str]:
             ax.plot([summ[n]["target"]] * 2, [k - 0.4, k + 0.4], "r-", lw=2)
     ax.set_xscale("log")
     ax.set_xlabel("speedup of ours at 20 candidates, n=5 (x); whiskers = grid range; red = target")
-    fig.tight_layout()
-    with atomic_path(out_dir / "speedup.png", ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "speedup.png", dpi=120)
     files.append("speedup.png")
     return files
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..io_utils import save_figure
 
-RECOMMEND_GRAPHS = ("recommender.embed", "recommender.decoder", "sasrec.user_encoder")
 REPORTED = ("HR@1", "HR@5", "HR@10", "NDCG@5", "AUC")
 
 
@@ -35,6 +35,15 @@ def same_order(scores: np.ndarray, ref: np.ndarray, tie: float = 1e-5) -> np.nda
     dr = ref[:, i] - ref[:, j]
     ds = scores[:, i] - scores[:, j]
     return np.all((np.abs(dr) <= tie) | (np.sign(dr) == np.sign(ds)), axis=1)
+
+
+def agreement(scores: np.ndarray, ref: np.ndarray) -> dict:
+    """How the runtime's per-case rankings compare with the reference's (PyTorch) on the same candidates."""
+    rank, ref_rank = (np.argsort(-s, axis=1, kind="stable") for s in (scores, ref))
+    return {"identical_ranking": float(np.mean(np.all(rank == ref_rank, axis=1))),
+            "same_order_beyond_1e-5": float(np.mean(same_order(scores, ref))),
+            "top5_overlap": float(np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(rank, ref_rank)])),
+            "max_abs_score_diff": float(np.abs(scores - ref).max())}
 
 
 def _metrics(scores: np.ndarray, users: np.ndarray) -> dict:
@@ -70,7 +79,6 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
     t = time.perf_counter()
     ref = load_scorer(recommender_dir, p, threads=threads)(cases)
     torch_s = time.perf_counter() - t
-    ref_rank = np.argsort(-ref, axis=1, kind="stable")
     out = {"split": split, "cases": len(cases), "users": int(len(np.unique(users))),
            "reference": {"name": "PyTorch (fp32)", "metrics": _metrics(ref, users), "seconds": round(torch_s, 1)},
            "rows": []}
@@ -85,7 +93,6 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
             t = time.perf_counter()
             scores = runtime_scores(rec, cases, progress)
             secs = time.perf_counter() - t
-            rank = np.argsort(-scores, axis=1, kind="stable")
             m = _metrics(scores, users)
             out["rows"].append({
                 "bundle": label, "precision": precision or "+".join(sorted(set(rec.variants.values()))),
@@ -94,11 +101,7 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
                 "bundle_bytes": int(sum(f["bytes"] for f in manifest.files.values())),
                 "metrics": m,
                 "delta_vs_pytorch": {k: m[k]["mean"] - out["reference"]["metrics"][k]["mean"] for k in REPORTED},
-                "identical_ranking": float(np.mean(np.all(rank == ref_rank, axis=1))),
-                "same_order_beyond_1e-5": float(np.mean(same_order(scores, ref))),
-                "top5_overlap": float(np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(rank, ref_rank)])),
-                "max_abs_score_diff": float(np.abs(scores - ref).max()),
-                "seconds": round(secs, 1)})
+                **agreement(scores, ref), "seconds": round(secs, 1)})
     return out
 
 
@@ -161,6 +164,4 @@ def plot(rep: dict, path: Path) -> None:
     b.legend()
     for ax in (a, b):
         ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -34,7 +34,7 @@ class RecommenderConfig:
     init: str = "minilm"  # "": a fresh tiny LLaVA; "minilm": fresh, token embeddings from MiniLM (PCA, scaled to
     # embed_std); else a LLaVA checkpoint directory (e.g. the summarizer's `train summarizer` output or a stage of it)
     embed_std: float = 0.2
-    freeze_embeddings: bool = True  # see train.minilm_embeddings
+    freeze_embeddings: bool = True  # why frozen, std 0.2: summarize/embeddings.py (trainable at 0.02: yes/no at prior)
     mllm: dict = field(default_factory=dict)  # MLLMConfig overrides for a fresh model
     # Rank hint only: SASRec folds giving the training windows' hints; 0 = the main SASRec's in-sample ranks, which
     # validated better (NOTES.md in benchmarks/results/recommender).
@@ -144,9 +144,9 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
             tok = build_tokenizer()
             model = build_mllm(MLLMConfig(**cfg.mllm), tok)
             if cfg.init == "minilm":
-                from .train import minilm_embeddings
+                from ..summarize.embeddings import init_token_embeddings
 
-                minilm_embeddings(model, cfg.embed_std, cfg.train.seed)
+                init_token_embeddings(model, cfg.embed_std, cfg.train.seed)
         if cfg.freeze_embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head is frozen with it
         model = model.float()

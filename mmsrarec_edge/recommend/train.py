@@ -188,20 +188,6 @@ def train_recommender(model, make_epoch, pad_id: int, cfg: TrainConfig, validate
     return model.eval(), log
 
 
-@torch.no_grad()
-def minilm_embeddings(model, std: float = 0.2, seed: int = 0) -> int:
-    """Token embeddings of a fresh default model from all-MiniLM-L6-v2's word embeddings (its WordPiece vocabulary
-    is the decoder's), PCA-reduced to the decoder width and scaled to `std`. Returns the rows written.
-
-    Why frozen and why std 0.2 (the summarizer stage measured the same): with tied embeddings, AdamW turns the LM
-    head's small softmax-tail gradients into full-size steps on every row at once, dragging all the tokens the model
-    must tell apart in one direction; and a tied head's logits are hidden . embedding, so at the default 0.02 scale they
-    barely move off a flat distribution. Trainable embeddings at 0.02 left the yes/no task at its prior (no rank hint)."""
-    from ..summarize.embeddings import init_token_embeddings
-
-    return init_token_embeddings(model, std, seed)
-
-
 def validation_metrics(scores: np.ndarray, users: np.ndarray) -> dict:
     res = metrics.summarize(scores, users, n_boot=1)
     return {k: v["mean"] for k, v in res.items() if not k.startswith("_")}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .embeddings import image_tokens
 from .sft import optimizer_step
 
 
@@ -26,12 +27,6 @@ def keyword_targets(model, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
     emb = model.get_input_embeddings().weight.detach()
     return torch.stack([emb[torch.as_tensor(list(ids), dtype=torch.long)].mean(0) if len(ids)
                         else torch.zeros(emb.shape[1]) for ids in token_ids])
-
-
-def image_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
-    feats = model.get_image_features(pixel_values=pixels, vision_feature_layer=model.config.vision_feature_layer,
-                                     vision_feature_select_strategy=model.config.vision_feature_select_strategy)
-    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
 
 def align_vision(model, pixels: np.ndarray, token_ids: Sequence[Sequence[int]], steps: int, batch_size: int = 64,
@@ -43,10 +38,10 @@ def align_vision(model, pixels: np.ndarray, token_ids: Sequence[Sequence[int]], 
     torch.manual_seed(seed)
     targets = F.normalize(keyword_targets(model, token_ids), dim=-1)
     params = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-    frozen = {id(p) for p in params}
+    learning = {id(p) for p in params}
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
-        p.requires_grad_(id(p) in frozen)
+        p.requires_grad_(id(p) in learning)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     pix = torch.from_numpy(np.ascontiguousarray(pixels))

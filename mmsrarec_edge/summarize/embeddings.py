@@ -53,13 +53,18 @@ def init_token_embeddings(model, std: float = EMBED_STD, seed: int = 0) -> int:
     return n
 
 
-@torch.no_grad()
-def match_projector_scale(model, pixel_values: torch.Tensor, std: float = EMBED_STD) -> float:
-    """Scale the projector's last layer so image features spread like the token embeddings; returns the factor."""
+def image_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The projected image tokens the decoder reads, [N, tokens, hidden]."""
     feats = model.get_image_features(pixel_values=pixel_values,
                                      vision_feature_layer=model.config.vision_feature_layer,
                                      vision_feature_select_strategy=model.config.vision_feature_select_strategy)
-    feats = torch.cat(feats) if isinstance(feats, (list, tuple)) else feats
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+@torch.no_grad()
+def match_projector_scale(model, pixel_values: torch.Tensor, std: float = EMBED_STD) -> float:
+    """Scale the projector's last layer so image features spread like the token embeddings; returns the factor."""
+    feats = image_tokens(model, pixel_values)
     factor = std / float(feats.std().clamp(min=1e-12))
     proj = model.multi_modal_projector.linear_2
     proj.weight.mul_(factor)

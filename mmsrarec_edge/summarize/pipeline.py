@@ -222,16 +222,16 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     warm: dict = {}
     trainable = None
     if base is None:
-        train_pix = [pixels[i] for i in train_ids if i in pixels]
-        warm = warm_start_default(model, torch.from_numpy(np.stack(train_pix[:64])) if train_pix else None, cfg.seed)
+        with_img = [i for i in train_ids if i in pixels]
+        train_pix = np.stack([pixels[i] for i in with_img]) if with_img else None
+        warm = warm_start_default(model, torch.from_numpy(train_pix[:64]) if with_img else None, cfg.seed)
         if cfg.freeze_embeddings:
             def trainable(name: str) -> bool:  # tied: the LM head is the same tensor
                 return "embed_tokens" not in name and "lm_head" not in name
-        if cfg.align_steps and len(train_pix) > 1:
-            with_img = [i for i in train_ids if i in pixels]
+        if cfg.align_steps and len(with_img) > 1:
             with progress_bar("aligning vision to keywords", cfg.align_steps) as adv:
                 warm["align_loss"] = align_vision(
-                    model, np.stack([pixels[i] for i in with_img]),
+                    model, train_pix,
                     [encode(" ".join(targets[i]["image"])) for i in with_img], cfg.align_steps, seed=cfg.seed,
                     progress=adv)
     timings["setup"] = time.perf_counter() - t0

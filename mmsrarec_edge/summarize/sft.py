@@ -56,8 +56,8 @@ def optimizer_step(loss, opt, sched, params, losses: list[float], progress=None,
 
 
 def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, batch_size: int, lr: float,
-              warmup: int = 25, seed: int = 0, progress=None, trainable: Callable[[str], bool] | None = None,
-              vision_lr_mult: float = 1.0) -> list[float]:
+              warmup: int = 25, seed: int = 0, progress=None,
+              trainable: Callable[[str], bool] | None = None) -> list[float]:
     """Shuffled epochs over the examples for `steps` steps (AdamW, warmup + cosine). Returns the loss curve.
 
     `trainable(name)` picks the parameters that learn (default: all); the others stay frozen for this call.
@@ -67,16 +67,12 @@ def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, b
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.train()
-    named = []
+    params = []
     for n, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(n))
         if p.requires_grad:
-            named.append((n, p))
-    vision = [p for n, p in named if "vision_tower" in n or "multi_modal_projector" in n]
-    rest = [p for n, p in named if not ("vision_tower" in n or "multi_modal_projector" in n)]
-    params = [p for _, p in named]
-    groups = [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_mult}) if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
+            params.append(p)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     order: list[int] = []
