@@ -23,12 +23,13 @@ class TinyGraphs:
     image_token_id: int
 
     def path(self, name: str) -> Path:
-        """vision, embed, decoder_last, decoder_yes_no: the graphs of the shared bundle (exported with the
+        """vision, embed, decoder_last, decoder_yes_no, scorer: the graphs of the shared bundle (exported with the
         exporter's public export_bundle, parity-gated)."""
         root = shared_tiny_bundle().dir
         return {"vision": root / "summarizer" / "vision.onnx", "embed": root / "summarizer" / "embed.onnx",
                 "decoder_last": root / "summarizer" / "decoder.onnx",
-                "decoder_yes_no": root / "recommender" / "decoder.onnx"}[name]
+                "decoder_yes_no": root / "recommender" / "decoder.onnx",
+                "scorer": root / "recommender" / "scorer.onnx"}[name]
 
     @property
     def tokenizer_json(self) -> Path:

@@ -29,8 +29,14 @@ def test_decoder_flops_hand_computed():
 
 
 def test_matmul_rate_and_rss_are_plausible():
+    from threadpoolctl import threadpool_info
+
     g = matmul_gflops(n=256, repeats=3)
     assert 0.1 < g < 1e5
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    g1 = matmul_gflops(n=256, repeats=3, threads=1)  # the floor's rate at the peers' thread count
+    assert 0.1 < g1 < 1e5
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == blas  # limit lifted after
     before = rss_mb()
     block = np.ones((64, 2**20 // 8), dtype=np.float64)  # 64 MiB, touched
     assert rss_mb() - before > 40

@@ -60,3 +60,18 @@ def test_cli_rejects_bad_counts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mmsrarec_edge.cli", "bench", str(tmp_path), "--candidates", "5,x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "comma-separated integers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_floor_counts_the_last_layer_at_the_read_slot_only():
+    """2 layers, H 4, weights 100 FLOPs/token (50 per layer, 8 of them the key/value projections), prefix 3 tokens,
+    two suffixes of 2 and 1 tokens, at 1 GFLOP/s."""
+    from mmsrarec_edge.bench.latency import floor_ms
+
+    dims = {"weight_flops_per_token": 100, "hidden_size": 4, "num_layers": 2, "kv_flops_per_token": 8}
+    attn = lambda n, past: 16 * n * (past + (n + 1) / 2)  # noqa: E731  one layer: 4 * H * n * mean context
+    want = 3 * 58 + attn(3, 0)  # prefix: layer 1 + the last layer's K/V
+    for s in (2, 1):  # each suffix: the same over its tokens, then the rest of the last layer at its last token
+        want += s * 58 + attn(s, 3) + (50 - 8) + 16 * (3 + s)
+    assert floor_ms(3, [2, 1], dims, 1.0) == pytest.approx(want / 1e9 * 1e3)
+    full = 3 * 100 + 2 * attn(3, 0) + sum(s * 100 + 2 * attn(s, 3) for s in (2, 1))
+    assert floor_ms(3, [2, 1], dims, 1.0) < full / 1e9 * 1e3

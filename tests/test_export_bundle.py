@@ -87,7 +87,8 @@ def bundle(inputs, profile, tmp_path_factory):
 def test_bundle_verifies_and_every_graph_passed_its_gate(bundle):
     man = load_manifest(bundle, verify=True)
     assert set(man.graphs) == {"summarizer.vision", "summarizer.embed", "summarizer.decoder", "recommender.vision",
-                               "recommender.embed", "recommender.decoder", "sasrec.user_encoder"}
+                               "recommender.embed", "recommender.decoder", "recommender.scorer",
+                               "sasrec.user_encoder"}
     for graph, entry in man.graphs.items():
         for precision, v in entry["variants"].items():
             assert v["parity"]["passed"], (graph, precision)

@@ -37,7 +37,7 @@ def test_variant_policy_of_shipped_profiles():
     assert both.graph_variants("recommender.decoder") == ["fp32", "int8"]
     assert both.default_variant("recommender.decoder") == "fp32"
     assert tolerances("fp32", both.parity) == DEFAULT_TOLERANCES["fp32"]
-    assert tolerances("int8", both.parity)["score"] == 0.15
+    assert tolerances("int8", both.parity)["score"] == 0.2
     assert tolerances("int8", both.parity)["logits"] == DEFAULT_TOLERANCES["int8"]["logits"]
     trt = load_profile(ROOT / "export" / "tensorrt-fp16.toml")
     # TensorRT builds fp16 itself from fp32 graphs.

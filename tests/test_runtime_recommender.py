@@ -109,7 +109,8 @@ def test_precision_variants(bundle, rec):
     r8 = Recommender(bundle.dir, provider="cpu", precision="int8", threads=1)
     a = r8.recommend(history=[1, 2, 3], candidates="all", top_k=5)
     b = rec.recommend(history=[1, 2, 3], candidates="all", top_k=5)
-    assert a.variants == {"recommender.embed": "int8", "recommender.decoder": "int8", "sasrec.user_encoder": "fp32"}
+    assert a.variants == {"recommender.embed": "int8", "recommender.decoder": "int8", "recommender.scorer": "int8",
+                          "sasrec.user_encoder": "fp32"}
     assert set(b.variants.values()) == {"fp32"}
     diff = np.abs(np.array([s for _, s in a.scored]) - np.array([s for _, s in b.scored]))
     assert 0 < diff.max() < 0.05  # really another graph, and close

@@ -84,7 +84,7 @@ def test_every_config_matches_its_onnx_graph(repos):
     bundle, out = repos
     for device, (repo, models) in out.items():
         graphs = [m for m in models if m != "recommend"]
-        assert len(graphs) == 7 and (repo / "recommend" / "config.pbtxt").is_file()
+        assert len(graphs) == 8 and (repo / "recommend" / "config.pbtxt").is_file()
         for name in graphs:
             cfg = parse_pbtxt((repo / name / "config.pbtxt").read_text())
             assert one(cfg, "name") == name and one(cfg, "platform") == "onnxruntime_onnx"
@@ -102,7 +102,9 @@ def test_every_config_matches_its_onnx_graph(repos):
                     assert t["dims"] == [d if isinstance(d, int) else -1 for d in dims], (name, vi.name)
             group = one(cfg, "instance_group")
             assert one(group, "count") == 2 and one(group, "kind") == ("KIND_GPU" if device == "gpu" else "KIND_CPU")
-            assert max_batch > 0 and "dynamic_batching" in cfg  # every graph of this bundle has a batch axis
+            # every graph but the scorer has a batch axis (its prefix inputs keep batch 1 while candidates vary)
+            batched = name != "recommender_scorer"
+            assert (max_batch > 0) == batched and ("dynamic_batching" in cfg) == batched
             accel = cfg.get("optimization", [{}])[0].get("execution_accelerators", [{}])[0]
             trt = accel.get("gpu_execution_accelerator", [])
             assert (device == "gpu") == bool(trt)
@@ -209,7 +211,7 @@ def test_bls_mode_calls_the_graph_models_through_triton(tmp_path):
     bundle = shared_tiny_bundle()
     repo = tmp_path / "repo"
     write_model_repository(bundle.dir, repo, RepoConfig(device="cpu", bls=True))
-    graphs = ["recommender_decoder", "recommender_embed", "sasrec_user_encoder"]
+    graphs = ["recommender_scorer", "recommender_embed", "sasrec_user_encoder"]  # the decoder: unused (scorer path)
     for name in graphs:
         cfg = repo / name / "config.pbtxt"
         cfg.write_text(cfg.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
@@ -229,7 +231,7 @@ def test_bls_mode_calls_the_graph_models_through_triton(tmp_path):
     assert wait_group_gone(srv.proc.pid) == []
     calls = {m: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                     if line.startswith("nv_inference_request_success{") and f'model="{m}"' in line) for m in graphs}
-    assert all(calls[m] >= 2 for m in graphs), calls  # each request ran SASRec, embeddings and the decoder via BLS
+    assert all(calls[m] >= 2 for m in graphs), calls  # each request ran SASRec, embeddings and the scorer via BLS
     for req, ans in zip(reqs, answers):
         args = ["--user", str(req["user"])] if "user" in req else \
             ["--history", ",".join(map(str, req["history"])), "--candidates", ",".join(map(str, req["candidates"]))]

@@ -96,15 +96,29 @@ def measure(fn: Callable[[], object], repeats: int = 20, warmup: int = 2, name: 
     return t
 
 
-def matmul_gflops(n: int = 512, repeats: int = 20, dtype=np.float32) -> float:
-    """Best GFLOP/s of an n x n float32 matmul through numpy's BLAS on this machine, now.
+def matmul_gflops(n: int = 512, repeats: int = 20, dtype=np.float32, threads: int | None = None) -> float:
+    """Best GFLOP/s of an n x n float32 matmul through numpy's BLAS on this machine, now, on `threads` BLAS threads
+    (None: BLAS's own default, usually every core).
 
     The best, not the median: the floor is a lower bound on time, so it takes the highest rate this machine showed
-    (on a shared machine the median would understate the hardware and let the floor rise above real timings)."""
+    (on a shared machine the median would understate the hardware and let the floor rise above real timings).
+    The thread count must be the peers': measured here, OpenBLAS on 2 cores reached 160-185 GFLOP/s against 96 on
+    one thread, so a floor at the default would sit 2x too low for single-thread peers."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
-    tm = measure(lambda: a @ b, repeats=repeats, warmup=2)
+    if threads is None:
+        tm = measure(lambda: a @ b, repeats=repeats, warmup=2)
+    else:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError as exc:
+            from ..errors import UserError
+
+            raise UserError("the FLOP floor at a fixed thread count needs threadpoolctl",
+                            "pip install 'mmsrarec-edge[bench]'") from exc
+        with threadpool_limits(limits=threads, user_api="blas"):
+            tm = measure(lambda: a @ b, repeats=repeats, warmup=2)
     return 2 * n**3 / (tm.stats()["min_ms"] / 1e3) / 1e9
 
 

@@ -4,10 +4,15 @@ Peers score the *same* prompts (the runtime's own `build_case`: identical token 
 count, over candidate counts and history lengths:
 - PyTorch eager, naive: one full prompt per candidate (what the paper does);
 - PyTorch eager with the same prefix sharing as the runtime (prefix once, KV cache expanded, suffixes batched);
+- PyTorch eager running the exported scorer graph's own module (exporter/suffix_graph.py: shared-prefix attention,
+  last layer at the read slots): the same algorithm as ours on PyTorch's kernels, to separate what the algorithm buys
+  from what ONNX Runtime adds;
 - optimum's ORTModelForCausalLM, one full prompt per candidate (text decoder extracted from the LLaVA);
-- our ONNX Runtime scorer, fp32 and int8 (and per-candidate ONNX, to separate "ONNX Runtime" from "prefix sharing").
-The floor is the FLOPs of one recommendation (prefix once + every suffix, yes/no head rows only) divided by the
-matmul rate numpy's BLAS reaches on this machine in the same run.
+- our ONNX Runtime scorer, fp32 and int8, plus the same bundle's fp32 merged decoder with the prefix KV expanded per
+  candidate (the pre-scorer-graph path) and per candidate (to separate "ONNX Runtime" from "prefix sharing").
+The floor is the FLOPs one recommendation needs (every layer but the last over prefix and suffixes, the last layer's
+key/value projections too, the rest of the last layer at the read slots; yes/no head rows only) divided by the matmul
+rate numpy's BLAS reaches on this machine in the same run, on the peers' thread count.
 
 The end-to-end section times `Recommender.recommend` per stage (user encode, ANN + context, prompt, scoring) as
 p50/p95/p99 with throughput; the agreement section compares the runtime's rankings with PyTorch's on protocol cases.
@@ -58,17 +63,25 @@ def decoder_dims(rec) -> dict:
     vocab = int(rec.rec_conf.get("vocab_size", -1))
     # The LM head's [H, vocab] matrix is only gathered from (two rows, at one slot per row): not a per-token matmul.
     weights = sum(int(np.prod(i.dims)) for i in m.graph.initializer if len(i.dims) == 2 and vocab not in i.dims)
-    return {"weight_flops_per_token": 2 * weights, "hidden_size": int(rec.rec_conf["hidden_size"]),
-            "num_layers": int(rec.rec_conf["num_layers"])}
+    H = int(rec.rec_conf["hidden_size"])
+    kv_width = int(rec.rec_conf.get("num_kv_heads", 0)) * int(rec.rec_conf.get("head_dim", 0))
+    return {"weight_flops_per_token": 2 * weights, "hidden_size": H, "num_layers": int(rec.rec_conf["num_layers"]),
+            "kv_flops_per_token": 2 * 2 * H * kv_width}  # the key and value projections of one layer
 
 
 def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float) -> float | None:
-    """FLOPs of the prefix once plus every suffix over it, at the measured matmul rate (weights + attention)."""
+    """The FLOPs one recommendation needs, at the measured matmul rate: every layer but the last over the prefix and
+    every suffix token (weights + attention), the last layer's key/value projections over them too, and the rest of
+    the last layer at each candidate's read slot only (nothing else reaches the score)."""
     if not dims:
         return None
     w, H, L = dims["weight_flops_per_token"], dims["hidden_size"], dims["num_layers"]
-    attn = lambda n, past: 4 * L * H * n * (past + (n + 1) / 2)  # noqa: E731  scores + weighted sum
-    f = prefix_len * w + attn(prefix_len, 0) + sum(s * w + attn(s, prefix_len) for s in suffix_lens)
+    kv = dims.get("kv_flops_per_token", 0)
+    attn = lambda n, past, layers: 4 * layers * H * n * (past + (n + 1) / 2)  # noqa: E731  scores + weighted sum
+    per_token = w * (L - 1) / L + kv
+    f = prefix_len * per_token + attn(prefix_len, 0, L - 1)
+    for s in suffix_lens:
+        f += s * per_token + attn(s, prefix_len, L - 1) + (w / L - kv) + 4 * H * (prefix_len + s)
     return f / (gflops * 1e9) * 1e3
 
 
@@ -88,8 +101,12 @@ def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, wo
     for precision, r in variants.items():
         peers[f"ONNX Runtime {precision} (ours)"] = lambda p, s, f, r=r: r.scorer.score(p, s, None, f)
     fp32 = variants.get("fp32") or next(iter(variants.values()))
-    peers[f"ONNX Runtime {fp32.session_config.precision or 'default'}, per candidate"] = \
-        lambda p, s, f: fp32.scorer.score_naive(p, s, None, f)
+    fp32_name = fp32.session_config.precision or "default"
+    peers[f"ONNX Runtime {fp32_name}, per candidate"] = lambda p, s, f: fp32.scorer.score_naive(p, s, None, f)
+    if fp32.scorer.path == "suffix-scorer":  # the same bundle's merged decoder with the KV expanded per candidate
+        expanded = Recommender(bundle, precision=fp32.session_config.precision, threads=cfg.threads,
+                               suffix_scorer=False)
+        peers[f"ONNX Runtime {fp32_name}, expanded KV"] = lambda p, s, f: expanded.scorer.score(p, s, None, f)
     if recommender_dir is not None:
         import torch
 
@@ -103,6 +120,9 @@ def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, wo
         ts = TorchScorer(rd.model.float().eval(), yes, no, rd.tokenizer.pad_token_id, max_batch=fp32.scorer.max_batch)
         peers["PyTorch eager, naive"] = lambda p, s, f: ts.score_naive(p, s)
         peers["PyTorch eager, prefix sharing"] = lambda p, s, f: ts.score_shared(p, s)
+        cascade = _torch_scorer_graph(rd, yes, no, fp32.scorer.max_batch)
+        if cascade is not None:
+            peers["PyTorch eager, scorer-graph module"] = lambda p, s, f: cascade(p, s)
         try:
             import onnxruntime as ort  # noqa: F401
 
@@ -113,6 +133,44 @@ def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, wo
             log(f"optimum peer unavailable: {exc}")
     ours = "ONNX Runtime fp32 (ours)" if "fp32" in variants else f"ONNX Runtime {next(iter(variants))} (ours)"
     return {"peers": peers, "runtime": fp32, "ours": ours}
+
+
+def _torch_scorer_graph(rd, yes: int, no: int, max_batch: int):
+    """The exported scorer graph's own torch module run eagerly (same algorithm as ours, PyTorch's kernels): splits
+    what the shared-prefix attention and read-slot shortcut buy from what ONNX Runtime adds. Text prompts only."""
+    import torch
+
+    from ..exporter.suffix_graph import SuffixScorerGraph, supports
+
+    model = rd.model.float().eval()
+    if supports(model):
+        return None
+    graph = SuffixScorerGraph(model, (yes, no)).eval()
+    emb = model.get_input_embeddings()
+    tc = model.config.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    pad = rd.tokenizer.pad_token_id or 0
+
+    @torch.no_grad()
+    def score(prefix, suffixes):
+        out = np.empty(len(suffixes))
+        pre = emb(torch.tensor([list(prefix)]))
+        past = [torch.zeros(1, tc.num_key_value_heads, 0, head_dim) for _ in range(2 * tc.num_hidden_layers)]
+        for start in range(0, len(suffixes), max_batch):
+            chunk = suffixes[start:start + max_batch]
+            S = max(len(x) for x in chunk)
+            ids = torch.full((len(chunk), S), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), S), dtype=torch.long)
+            for r, x in enumerate(chunk):
+                ids[r, :len(x)] = torch.tensor(x)
+                mask[r, :len(x)] = 1
+            index = torch.tensor([[len(x) - 1] for x in chunk])
+            yes_no, *present = graph(emb(ids), mask, index, pre, *past)
+            out[start:start + len(chunk)] = torch.sigmoid(yes_no[:, 0, 0] - yes_no[:, 0, 1]).double().numpy()
+            pre, past = pre[:, -1:], [p[:, :, :-1] for p in present]
+        return out
+
+    return score
 
 
 def latency_grid(peers: dict, rec, cfg: BenchConfig, gflops: float, progress=None) -> list[dict]:
@@ -190,7 +248,7 @@ def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protoc
     cfg = cfg or BenchConfig()
     out_dir = Path(out_dir)
     workdir = out_dir / ".work"
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(threads=cfg.threads)
     built = build_peers(bundle, recommender_dir, cfg, workdir, log)
     peers, rec = built["peers"], built["runtime"]
     cells = len(cfg.history_lengths) * len(cfg.candidate_counts) * len(peers)

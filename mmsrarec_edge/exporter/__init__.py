@@ -3,7 +3,8 @@
 This docstring is the bundle format's reference (format "mmsrarec-bundle", version 1); the runtime is built on it.
 The package import itself is torch-free; graphs.py, parity.py and bundle.py need torch (the `train` extra).
 
-Modules: profile (export/*.toml -> ExportProfile), graphs (torch wrappers + torch.onnx.export), variants (int8/fp16),
+Modules: profile (export/*.toml -> ExportProfile), graphs (torch wrappers + torch.onnx.export), suffix_graph (the
+recommender's candidate scorer: shared-prefix attention, last layer at the read slots), variants (int8/fp16),
 parity (ONNX Runtime vs PyTorch gate), tensorrt (profiles, build-engine), catalog (items, keywords, index copies),
 inputs (training dirs -> ExportInputs), bundle (the writer). The verifier is runtime/bundle.py (torch-free).
 
@@ -20,6 +21,7 @@ Layout
       recommender/vision[.P].onnx
       recommender/embed[.P].onnx
       recommender/decoder[.P].onnx   head "yes_no"
+      recommender/scorer[.P].onnx    the candidate scorer (suffix_graph.py); absent for decoders it does not cover
       sasrec/user_encoder.onnx
       sasrec/item_ids.json           {"item_ids": [...]}: SASRec index k+1 <-> item_ids[k]; 0 = padding
       sasrec/item_embeddings.safetensors   item_embeddings float32 [N+1, d] (row = SASRec index): first-stage ranking
@@ -52,6 +54,13 @@ Graph I/O (all float tensors are float32 at the graph boundary, in every variant
   Score = sigmoid(l_yes - l_no) = p(yes) / (p(yes) + p(no)). Shared-prefix scoring: run the prefix at batch 1 with
   past 0, repeat the presents C times along axis 0, run the right-padded candidate suffixes with position_ids from the
   prefix length on and logits_index = each suffix's last real slot. Why merged and why a yes/no head: graphs.py.
+- scorer (recommender; one call per chunk of candidates, see suffix_graph.py):
+    inputs:  inputs_embeds [batch, sequence, H] (candidate suffixes, right-padded), suffix_mask [batch, sequence],
+             logits_index [batch, positions] (slots to score), prefix_embeds [1, prefix_sequence, H] (prefix tokens
+             not yet in the KV, >= 1), past_key_values.{i}.key / .value [1, kv_heads, past_sequence, head_dim];
+    outputs: yes_no_logits [batch, positions, 2]; present.{i}.key / .value [1, kv_heads, total_prefix_sequence,
+             head_dim] (the prefix KV, for the next chunk: re-feed the prefix's last token over all but its KV).
+  Same scores as the decoder path; the runtime prefers it (runtime/scorer.py has the measured difference).
 - user_encoder: history int64 [batch, max_len] (SASRec indices, left-padded with 0) -> user_embedding [batch, d].
 
 config.json
@@ -76,11 +85,13 @@ manifest.json
     packages {python, mmsrarec-edge, torch, transformers, onnx, onnxruntime, numpy, tokenizers},
     profile (the ExportProfile as a dict + source path), sources {summarizer, recommender dirs},
     files {relative path: {sha256, bytes}} for every file but manifest.json,
-    graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|user_encoder), default_variant,
+    graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|decoder_scorer|user_encoder), default_variant,
                    variants {precision: {file, parity {precision, passed, cases, real_cases, metrics,
                                                  tolerances, info},
                                          quantized_nodes | fp32_nodes_kept}},
                    inputs / outputs [{name, dtype, shape (ints and dim names)}],
                    tensorrt {profiles [{name, shapes {input: {min, opt, max}}}], fp32_nodes [ONNX node names]}}},
+    graphs_skipped {name: reason} (optional graphs the model cannot have, e.g. recommender.scorer for a decoder
+                   suffix_graph.py does not cover),
     engines {graph: {file, tensorrt_version, fp16, workspace_mb, fp32_layers, profiles}} (filled by build-engine).
 """

@@ -25,9 +25,11 @@ from . import catalog as catalog_mod
 from .graphs import decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec, vision_spec
 from .parity import check, gate
 from .profile import ExportProfile
+from .suffix_graph import scorer_spec, supports
 from .variants import FP32_OPS, make_variant, onnx_files
 
 META_EXCLUDED = ("inputs", "training", "ablations")
+REAL_PROMPTS_OF = {"recommender.scorer": "recommender.decoder"}  # graphs checked on another graph's real prompts
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
 
 
@@ -71,9 +73,12 @@ def _versions() -> dict:
     return out
 
 
-def _graph_plan(inputs: ExportInputs, profile: ExportProfile) -> list[tuple[str, str, object, object]]:
-    """(graph name, parity kind, GraphSpec factory, torch object) for every graph the profile asks for."""
+def _graph_plan(inputs: ExportInputs, profile: ExportProfile,
+                skipped: dict | None = None) -> list[tuple[str, str, object, object]]:
+    """(graph name, parity kind, GraphSpec factory, torch object) for every graph the profile asks for. Optional
+    graphs the model cannot have (recommender.scorer for an unsupported decoder) go into `skipped` with the reason."""
     plan = []
+    skipped = {} if skipped is None else skipped
     for graph in profile.graphs:
         stage, part = graph.split(".")
         if stage == "sasrec":
@@ -94,18 +99,27 @@ def _graph_plan(inputs: ExportInputs, profile: ExportProfile) -> list[tuple[str,
             plan.append((graph, "embed", lambda g=graph, m=m: embed_spec(m, g), m))
         elif stage == "summarizer":
             plan.append((graph, "decoder_last", lambda g=graph, m=m: decoder_spec(m, g, "last"), m))
+        elif part == "scorer":
+            why = supports(m)
+            if why:  # an optimisation only: the runtime scores with the merged decoder instead
+                skipped[graph] = why
+                continue
+            ids = inputs.yes_no_ids
+            plan.append((graph, "decoder_scorer", lambda g=graph, m=m, ids=ids: scorer_spec(m, g, ids), m))
         else:
             ids = inputs.yes_no_ids
             plan.append((graph, "decoder_yes_no", lambda g=graph, m=m, ids=ids: decoder_spec(m, g, "yes_no", ids), m))
     return plan
 
 
-def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scratch: Path, progress=None) -> dict:
-    """Export, convert and gate every graph into `root`; returns the manifest's `graphs` section."""
+def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scratch: Path, progress=None,
+                  skipped: dict | None = None) -> dict:
+    """Export, convert and gate every graph into `root`; returns the manifest's `graphs` section (optional graphs
+    the model cannot have are named in `skipped` with the reason)."""
     from .tensorrt import compute_profiles
 
     graphs = {}
-    for graph, kind, make_spec, obj in _graph_plan(inputs, profile):
+    for graph, kind, make_spec, obj in _graph_plan(inputs, profile, skipped):
         stage, part = graph.split(".")
         spec = make_spec()
         # Same base name as in the bundle: an external-data graph refers to its .onnx.data file by name.
@@ -125,7 +139,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
                 extra = make_variant(fp32, precision, dst)
             res = check(graph, kind, dst, precision, obj, cases=profile.parity.cases, seed=profile.parity.seed,
                         tol_overrides=profile.parity, yes_no_ids=inputs.yes_no_ids,
-                        real=inputs.real_prompts.get(graph))
+                        real=inputs.real_prompts.get(graph, inputs.real_prompts.get(REAL_PROMPTS_OF.get(graph))))
             results.append(res)
             variants[precision] = {"file": rel, **extra, "parity": res.to_dict()}
             if progress:
@@ -241,7 +255,8 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
     with atomic_dir(out, marker=MANIFEST) as tmp:
         scratch = tmp / ".scratch"
         scratch.mkdir()
-        graphs = export_graphs(inputs, profile, tmp, scratch, progress)
+        skipped: dict = {}
+        graphs = export_graphs(inputs, profile, tmp, scratch, progress, skipped)
         shutil.rmtree(scratch)
         write_config(inputs, profile, tmp, graphs)
         manifest = {
@@ -254,6 +269,7 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
                 "summarizer": inputs.summarizer.source if inputs.summarizer else None,
                 "recommender": inputs.recommender.source if inputs.recommender else None}.items() if v},
             "graphs": graphs,
+            "graphs_skipped": skipped,
             "files": _file_table(tmp),
             "engines": {},
         }

@@ -5,6 +5,9 @@ the language model over each row's *unpadded* sequence, so a mistake in the mask
 prefix expansion shows up. Decoders are checked the way the runtime uses them, as a chain: prefill with past length 0,
 then (summarizer) one decode step on the returned KV, or (recommender) the shared prefix once at batch 1, its KV
 repeated to C candidates and all right-padded suffixes in one call, yes/no logits gathered at each last real token.
+The recommender's suffix scorer (suffix_graph.py) runs prefix + first chunk, then the other chunk over its returned
+prefix KV (its relative error against PyTorch's KV is reported as `prefix_kv_error`), read at two slots per row, so its shared-prefix attention, the
+chained call and its last-layer-at-read-slots shortcut are all checked.
 
 Metrics (what is gated):
 - `features`: max |onnx - torch| / max |torch| over image features, token embeddings, user embeddings;
@@ -267,6 +270,64 @@ def check_decoder_yes_no(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
     return acc, {"rank_agreement": same / pairs if pairs else 1.0}
 
 
+@torch.no_grad()
+def check_decoder_scorer(llava, sess, rng, cases: int, yes_no_ids: tuple[int, int],
+                         real: list[tuple[list[int], list[list[int]]]] | None = None) -> tuple[_Acc, dict]:
+    """Suffix scorer, as the runtime chains it: the prefix (past 0) with a first chunk of suffixes, then the rest over
+    the returned prefix KV with the prefix's last token re-fed. Random cases read two slots per row
+    (logits_index [C, 2]), so the last-layer-at-read-slots shortcut is checked away from the last token too; the
+    returned KV is checked against PyTorch's."""
+    vocab, acc = llava.get_input_embeddings().weight.shape[0], _Acc()
+    rows = llava.lm_head.weight[list(yes_no_ids)]
+    lm = llava.model.language_model
+    layers = llava.config.text_config.num_hidden_layers
+    batches = []
+    for c in range(cases):
+        prefix = _random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)[0]
+        batches.append((prefix, _random_prompts(rng, vocab, 3 + 2 * c, 2, 9), 2))
+    batches += [(list(p), [list(s) for s in sx], 1) for p, sx in (real or [])]
+    same = pairs = 0
+    kv_acc = _Acc()  # reported, not gated: a wrong KV shows in the second chunk's scores, which are gated
+    past_names = _kv_names(layers, "past_key_values")
+    hidden = llava.config.text_config.hidden_size
+    for prefix, suffixes, K in batches:
+        C = len(suffixes)
+        split = max(1, C // 2) if C > 1 else C
+        pre = _embed(llava, [prefix]).numpy()
+        past = _empty_past(llava, 1)
+        got_rows, ref_rows = [], []
+        for part, (lo, hi) in enumerate(((0, split), (split, C))):
+            chunk = suffixes[lo:hi]
+            if not chunk:
+                continue
+            S = max(len(s) for s in chunk)
+            emb = np.zeros((len(chunk), S, hidden), np.float32)
+            mask = np.zeros((len(chunk), S), np.int64)
+            for r, s in enumerate(chunk):
+                emb[r, :len(s)] = _embed(llava, s).numpy()
+                mask[r, :len(s)] = 1
+            index = np.array([[len(s) - 1, (len(s) - 1) // 2][:K] for s in chunk], np.int64)
+            out = _run(sess, {"inputs_embeds": emb, "suffix_mask": mask, "logits_index": index,
+                              "prefix_embeds": pre, **past})
+            got_rows.append(out["yes_no_logits"])
+            ref_rows.append(torch.stack([torch.stack([rows @ _oracle_hidden(llava, _embed(llava, prefix + s[:j + 1]))
+                                                      for j in idx]) for s, idx in zip(chunk, index.tolist())]).numpy())
+            if part == 0:
+                cache = lm(inputs_embeds=_embed(llava, [prefix]), use_cache=True).past_key_values
+                ref_kv = [t.numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
+                got_kv = [out["present." + n[len("past_key_values."):]] for n in past_names]
+                kv_acc.add("kv", np.concatenate([g.ravel() for g in got_kv]), np.concatenate([r.ravel() for r in ref_kv]))
+                pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in zip(past_names, got_kv)}
+        got, ref = np.concatenate(got_rows), np.concatenate(ref_rows)
+        acc.add("logits", got, ref)
+        acc.add("score", _score(got), _score(ref), scaled=False)
+        sg, sr = _score(got[:, 0]), _score(ref[:, 0])
+        i, j = np.triu_indices(C, 1)
+        same += int((np.sign(sg[i] - sg[j]) == np.sign(sr[i] - sr[j])).sum())
+        pairs += len(i)
+    return acc, {"rank_agreement": same / pairs if pairs else 1.0, "prefix_kv_error": kv_acc.metrics.get("kv", 0.0)}
+
+
 def _score(yes_no: np.ndarray) -> np.ndarray:
     d = yes_no[..., 0].astype(np.float64) - yes_no[..., 1]
     return 1.0 / (1.0 + np.exp(-d))
@@ -296,7 +357,8 @@ def check_user_encoder(net, sess, rng, cases: int, real: np.ndarray | None = Non
 
 def check(graph: str, kind: str, path: Path, precision: str, torch_obj, *, cases: int = 3, seed: int = 0,
           tol_overrides=None, yes_no_ids=None, real=None) -> GraphParity:
-    """Run the parity check of one exported graph file. `kind`: vision|embed|decoder_last|decoder_yes_no|user_encoder."""
+    """Run the parity check of one exported graph file.
+    `kind`: vision|embed|decoder_last|decoder_yes_no|decoder_scorer|user_encoder."""
     rng = np.random.default_rng(seed)
     sess = session(path, precision)
     info: dict = {}
@@ -308,13 +370,15 @@ def check(graph: str, kind: str, path: Path, precision: str, torch_obj, *, cases
         acc, info = check_decoder_last(torch_obj, sess, rng, cases, real)
     elif kind == "decoder_yes_no":
         acc, info = check_decoder_yes_no(torch_obj, sess, rng, cases, yes_no_ids, real)
+    elif kind == "decoder_scorer":
+        acc, info = check_decoder_scorer(torch_obj, sess, rng, cases, yes_no_ids, real)
     elif kind == "user_encoder":
         acc, info = check_user_encoder(torch_obj, sess, rng, cases, real)
     else:
         raise ValueError(f"unknown graph kind {kind!r}")
     real_cases = len(real) if real is not None else 0
     tol = tolerances(precision, tol_overrides)
-    if kind == "decoder_yes_no" and not getattr(tol_overrides, "logits", 0.0):  # a profile's explicit value holds
+    if kind in ("decoder_yes_no", "decoder_scorer") and not getattr(tol_overrides, "logits", 0.0):  # a profile's explicit value holds
         # The score is sigmoid(l_yes - l_no): a shift common to both logits cancels, so the score gate is the
         # meaningful one and the relative logit error is reported only (measured on the demo's trained recommender:
         # int8 logits 0.39 relative while the score moved 0.049).

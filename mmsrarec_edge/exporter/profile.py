@@ -20,7 +20,8 @@ else:  # pragma: no cover - Python 3.10
 
 PRECISIONS = ("fp32", "int8", "fp16")
 ALL_GRAPHS = ("summarizer.vision", "summarizer.embed", "summarizer.decoder",
-              "recommender.vision", "recommender.embed", "recommender.decoder", "sasrec.user_encoder")
+              "recommender.vision", "recommender.embed", "recommender.decoder", "recommender.scorer",
+              "sasrec.user_encoder")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 EXPORTERS = ("legacy", "dynamo")
 

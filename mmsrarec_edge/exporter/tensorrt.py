@@ -6,6 +6,8 @@ covers exactly the shapes the runtime will feed. Graphs whose use has two regime
 - recommender.decoder: `prefix` (batch 1, the shared prefix, past 0) and `suffix` (batch = candidates, the candidate
   part, past = the prefix);
 - summarizer.decoder: `prefill` (the prompt, past 0) and `decode` (one token, past up to prompt + new tokens);
+- recommender.scorer: `first` (prefix tokens, past 0, a chunk of candidates) and `next` (one re-fed prefix token
+  over the returned prefix KV, the next chunk); its prefix inputs keep batch 1;
 - recommender.embed: `prefix` and `suffix` likewise; the others have one.
 opt = the largest batch (the runtime scores every candidate in one call) and half the largest length.
 Dims: `batch`, `sequence` (q), `past_sequence`, `total_sequence` (= past + q), `positions` (K logits per row, 1),
@@ -51,6 +53,10 @@ def dim_ranges(graph: str, kind: str, limits) -> list[tuple[str, dict[str, dict]
                              "positions": one}),
                  ("suffix", {"batch": _rng(1, C, C), "sequence": _rng(1, half(suf), suf),
                              "past_sequence": _rng(1, half(pre), pre), "positions": one})]
+    elif kind == "decoder_scorer":  # prefix at batch 1 (fixed in the graph), then chunks re-feeding its last token
+        cand = {"batch": _rng(1, C, C), "sequence": _rng(1, half(suf), suf), "positions": one}
+        return [("first", {**cand, "prefix_sequence": _rng(1, half(pre), pre), "past_sequence": _rng(0, 0, 0)}),
+                ("next", {**cand, "prefix_sequence": one, "past_sequence": _rng(1, half(pre), max(1, pre - 1))})]
     elif kind == "decoder_last":
         profs = [("prefill", {"batch": _rng(1, Bs, Bs), "sequence": _rng(1, half(prompt), prompt),
                               "past_sequence": _rng(0, 0, 0)}),

@@ -82,10 +82,15 @@ class Embedder:
             mask[r, s:s + len(row)] = 1
             starts.append(s)
         embeds = self(ids)
-        if self.image_token_id is not None or features:
+        # Only rows with `<image>` slots or features are touched (a per-row Python loop over every candidate cost
+        # more than the embedding call itself); `splice` still raises on slots without features and vice versa.
+        has_slot = (ids == self.image_token_id).any(axis=1) if self.image_token_id is not None \
+            else np.zeros(len(rows), bool)
+        todo = [r for r in range(len(rows)) if has_slot[r] or (features and features[r] is not None and len(features[r]))]
+        if todo:
             embeds = np.array(embeds)  # writable copy
-            for r, row in enumerate(rows):
-                self.splice(embeds[r], row, features[r] if features else None, starts[r])
+            for r in todo:
+                self.splice(embeds[r], rows[r], features[r] if features else None, starts[r])
         return embeds, mask
 
 
@@ -148,6 +153,41 @@ class Decoder:
         names = [head_name, *lay.present_names] if want_present else [head_name]
         out = self.sess.run(names, feeds)
         present = {self._present_to_past[n]: v for n, v in zip(names[1:], out[1:])}
+        return out[0].astype(np.float32, copy=False), present
+
+
+class SuffixScorer:
+    """The recommender's scorer graph (exporter/suffix_graph.py): the shared prefix (new tokens over an optional
+    batch-1 past) and every right-padded candidate suffix in ONE call -> yes_no_logits [C, K, 2] and the prefix KV
+    (batch 1), without ever copying the prefix KV per candidate."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        inputs = {i.name: i for i in sess.get_inputs()}
+        self.past_names = tuple(n for n in inputs if n.startswith("past_key_values."))
+        self.present_names = tuple(o.name for o in sess.get_outputs() if o.name.startswith("present."))
+        missing = [n for n in ("inputs_embeds", "suffix_mask", "logits_index", "prefix_embeds") if n not in inputs]
+        outputs = [o.name for o in sess.get_outputs()]
+        if missing or not self.past_names or "yes_no_logits" not in outputs or \
+                len(self.present_names) != len(self.past_names):
+            raise ValueError(f"not a suffix-scorer graph (missing {missing or 'KV inputs/outputs or yes_no_logits'})")
+        shape = inputs[self.past_names[0]].shape
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.float_type = _NP_TYPES.get(inputs["inputs_embeds"].type, np.float32)
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), self.float_type) for n in self.past_names}
+
+    def run(self, embeds: np.ndarray, suffix_mask: np.ndarray, logits_index: np.ndarray, prefix_embeds: np.ndarray,
+            past: dict[str, np.ndarray] | None = None, want_present: bool = False) -> tuple[np.ndarray, dict]:
+        """(yes_no_logits [C, K, 2], prefix KV keyed by the past input names, or {} unless `want_present`)."""
+        ft = self.float_type
+        feeds = {"inputs_embeds": np.asarray(embeds, ft), "suffix_mask": np.asarray(suffix_mask, np.int64),
+                 "logits_index": np.asarray(logits_index, np.int64), "prefix_embeds": np.asarray(prefix_embeds, ft)}
+        feeds.update(past if past is not None else self.empty_past())
+        names = ["yes_no_logits", *self.present_names] if want_present else ["yes_no_logits"]
+        out = self.sess.run(names, feeds)
+        present = {"past_key_values." + n[len("present."):]: v for n, v in zip(names[1:], out[1:])}
         return out[0].astype(np.float32, copy=False), present
 
 

@@ -48,7 +48,7 @@ from ..recommend.context import PromptMaker, SASRecRanks, item_texts
 from ..retrieval import RetrievalIndex
 from .bundle import load_manifest, read_safetensors
 from .catalog import Catalog
-from .llm import Decoder, Embedder
+from .llm import Decoder, Embedder, SuffixScorer
 from .scorer import CandidateScorer
 from .sessions import SessionConfig, bundle_graph_variant, open_bundle_graph
 from .tokenizer import Codec
@@ -107,7 +107,8 @@ class Case:
 
 class Recommender:
     def __init__(self, bundle_dir: Path, provider: str | None = None, precision: str | None = None,
-                 threads: int | None = None, verify: bool = True, max_batch: int | None = None):
+                 threads: int | None = None, verify: bool = True, max_batch: int | None = None,
+                 suffix_scorer: bool = True):
         self.manifest = load_manifest(bundle_dir, verify=verify)
         self.config = config = self.manifest.config()
         self.session_config = cfg = SessionConfig.resolve(provider, precision, threads)
@@ -126,10 +127,15 @@ class Recommender:
         self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
         embedder = Embedder(open_bundle_graph(self.manifest, "recommender.embed", cfg), self.image_token_id)
         decoder = Decoder(open_bundle_graph(self.manifest, "recommender.decoder", cfg))
+        # The suffix-scorer graph when the bundle has one (`suffix_scorer=False` forces the expanded-KV decoder path,
+        # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py).
+        use = suffix_scorer and self.manifest.has_graph("recommender.scorer")
+        suffix = SuffixScorer(open_bundle_graph(self.manifest, "recommender.scorer", cfg)) if use else None
         self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
-                         ("recommender.embed", "recommender.decoder", "sasrec.user_encoder") if self.manifest.has_graph(g)}
+                         ("recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder")
+                         if self.manifest.has_graph(g) and (use or g != "recommender.scorer")}
         batch = max_batch or int(self.limits.get("max_candidates", 32))
-        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch)
+        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch, suffix_scorer=suffix)
         self.catalog = Catalog.load(self.manifest)
         self.prompt_config = pc = rp.PromptConfig.from_dict(rec.get("prompt"))
         self.n_rescore = int(rec.get("n_rescore", DEFAULT_RESCORE))

@@ -55,6 +55,8 @@ class TritonPythonModel:
             sc = self.rec.scorer
             sc.decoder.sess = BLSSession(models["recommender.decoder"], sc.decoder.sess)
             sc.embedder.sess = BLSSession(models["recommender.embed"], sc.embedder.sess)
+            if sc.suffix_scorer is not None:
+                sc.suffix_scorer.sess = BLSSession(models["recommender.scorer"], sc.suffix_scorer.sess)
             if self.rec.user_encoder is not None:
                 self.rec.user_encoder = BLSSession(models["sasrec.user_encoder"], self.rec.user_encoder)
 

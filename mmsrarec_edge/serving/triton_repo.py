@@ -37,6 +37,7 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
                 "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 # which of the bundle's limits bounds a graph's batch axis
 GRAPH_LIMITS = {"recommender.decoder": "max_candidates", "recommender.embed": "max_candidates",
+                "recommender.scorer": "max_candidates",
                 "summarizer.decoder": "summarizer_batch", "summarizer.embed": "summarizer_batch",
                 "summarizer.vision": "images_batch", "recommender.vision": "images_batch",
                 "sasrec.user_encoder": "user_batch"}

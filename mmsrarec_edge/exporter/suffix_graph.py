@@ -1,0 +1,201 @@
+"""The recommender's candidate-scoring graph: every candidate suffix over ONE shared prefix KV, without copying it.
+
+The merged decoder (graphs.py) scores candidates by repeating the prefix KV C times along the batch axis; inside the
+graph each layer then concatenates past and new keys, repeats the KV heads for grouped-query attention, and runs C small
+batched attention matmuls. On the recommender's workload (prefix ~120 tokens, 20 candidates of ~20 tokens, 2 layers)
+those copies and the per-candidate work the score never reads are what the time goes to. This graph computes the same
+function differently (shared-prefix or "cascade" attention, as in Hydragen, arXiv 2402.05099):
+
+- prefix attention: the queries of all C candidates are folded into the row axis of ONE matmul per KV head against the
+  batch-1 prefix keys ([kv_heads, C*group*q, d] x [kv_heads, d, P]) and one against its values: no KV copy at all;
+- suffix attention: each candidate's queries against its own keys (causal, right padding masked);
+- the two parts are merged exactly with their log-sum-exp statistics (the softmax over the union of keys);
+- last layer at the read slots only: the score reads the final hidden state at `logits_index`, so the last layer
+  computes keys/values for every suffix token (they are attended to) but queries, attention output, MLP, the final norm
+  and the yes/no rows only at those slots. On the default 2-layer model that skips about 45% of the suffix FLOPs.
+
+It is exact, not an approximation: the parity gate checks it against a plain forward of the language model over each
+full unpadded prompt, like every other graph. Written out for the decoder families whose layer is RMSNorm -> GQA
+attention with rotary embeddings -> RMSNorm -> gated MLP (transformers' llama, qwen2, mistral without a sliding
+window); it calls the model's own submodules (projections, norms, MLP, rotary embedding, so rope scaling variants
+carry over) and only re-implements the attention arithmetic. Other decoders export without this graph and the runtime
+falls back to the merged decoder with an expanded KV (`supports` says which).
+
+I/O (float32 at the boundary, ids/masks int64):
+    inputs:  inputs_embeds [batch, sequence, H] (candidate suffixes, right-padded), suffix_mask [batch, sequence]
+             (1 = real token), logits_index [batch, positions] (slots to score, each a real token),
+             past_key_values.{i}.key / .value [1, kv_heads, past_sequence, head_dim] (the prefix, batch 1, no padding)
+    outputs: yes_no_logits [batch, positions, 2]
+Position ids continue from the prefix length (past_sequence), as in the merged decoder's suffix call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SUPPORTED_DECODERS = ("llama", "qwen2", "mistral")
+
+
+def supports(llava) -> str | None:
+    """None when the suffix graph can be built for this model, else why not (a sentence)."""
+    tc = llava.config.text_config
+    if tc.model_type not in SUPPORTED_DECODERS:
+        return f"decoder {tc.model_type!r} is not one of {', '.join(SUPPORTED_DECODERS)}"
+    if getattr(tc, "use_sliding_window", False) or (tc.model_type == "mistral" and getattr(tc, "sliding_window", None)):
+        return "sliding-window attention is not implemented in the suffix graph"
+    layer = llava.model.language_model.layers[0]
+    attn = layer.self_attn
+    if any(hasattr(attn, n) for n in ("q_norm", "k_norm")) or not all(
+            hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+        return "the attention block does not have the llama layout (q/k/v/o projections, no q/k norms)"
+    if getattr(tc, "pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1 is not supported"
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class SuffixScorerGraph(nn.Module):
+    """See the module docstring. Also used eagerly (a PyTorch peer in the latency benchmark)."""
+
+    def __init__(self, llava, yes_no_ids: tuple[int, int]):
+        super().__init__()
+        why = supports(llava)
+        if why:
+            raise ValueError(why)
+        tc = llava.config.text_config
+        self.lm = llava.model.language_model
+        self.heads, self.kv_heads = tc.num_attention_heads, tc.num_key_value_heads
+        self.head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        self.group = self.heads // self.kv_heads
+        self.num_layers = tc.num_hidden_layers
+        head = llava.lm_head
+        rows = head.weight[list(yes_no_ids)].detach().clone()
+        self.register_buffer("answer_rows", rows, persistent=False)
+        bias = head.bias[list(yes_no_ids)].detach().clone() if getattr(head, "bias", None) is not None \
+            else torch.zeros(2, dtype=rows.dtype)
+        self.register_buffer("answer_bias", bias, persistent=False)
+
+    def _attention(self, attn, q, k, v, k_pre, v_pre, bias, C):
+        """Shared-prefix attention over C candidates. Rows are flattened tokens in (candidate, slot) order:
+        q [N, kv, g, d] (N = C * Q; rotated, and scaled: the softmax scale rides on the small rotary tables),
+        k/v [M, kv, d] (M = C * S suffix slots; k rotated), k_pre/v_pre [1, kv, P, d] (prefix), bias [1, C, S, Q*g]
+        additive over the suffix keys -> [N, heads * d].
+        Layout [kv, rows, ...]: the prefix part is one matmul per KV head over every candidate's rows, the suffix part
+        a (kv, C)-batched matmul over the same memory; suffix scores keep the keys on axis 2 so both of its matmuls
+        take the transposed operand as a flag (ONNX Runtime fuses it) instead of moving the head dim in memory.
+        Flattened rows keep almost every reshape to one free (-1) axis: each reshape with two runtime-sized axes
+        costs ONNX Runtime a chain of shape nodes, which on this workload weighed as much as the attention."""
+        kv, g, d = self.kv_heads, self.group, self.head_dim
+        qf = q.permute(1, 0, 2, 3).reshape(kv, -1, d)  # [kv, N*g, d]
+        s_pre = torch.matmul(qf, k_pre[0].transpose(1, 2))  # [kv, N*g, P]
+        kk = k.permute(1, 0, 2).reshape(kv, C, -1, d)  # [kv, C, S, d]
+        vv = v.permute(1, 0, 2).reshape(kv, C, -1, d)
+        s_suf = torch.matmul(kk, qf.view(kv, C, -1, d).transpose(2, 3)) + bias  # [kv, C, S, Q*g]
+        m = torch.maximum(s_pre.amax(-1, keepdim=True).view(kv, C, 1, -1), s_suf.amax(2, keepdim=True))
+        e_pre = torch.exp(s_pre - m.view(kv, -1, 1))
+        e_suf = torch.exp(s_suf - m)
+        num = torch.matmul(e_pre, v_pre[0]) + torch.matmul(e_suf.transpose(2, 3), vv).view(kv, -1, d)
+        den = e_pre.sum(-1, keepdim=True) + e_suf.sum(2, keepdim=True).view(kv, -1, 1)
+        out = (num / den).view(kv, -1, g, d).permute(1, 0, 2, 3).reshape(-1, kv * g * d)
+        return attn.o_proj(out)
+
+    def _prefix_attention(self, attn, q, k_all, v_all, bias):
+        """Batch-1 causal attention of the new prefix tokens: q [Pn, kv, g, d] (rotated, scaled), k_all/v_all
+        [1, kv, T, d] (past + new), bias [Pn*g, T] -> [Pn, heads * d]."""
+        kv, g, d = self.kv_heads, self.group, self.head_dim
+        qf = q.permute(1, 0, 2, 3).reshape(kv, -1, d)  # [kv, Pn*g, d]
+        p = torch.softmax(torch.matmul(qf, k_all[0].transpose(1, 2)) + bias, dim=-1)  # [kv, Pn*g, T]
+        out = torch.matmul(p, v_all[0]).view(kv, -1, g, d).permute(1, 0, 2, 3).reshape(-1, kv * g * d)
+        return attn.o_proj(out)
+
+    def forward(self, inputs_embeds, suffix_mask, logits_index, prefix_embeds, *past):
+        H = inputs_embeds.shape[-1]
+        C, S, P0, Pn = inputs_embeds.shape[0], inputs_embeds.shape[1], past[0].shape[2], prefix_embeds.shape[1]
+        P, g, kv, d = P0 + Pn, self.group, self.kv_heads, self.head_dim
+        h, hp = inputs_embeds.reshape(-1, H), prefix_embeds.reshape(-1, H)  # [C*S, H], [Pn, H]
+        dev, dt = h.device, h.dtype
+        # finfo.min, not -inf (as graphs.additive_mask): every query sees at least its own slot anyway.
+        neg = torch.finfo(dt).min
+        # The masks are built directly in the attention layouts (query rows repeated per group member): broadcasting
+        # a [.., 1] axis out to `group` with Expand costs more than the attention itself (measured).
+        # prefix tokens: positions P0.., causal over past + themselves; rotary tables [Pn, 1, d]
+        pslots = torch.arange(Pn, device=dev) + P0
+        pcos, psin = self.lm.rotary_emb(prefix_embeds, pslots[None])
+        pcos, psin = pcos[0, :, None], psin[0, :, None]
+        prow = torch.div(torch.arange(Pn * g, device=dev), g, rounding_mode="floor") + P0  # [Pn*g]
+        pbias = torch.zeros((Pn * g, P), dtype=dt, device=dev).masked_fill(
+            torch.arange(P, device=dev)[None, :] > prow[:, None], neg)
+        # suffixes: positions P.., causal within each candidate, right padding masked; bias [1, C, key, query*g]
+        slots = torch.arange(S, device=dev)
+        cos, sin = self.lm.rotary_emb(inputs_embeds, (slots + P)[None])  # [1, S, d]
+        cos, sin = cos.expand(C, -1, -1).reshape(-1, 1, d), sin.expand(C, -1, -1).reshape(-1, 1, d)  # [C*S, 1, d]
+        row = torch.div(torch.arange(S * g, device=dev), g, rounding_mode="floor")
+        allowed = (slots[:, None] <= row[None, :])[None] & suffix_mask[:, :, None].bool()  # [C, S, S*g]
+        bias = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill(~allowed, neg)[None]
+        layers, presents = self.lm.layers, []
+        for i in range(self.num_layers):
+            layer = layers[i]
+            a = layer.self_attn
+            last = i == self.num_layers - 1
+            # prefix: extend the KV; the last layer's prefix outputs are never read, so only its keys/values
+            xp = layer.input_layernorm(hp)
+            kp = _rope(a.k_proj(xp).view(-1, kv, d), pcos, psin).transpose(0, 1)[None]
+            kp = torch.cat([past[2 * i], kp], dim=2)
+            vp = torch.cat([past[2 * i + 1], a.v_proj(xp).view(-1, kv, d).transpose(0, 1)[None]], dim=2)
+            presents += [kp, vp]
+            if not last:
+                qp = _rope(a.q_proj(xp).view(-1, kv, g, d), pcos[:, None] * a.scaling, psin[:, None] * a.scaling)
+                hp = hp + self._prefix_attention(a, qp, kp, vp, pbias)
+                hp = hp + layer.mlp(layer.post_attention_layernorm(hp))
+            # suffixes: keys/values at every slot; in the last layer everything else at the read slots only
+            x = layer.input_layernorm(h)
+            k = _rope(a.k_proj(x).view(-1, kv, d), cos, sin)
+            v = a.v_proj(x).view(-1, kv, d)
+            if not last:
+                q = _rope(a.q_proj(x).view(-1, kv, g, d), cos[:, None] * a.scaling, sin[:, None] * a.scaling)
+                h = h + self._attention(a, q, k, v, kp, vp, bias, C)
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+                continue
+            K = logits_index.shape[1]
+            flat = (torch.arange(C, device=dev)[:, None] * S + logits_index).reshape(-1)  # rows of the read slots
+            h_read, x_read = h.index_select(0, flat), x.index_select(0, flat)  # [C*K, H]
+            qcos, qsin = self.lm.rotary_emb(inputs_embeds, logits_index + P)  # [C, K, d]
+            q = _rope(a.q_proj(x_read).view(-1, kv, g, d), qcos.reshape(-1, 1, 1, d) * a.scaling,
+                      qsin.reshape(-1, 1, 1, d) * a.scaling)
+            read_row = logits_index[:, :, None].expand(C, K, g).reshape(C, 1, -1)  # [C, 1, K*g]
+            read_bias = torch.zeros((C, S, K * g), dtype=dt, device=dev).masked_fill(
+                slots[None, :, None] > read_row, neg)[None]  # right padding: slots <= index are real
+            h_read = h_read + self._attention(a, q, k, v, kp, vp, read_bias, C)
+            h_read = h_read + layer.mlp(layer.post_attention_layernorm(h_read))
+        out = self.lm.norm(h_read)
+        logits = out @ self.answer_rows.to(dt).T + self.answer_bias.to(dt)  # [C*K, 2]
+        return (logits.view(C, -1, 2), *presents)
+
+
+def scorer_spec(llava, name: str, yes_no_ids: tuple[int, int]):
+    """GraphSpec of the suffix scorer (I/O in the module docstring)."""
+    from .graphs import GraphSpec, kv_names, kv_shape
+
+    layers, kv_heads, head_dim = kv_shape(llava)
+    hidden = llava.config.text_config.hidden_size
+    C, S, Pn, P0 = 3, 4, 5, 2
+    past, present = kv_names(layers, "past_key_values"), kv_names(layers, "present")
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "suffix_mask": {0: "batch", 1: "sequence"},
+            "logits_index": {0: "batch", 1: "positions"}, "yes_no_logits": {0: "batch", 1: "positions"},
+            "prefix_embeds": {1: "prefix_sequence"}}
+    axes.update({n: {2: "past_sequence"} for n in past})  # batch 1: the prefix is never copied
+    axes.update({n: {2: "total_prefix_sequence"} for n in present})
+    example = (torch.zeros(C, S, hidden), torch.ones(C, S, dtype=torch.long), torch.full((C, 1), S - 1),
+               torch.zeros(1, Pn, hidden), *[torch.zeros(1, kv_heads, P0, head_dim) for _ in past])
+    return GraphSpec(name, SuffixScorerGraph(llava, yes_no_ids).eval(),
+                     ["inputs_embeds", "suffix_mask", "logits_index", "prefix_embeds", *past],
+                     ["yes_no_logits", *present], axes, example)
