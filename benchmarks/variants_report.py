@@ -40,14 +40,21 @@ def main() -> None:
     from mmsrarec_edge.exporter.inputs import load_inputs
     from mmsrarec_edge.exporter.profile import load_profile
 
+    import json
+    import shutil
+
     bundles = {}
     for name in PROFILES:
         out = w / "variant_bundles" / name
+        # the recommendation path only: the summarizer's graphs play no part in ranking (and its own int8 gate
+        # is a separate matter, see NOTES in results/variants)
+        prof = load_profile(ROOT / "export" / f"{name}.toml")
+        prof = replace(prof, graphs=[g for g in prof.graphs if not g.startswith("summarizer.")])
+        if (out / "manifest.json").exists():  # a bundle from an older profile (e.g. before recommender.scorer)
+            man = json.loads((out / "manifest.json").read_text())
+            if set(man["graphs"]) | set(man.get("graphs_skipped", {})) != set(prof.graphs):
+                shutil.rmtree(out)
         if not (out / "manifest.json").exists():
-            # the recommendation path only: the summarizer's graphs play no part in ranking (and its own int8 gate
-            # is a separate matter, see NOTES in results/variants)
-            prof = load_profile(ROOT / "export" / f"{name}.toml")
-            prof = replace(prof, graphs=[g for g in prof.graphs if not g.startswith("summarizer.")])
             export_bundle(load_inputs(None, w / "rec_full", None, w / "kw_rl.parquet", w / "data"), prof, out,
                           profile_source=f"export/{name}.toml without summarizer graphs")
         bundles[name] = out
