@@ -130,5 +130,5 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
 
     fig.tight_layout()
     with atomic_path(Path(path), ".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")  # long axis labels are never cut off
     plt.close(fig)

@@ -104,7 +104,7 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     files.append("stages.png")
 
     summ = report["summary"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     names = list(summ)
     at = [summ[n]["speedup_at_20_candidates"] or summ[n]["median_speedup"] for n in names]
     lo = [a - summ[n]["min_speedup"] for a, n in zip(at, names)]

@@ -11,8 +11,8 @@ goes. This graph computes the same function differently:
   chunk of candidates;
 - shared-prefix ("cascade") attention, as in Hydragen (arXiv 2402.05099): the queries of all C candidates are folded
   into the row axis of ONE matmul per KV head against the batch-1 prefix keys ([kv, C*q*group, d] x [kv, d, P]) and one
-  against its values; each candidate's queries also attend to its own keys (causal, right padding masked); the two
-  parts are merged exactly with their log-sum-exp statistics (the softmax over the union of keys);
+  against its values; each candidate's queries also attend to its own keys (causal, right padding masked); one
+  softmax over both parts' scores is the exact softmax over the union of keys;
 - last layer at the read slots only: nothing reads the last layer's prefix outputs, and the score reads the suffix's
   final hidden state at `logits_index` only, so the last layer computes keys/values everywhere (they are attended to)
   but queries, attention, MLP, final norm and the yes/no rows only at those slots. On the default 2-layer model that
@@ -97,25 +97,24 @@ class SuffixScorerGraph(nn.Module):
     def _attention(self, attn, q, k, v, k_pre, v_pre, bias, C):
         """Shared-prefix attention over C candidates. Rows are flattened tokens in (candidate, slot) order:
         q [N, kv, g, d] (N = C * Q; rotated, and scaled: the softmax scale rides on the small rotary tables),
-        k/v [M, kv, d] (M = C * S suffix slots; k rotated), k_pre/v_pre [1, kv, P, d] (prefix), bias [1, C, S, Q*g]
+        k/v [M, kv, d] (M = C * S suffix slots; k rotated), k_pre/v_pre [1, kv, P, d] (prefix), bias [1, C, Q*g, S]
         additive over the suffix keys -> [N, heads * d].
-        Layout [kv, rows, ...]: the prefix part is one matmul per KV head over every candidate's rows, the suffix part
-        a (kv, C)-batched matmul over the same memory; suffix scores keep the keys on axis 2 so both of its matmuls
-        take the transposed operand as a flag (ONNX Runtime fuses it) instead of moving the head dim in memory.
-        Flattened rows keep almost every reshape to one free (-1) axis: each reshape with two runtime-sized axes
-        costs ONNX Runtime a chain of shape nodes, which on this workload weighed as much as the attention."""
+        Layout [kv, rows, ...]: the prefix scores are one matmul per KV head over every candidate's rows, the suffix
+        scores a (kv, C)-batched matmul over the same memory (its transposed keys a flag ONNX Runtime fuses into the
+        matmul). One softmax over [prefix | own suffix] scores is the exact softmax over the union of keys, and stays
+        an fp32 Softmax in fp16 variants and TensorRT fp16 engines (variants.FP32_OPS, tensorrt.FP32_LAYER_TYPES),
+        like the merged decoder's. Flattened rows keep most reshapes to one free (-1) axis, i.e. constant shapes
+        rather than chains of shape nodes."""
         kv, g, d = self.kv_heads, self.group, self.head_dim
+        P = k_pre.shape[2]
         qf = q.permute(1, 0, 2, 3).reshape(kv, -1, d)  # [kv, N*g, d]
-        s_pre = torch.matmul(qf, k_pre[0].transpose(1, 2))  # [kv, N*g, P]
+        s_pre = torch.matmul(qf, k_pre[0].transpose(1, 2)).view(kv, C, -1, P)  # [kv, C, Q*g, P]
         kk = k.permute(1, 0, 2).reshape(kv, C, -1, d)  # [kv, C, S, d]
         vv = v.permute(1, 0, 2).reshape(kv, C, -1, d)
-        s_suf = torch.matmul(kk, qf.view(kv, C, -1, d).transpose(2, 3)) + bias  # [kv, C, S, Q*g]
-        m = torch.maximum(s_pre.amax(-1, keepdim=True).view(kv, C, 1, -1), s_suf.amax(2, keepdim=True))
-        e_pre = torch.exp(s_pre - m.view(kv, -1, 1))
-        e_suf = torch.exp(s_suf - m)
-        num = torch.matmul(e_pre, v_pre[0]) + torch.matmul(e_suf.transpose(2, 3), vv).view(kv, -1, d)
-        den = e_pre.sum(-1, keepdim=True) + e_suf.sum(2, keepdim=True).view(kv, -1, 1)
-        out = (num / den).view(kv, -1, g, d).permute(1, 0, 2, 3).reshape(-1, kv * g * d)
+        s_suf = torch.matmul(qf.view(kv, C, -1, d), kk.transpose(2, 3)) + bias  # [kv, C, Q*g, S]
+        p = torch.softmax(torch.cat([s_pre, s_suf], dim=-1), dim=-1)
+        out = torch.matmul(p[..., :P].reshape(kv, -1, P), v_pre[0]).view(kv, C, -1, d) + torch.matmul(p[..., P:], vv)
+        out = out.view(kv, -1, g, d).permute(1, 0, 2, 3).reshape(-1, kv * g * d)
         return attn.o_proj(out)
 
     def _prefix_attention(self, attn, q, k_all, v_all, bias):
@@ -144,12 +143,12 @@ class SuffixScorerGraph(nn.Module):
         prow = torch.div(torch.arange(Pn * g, device=dev), g, rounding_mode="floor") + P0  # [Pn*g]
         pbias = torch.zeros((Pn * g, P), dtype=dt, device=dev).masked_fill(
             torch.arange(P, device=dev)[None, :] > prow[:, None], neg)
-        # suffixes: positions P.., causal within each candidate, right padding masked; bias [1, C, key, query*g]
+        # suffixes: positions P.., causal within each candidate, right padding masked; bias [1, C, query*g, key]
         slots = torch.arange(S, device=dev)
         cos, sin = self.lm.rotary_emb(inputs_embeds, (slots + P)[None])  # [1, S, d]
         cos, sin = cos.expand(C, -1, -1).reshape(-1, 1, d), sin.expand(C, -1, -1).reshape(-1, 1, d)  # [C*S, 1, d]
         row = torch.div(torch.arange(S * g, device=dev), g, rounding_mode="floor")
-        allowed = (slots[:, None] <= row[None, :])[None] & suffix_mask[:, :, None].bool()  # [C, S, S*g]
+        allowed = (slots[None, :] <= row[:, None])[None] & suffix_mask[:, None, :].bool()  # [C, S*g, S]
         bias = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill(~allowed, neg)[None]
         layers, presents = self.lm.layers, []
         for i in range(self.num_layers):
@@ -181,9 +180,9 @@ class SuffixScorerGraph(nn.Module):
             qcos, qsin = self.lm.rotary_emb(inputs_embeds, logits_index + P)  # [C, K, d]
             q = _rope(a.q_proj(x_read).view(-1, kv, g, d), qcos.reshape(-1, 1, 1, d) * a.scaling,
                       qsin.reshape(-1, 1, 1, d) * a.scaling)
-            read_row = logits_index[:, :, None].expand(C, K, g).reshape(C, 1, -1)  # [C, 1, K*g]
-            read_bias = torch.zeros((C, S, K * g), dtype=dt, device=dev).masked_fill(
-                slots[None, :, None] > read_row, neg)[None]  # right padding: slots <= index are real
+            read_row = logits_index[:, :, None].expand(C, K, g).reshape(C, -1, 1)  # [C, K*g, 1]
+            read_bias = torch.zeros((C, K * g, S), dtype=dt, device=dev).masked_fill(
+                slots[None, None, :] > read_row, neg)[None]  # right padding: slots <= index are real
             h_read = h_read + self._attention(a, q, k, v, kp, vp, read_bias, C)
             h_read = h_read + layer.mlp(layer.post_attention_layernorm(h_read))
         out = self.lm.norm(h_read)
