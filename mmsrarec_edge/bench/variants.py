@@ -110,8 +110,9 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
     lines = [f"# {title}", "",
              f"{rep['split']} split: {rep['cases']} cases from {rep['users']} users, 1 positive + 20 saved negatives "
              "each. Each row is the torch-free runtime on one bundle variant; the reference is the PyTorch model the "
-             "bundles were exported from. Graph MiB: the three graphs one recommendation loads (embed, decoder, SASRec); "
-             "bundle MiB: the whole bundle as exported for this report.",
+             "bundles were exported from. Graph MiB: the graphs one recommendation loads (embed, decoder, the "
+             "candidate scorer when the bundle has one, SASRec); bundle MiB: the whole bundle as exported for this "
+             "report.",
              "", "| bundle | variant | graph MiB | bundle MiB | HR@5 | ΔHR@5 | NDCG@5 | AUC | ΔAUC | identical ranking | "
              "same order (ties < 1e-5 aside) | top-5 overlap | max |Δscore| |", "|" + "---|" * 13,
              f"| PyTorch | fp32 | | | {ref['HR@5']['mean']:.4f} | | {ref['NDCG@5']['mean']:.4f} | "
