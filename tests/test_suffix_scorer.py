@@ -157,3 +157,17 @@ def test_recommender_uses_the_scorer_graph_unless_told_not_to():
     sa = {r.item_id: r.score for r in ra.items}
     sb = {r.item_id: r.score for r in rb.items}
     assert sa.keys() == sb.keys() and max(abs(sa[k] - sb[k]) for k in sa) < 1e-5
+
+
+def test_timings_split_the_score_into_its_calls_outside_the_total():
+    from mmsrarec_edge.runtime.recommender import Recommender
+
+    bundle = shared_tiny_bundle()
+    user = sorted(Recommender(bundle.dir, provider="cpu", threads=1).retrieval.histories)[0]
+    for fast, parts in ((True, {"score:embed", "score:prefill+candidates"}),
+                        (False, {"score:embed", "score:prefill", "score:candidates"})):
+        rec = Recommender(bundle.dir, provider="cpu", threads=1, suffix_scorer=fast)
+        t = rec.recommend(user=user, candidates="sampled:12", top_k=3).timings_ms
+        assert {k for k in t if k.startswith("score:")} == parts
+        assert sum(t[k] for k in parts) <= t["score"] + 1e-3
+        assert t["total"] == pytest.approx(sum(t[k] for k in ("encode", "retrieve", "prompt", "score")), abs=5e-3)

@@ -257,6 +257,11 @@ def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protoc
     report = {"host": host_info(), "config": cfg.__dict__, "matmul_gflops": gflops, "bundle": str(bundle),
               "ours": built["ours"],
               "grid": grid, "end_to_end": end_to_end(rec, cfg)}
+    if rec.scorer.path == "suffix-scorer":  # the expanded-KV path times prefill and candidates as separate calls
+        from ..runtime.recommender import Recommender
+
+        report["end_to_end_expanded_kv"] = end_to_end(
+            Recommender(bundle, precision=rec.session_config.precision, threads=cfg.threads, suffix_scorer=False), cfg)
     if recommender_dir is not None and protocol_dir is not None:
         with progress_bar("ranking agreement (cases)", 2 * cfg.agreement_cases) as adv:
             report["agreement"] = ranking_agreement(bundle, recommender_dir, protocol_dir, cfg, progress=adv)

@@ -351,10 +351,12 @@ class Recommender:
         if top_k < 1:
             raise UserError(f"top_k must be >= 1, got {top_k}")
         case = self.build_case(user, history, candidates, n_rescore, seed)
-        t = time.perf_counter()
-        scores = self.scorer.score(case.prefix, case.suffixes, None, case.features)
+        t, parts = time.perf_counter(), {}
+        scores = self.scorer.score(case.prefix, case.suffixes, None, case.features, timings=parts)
         timings = {**case.timings_ms, "score": (time.perf_counter() - t) * 1e3}
-        timings = {k: round(v, 3) for k, v in {**timings, "total": sum(timings.values())}.items()}
+        # the score's own parts ("score:embed", "score:prefill+candidates", ...) are inside "score", not in the total
+        timings = {k: round(v, 3) for k, v in {**timings, "total": sum(timings.values()),
+                                               **{f"score:{k}": v for k, v in parts.items()}}.items()}
         cands = case.candidates
         order = np.lexsort((np.arange(len(cands)), -scores))[:top_k]
         collab = list(dict.fromkeys(k for g in case.collab_groups for k in g))

@@ -29,6 +29,8 @@ Torch-free.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,6 +39,24 @@ import numpy as np
 from .llm import Decoder, Embedder, SuffixScorer, yes_probability
 
 EXPANSIONS = ("view", "contiguous", "repeat")
+
+
+class _Clock:
+    """`with clock("part"):` adds the block's milliseconds to timings["part"]; a no-op without a dict."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, part: str):
+        if self.timings is None:
+            yield
+            return
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + (time.perf_counter() - t) * 1e3
 
 
 @dataclass(frozen=True)
@@ -90,8 +110,11 @@ class CandidateScorer:
         return PrefixState(present, P)
 
     def score_suffixes(self, state: PrefixState, suffixes: Sequence[Sequence[int]],
-                       features: Sequence[Sequence[np.ndarray] | None] | None = None) -> np.ndarray:
-        """p(yes) of each suffix after the prefix in `state`; chunks of at most `max_batch` suffixes per call."""
+                       features: Sequence[Sequence[np.ndarray] | None] | None = None,
+                       timings: dict | None = None) -> np.ndarray:
+        """p(yes) of each suffix after the prefix in `state`; chunks of at most `max_batch` suffixes per call.
+        `timings` (optional dict) gets the milliseconds of "embed" and "candidates" added."""
+        tm = _Clock(timings)
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("every candidate suffix needs at least one token")
         out = np.empty(len(suffixes), np.float64)
@@ -100,26 +123,33 @@ class CandidateScorer:
             chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
             feats = features[start:start + self.max_batch] if features is not None else None
             C, S = len(chunk), max(len(s) for s in chunk)
-            embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
+            with tm("embed"):
+                embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
             mask = np.concatenate([np.ones((C, P), np.int64), smask], axis=1)
             positions = np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (C, S))
             index = np.array([[len(s) - 1] for s in chunk], np.int64)
-            yes_no, _ = self.decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
-                                         logits_index=index, want_present=False)
+            with tm("candidates"):
+                yes_no, _ = self.decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
+                                             logits_index=index, want_present=False)
             out[start:start + C] = yes_probability(yes_no[:, 0])
         return out
 
     def score(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
               prefix_features: Sequence[np.ndarray] | None = None,
-              suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None) -> np.ndarray:
-        """Shared-prefix scores of `suffixes` (float64 [C], in input order)."""
+              suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None,
+              timings: dict | None = None) -> np.ndarray:
+        """Shared-prefix scores of `suffixes` (float64 [C], in input order). `timings` (optional dict) gets the
+        milliseconds of its parts added: "embed" (token embeddings, image features spliced), and "prefill" +
+        "candidates" (expanded-kv path) or "prefill+candidates" (suffix-scorer path: one call does both)."""
         if not len(suffixes):
             return np.zeros(0, np.float64)
         if self.suffix_scorer is not None and len(prefix):
-            return self._score_one_call(prefix, suffixes, prefix_features, suffix_features)
-        return self.score_suffixes(self.prefill(prefix, prefix_features), suffixes, suffix_features)
+            return self._score_one_call(prefix, suffixes, prefix_features, suffix_features, timings)
+        with _Clock(timings)("prefill"):
+            state = self.prefill(prefix, prefix_features)
+        return self.score_suffixes(state, suffixes, suffix_features, timings)
 
-    def _score_one_call(self, prefix, suffixes, prefix_features, suffix_features) -> np.ndarray:
+    def _score_one_call(self, prefix, suffixes, prefix_features, suffix_features, timings=None) -> np.ndarray:
         """Suffix-scorer path: prefix and the first `max_batch` candidates in one call; later chunks reuse the
         returned prefix KV. They re-feed the prefix's last token over the KV of the others rather than an empty
         prefix: a zero-length query axis breaks the graph's reshapes (ONNX Reshape reads a 0 in a target shape as
@@ -127,15 +157,19 @@ class CandidateScorer:
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("every candidate suffix needs at least one token")
         out = np.empty(len(suffixes), np.float64)
-        pre, _ = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[prefix_features])
+        tm = _Clock(timings)
+        with tm("embed"):
+            pre, _ = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[prefix_features])
         past = None
         for start in range(0, len(suffixes), self.max_batch):
             chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
             feats = suffix_features[start:start + self.max_batch] if suffix_features is not None else None
-            embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
+            with tm("embed"):
+                embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
             index = np.array([[len(s) - 1] for s in chunk], np.int64)
             more = start + self.max_batch < len(suffixes)
-            yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
+            with tm("prefill+candidates"):
+                yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
             out[start:start + len(chunk)] = yes_probability(yes_no[:, 0])
             if more and past is None:
                 pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in present.items()}
