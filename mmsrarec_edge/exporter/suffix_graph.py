@@ -17,8 +17,8 @@ goes. This graph computes the same function differently:
   final hidden state at `logits_index` only, so the last layer computes keys/values everywhere (they are attended to)
   but queries, attention, MLP, final norm and the yes/no rows only at those slots. On the default 2-layer model that
   skips about 45% of the FLOPs.
-Measured on the synthetic report model (1 thread, one case, medians): 5.3 ms per call against 1.5 ms prefill + 7.9 ms
-suffix call on the merged decoder; the runtime figures are in runtime/scorer.py, the grid in benchmarks/results/latency.
+Measured on the synthetic report model (1 thread, 20 candidates, end-to-end medians in benchmarks/results/latency):
+one 5.4 ms call against a 1.8 ms prefill plus an 8.2 ms suffix call on the merged decoder.
 
 It is exact, not an approximation: the parity gate checks it against a plain forward of the language model over each
 full unpadded prompt, chained over two chunks and at two read slots per row. Written out for the decoder families whose

@@ -8,7 +8,7 @@ sigmoid(l_yes - l_no) from the yes/no logits at each suffix's last real token. T
   and the suffixes attend to its KV through shared-prefix attention (all candidates' queries in one matmul per KV head;
   the KV is never copied per candidate), and the last layer runs at the read slots only. Later chunks reuse the
   returned prefix KV. Measured on the synthetic report model (prefix 117 tokens, 20 candidates of ~29 tokens, 1
-  thread, benchmarks/results/latency): 5.7 ms per recommendation against 9.9 ms for the path below and 19.8 ms for
+  thread, benchmarks/results/latency): 5.4 ms per recommendation against 9.9 ms for the path below and 18.2 ms for
   PyTorch eager with the same prefix sharing.
 - `expanded-kv` (bundles without the scorer graph, e.g. a decoder family suffix_graph.py does not cover): the prefix
   runs once through the merged decoder at batch 1 and past 0; its KV cache is expanded along the batch axis to the C
