@@ -139,8 +139,9 @@ class CandidateScorer:
               suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None,
               timings: dict | None = None) -> np.ndarray:
         """Shared-prefix scores of `suffixes` (float64 [C], in input order). `timings` (optional dict) gets the
-        milliseconds of its parts added: "embed" (token embeddings, image features spliced), and "prefill" +
-        "candidates" (expanded-kv path) or "prefill+candidates" (suffix-scorer path: one call does both)."""
+        milliseconds of its parts added: "embed" (token embeddings, image features spliced), and "prefill" (which
+        includes the prefix's own embedding) + "candidates" (expanded-kv path) or "prefill+candidates" (suffix-scorer
+        path: one call does both)."""
         if not len(suffixes):
             return np.zeros(0, np.float64)
         if self.suffix_scorer is not None and len(prefix):
