@@ -131,6 +131,23 @@ def test_int8_variant_really_quantizes_and_passes(exported, yes_no, tmp_path):
         assert 0 < max(res.metrics.values()), "an int8 graph identical to fp32 did not quantize"
 
 
+def test_int8_summarizer_decoder_is_gated_on_real_prompts_when_it_has_them(exported, tmp_path):
+    """The gated logits figure is the real prompts' alone; the random prompts' figure is reported beside it."""
+    model, paths, _ = exported
+    dst = tmp_path / "last.int8.onnx"
+    to_int8(paths["decoder_last"], dst)
+    rng = np.random.default_rng(4)
+    real = [rng.integers(1000, 29000, size=n).tolist() for n in (9, 14, 20)]
+    res = check("summarizer.decoder", "decoder_last", dst, "int8", model, cases=2, real=real)
+    real_only = check("summarizer.decoder", "decoder_last", dst, "int8", model, cases=0, real=real)
+    random_only = check("summarizer.decoder", "decoder_last", dst, "int8", model, cases=2)
+    assert res.metrics["logits"] == real_only.metrics["logits"] > 0
+    assert res.info["random_logits"] == random_only.metrics["logits"] > 0
+    assert res.real_cases == 3 and "random_logits" not in random_only.info and "random_logits" not in real_only.info
+    fp32 = check("summarizer.decoder", "decoder_last", paths["decoder_last"], "fp32", model, cases=2, real=real)
+    assert "random_logits" not in fp32.info  # fp32 (the structure) is still gated on random + real prompts
+
+
 def test_fp16_variant_keeps_norms_and_softmax_fp32(exported, yes_no, tmp_path):
     model, paths, _ = exported
     dst = tmp_path / "dec.fp16.onnx"

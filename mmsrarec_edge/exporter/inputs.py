@@ -117,7 +117,7 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
     return inp
 
 
-def real_parity_inputs(inp: ExportInputs, n: int = 4, seed: int = 0) -> dict:
+def real_parity_inputs(inp: ExportInputs, n: int = 8, seed: int = 0) -> dict:
     """A few real inputs per graph from the dataset: images, item texts as prompts, user histories."""
     from ..imaging import load_image, preprocess
     from ..models.mllm import image_size
@@ -157,7 +157,8 @@ def _summarizer_prompts(m: MLLMInput, ds, pick) -> list[list[int]] | None:
 
     spec = PromptSpec.from_dict(m.meta["prompt_spec"])
     enc = lambda s: m.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    prompts = [text_prompt_ids(enc, spec, ds.items[i].text) for i in pick[:3]]
+    # every picked item's text prompt: the summarizer's int8 decoder is gated on these (parity.check)
+    prompts = [text_prompt_ids(enc, spec, ds.items[i].text) for i in pick]
     return prompts + [image_prompt_ids(enc, spec)]
 
 
