@@ -20,10 +20,10 @@ def markdown(report: dict) -> str:
     lines = ["# Latency benchmark: one recommendation, runtime vs peers", "",
              f"Host: {host.get('processor')} ({host.get('cpus')} CPUs), onnxruntime {host.get('onnxruntime')}, "
              f"{cfg['threads']} intra-op thread(s) for every peer; numpy matmul rate {report['matmul_gflops']:.1f} "
-             "GFLOP/s (measured in this run, same thread count). Medians (p50) of repeated calls on identical prompts; the "
-             "floor is the FLOPs the score needs (every layer but the last over prefix and suffixes, the last one's "
-             "key/value projections too, the rest of the last layer at each candidate's read slot) divided by that "
-             "matmul rate.", "",
+             "GFLOP/s (measured in this run, same thread count). Medians (p50) of repeated calls on identical prompts; "
+             "the floor is the FLOPs the score needs (every layer but the last over prefix and suffixes, the last "
+             "one's key/value projections too, the rest of the last layer at each candidate's read slot) divided by "
+             "that matmul rate.", "",
              f"## Speedup of our ONNX Runtime scorer ({report.get('ours', OURS)}, shared prefix) over each peer", "",
              "Targets are judged at the method's workload: history n=5 (the paper's) and 20 candidates; the median and "
              "range over every cell of the grid are beside it.", "",

@@ -6,8 +6,8 @@ prefix expansion shows up. Decoders are checked the way the runtime uses them, a
 then (summarizer) one decode step on the returned KV, or (recommender) the shared prefix once at batch 1, its KV
 repeated to C candidates and all right-padded suffixes in one call, yes/no logits gathered at each last real token.
 The recommender's suffix scorer (suffix_graph.py) runs prefix + first chunk, then the other chunk over its returned
-prefix KV (its relative error against PyTorch's KV is reported as `prefix_kv_error`), read at two slots per row, so its shared-prefix attention, the
-chained call and its last-layer-at-read-slots shortcut are all checked.
+prefix KV (its relative error against PyTorch's KV is reported as `prefix_kv_error`), read at two slots per row, so
+its shared-prefix attention, the chained call and its last-layer-at-read-slots shortcut are all checked.
 
 Metrics (what is gated):
 - `features`: max |onnx - torch| / max |torch| over image features, token embeddings, user embeddings;
@@ -232,31 +232,47 @@ def check_decoder_last(llava, sess, rng, cases: int, real: list[list[int]] | Non
     return acc, {"argmax_agreement": agree / total}
 
 
+def _candidate_cases(rng, vocab: int, cases: int, real) -> list[tuple[list[int], list[list[int]]]]:
+    """`cases` random (prefix, suffixes) cases, then the real ones: the recommender graphs' parity inputs."""
+    out = []
+    for c in range(cases):
+        prefix = _random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)[0]
+        out.append((prefix, _random_prompts(rng, vocab, 3 + 2 * c, 2, 9)))
+    return out + [(list(p), [list(s) for s in sx]) for p, sx in (real or [])]
+
+
+def _embed_right_padded(llava, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token embeddings of right-padded rows [C, S, H] and their 0/1 mask [C, S]."""
+    S, H = max(len(r) for r in rows), llava.config.text_config.hidden_size
+    emb, mask = np.zeros((len(rows), S, H), np.float32), np.zeros((len(rows), S), np.int64)
+    for i, r in enumerate(rows):
+        emb[i, :len(r)] = _embed(llava, r).numpy()
+        mask[i, :len(r)] = 1
+    return emb, mask
+
+
+def _same_order_pairs(got: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
+    """(candidate pairs ordered alike by both score vectors, pairs)."""
+    i, j = np.triu_indices(len(got), 1)
+    return int((np.sign(got[i] - got[j]) == np.sign(ref[i] - ref[j])).sum()), len(i)
+
+
 @torch.no_grad()
 def check_decoder_yes_no(llava, sess, rng, cases: int, yes_no_ids: tuple[int, int],
                          real: list[tuple[list[int], list[list[int]]]] | None = None) -> tuple[_Acc, dict]:
     """Shared prefix at batch 1, KV repeated to C candidates, right-padded suffixes in one call."""
     vocab, acc = llava.get_input_embeddings().weight.shape[0], _Acc()
     rows = llava.lm_head.weight[list(yes_no_ids)]
-    batches = []
-    for c in range(cases):
-        prefix = _random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)[0]
-        batches.append((prefix, _random_prompts(rng, vocab, 3 + 2 * c, 2, 9)))
-    batches += [(list(p), [list(s) for s in sx]) for p, sx in (real or [])]
     same = pairs = 0
-    for prefix, suffixes in batches:
+    for prefix, suffixes in _candidate_cases(rng, vocab, cases, real):
         P, C, S = len(prefix), len(suffixes), max(len(s) for s in suffixes)
         pre = _run(sess, {"inputs_embeds": _embed(llava, [prefix]).numpy(),
                           "attention_mask": np.ones((1, P), np.int64),
                           "position_ids": np.arange(P, dtype=np.int64)[None],
                           "logits_index": np.array([[P - 1]], np.int64), **_empty_past(llava, 1)})
         acc.add("logits", pre["yes_no_logits"][0, 0], (rows @ _oracle_hidden(llava, _embed(llava, prefix))).numpy())
-        hidden = llava.config.text_config.hidden_size
-        emb = np.zeros((C, S, hidden), np.float32)
-        mask = np.concatenate([np.ones((C, P), np.int64), np.zeros((C, S), np.int64)], axis=1)
-        for r, s in enumerate(suffixes):
-            emb[r, :len(s)] = _embed(llava, s).numpy()
-            mask[r, P:P + len(s)] = 1
+        emb, smask = _embed_right_padded(llava, suffixes)
+        mask = np.concatenate([np.ones((C, P), np.int64), smask], axis=1)
         out = _run(sess, {"inputs_embeds": emb, "attention_mask": mask,
                           "position_ids": np.tile(np.arange(P, P + S, dtype=np.int64), (C, 1)),
                           "logits_index": np.array([[len(s) - 1] for s in suffixes], np.int64),
@@ -266,9 +282,8 @@ def check_decoder_yes_no(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
         acc.add("logits", got, ref)
         sg, sr = _score(got), _score(ref)
         acc.add("score", sg, sr, scaled=False)
-        i, j = np.triu_indices(C, 1)
-        same += int((np.sign(sg[i] - sg[j]) == np.sign(sr[i] - sr[j])).sum())
-        pairs += len(i)
+        a, n = _same_order_pairs(sg, sr)
+        same, pairs = same + a, pairs + n
     return acc, {"rank_agreement": same / pairs if pairs else 1.0}
 
 
@@ -282,19 +297,13 @@ def check_decoder_scorer(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
     vocab, acc = llava.get_input_embeddings().weight.shape[0], _Acc()
     rows = llava.lm_head.weight[list(yes_no_ids)]
     lm = llava.model.language_model
-    layers = llava.config.text_config.num_hidden_layers
-    batches = []
-    for c in range(cases):
-        prefix = _random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)[0]
-        batches.append((prefix, _random_prompts(rng, vocab, 3 + 2 * c, 2, 9), 2))
-    batches += [(list(p), [list(s) for s in sx], 1) for p, sx in (real or [])]
     same = pairs = 0
     kv_acc = _Acc()  # reported, not gated: a wrong KV shows in the second chunk's scores, which are gated
-    past_names = _kv_names(layers, "past_key_values")
-    hidden = llava.config.text_config.hidden_size
-    for prefix, suffixes, K in batches:
+    past_names = _kv_names(llava.config.text_config.num_hidden_layers, "past_key_values")
+    for n_case, (prefix, suffixes) in enumerate(_candidate_cases(rng, vocab, cases, real)):
+        K = 2 if n_case < cases else 1  # random cases: two read slots per row
         C = len(suffixes)
-        split = max(1, C // 2) if C > 1 else C
+        split = max(1, C // 2)
         pre = _embed(llava, [prefix]).numpy()
         past = _empty_past(llava, 1)
         got_rows, ref_rows = [], []
@@ -302,12 +311,7 @@ def check_decoder_scorer(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
             chunk = suffixes[lo:hi]
             if not chunk:
                 continue
-            S = max(len(s) for s in chunk)
-            emb = np.zeros((len(chunk), S, hidden), np.float32)
-            mask = np.zeros((len(chunk), S), np.int64)
-            for r, s in enumerate(chunk):
-                emb[r, :len(s)] = _embed(llava, s).numpy()
-                mask[r, :len(s)] = 1
+            emb, mask = _embed_right_padded(llava, chunk)
             index = np.array([[len(s) - 1, (len(s) - 1) // 2][:K] for s in chunk], np.int64)
             out = _run(sess, {"inputs_embeds": emb, "suffix_mask": mask, "logits_index": index,
                               "prefix_embeds": pre, **past})
@@ -318,15 +322,14 @@ def check_decoder_scorer(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
                 cache = lm(inputs_embeds=_embed(llava, [prefix]), use_cache=True).past_key_values
                 ref_kv = [t.numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
                 got_kv = [out["present." + n[len("past_key_values."):]] for n in past_names]
-                kv_acc.add("kv", np.concatenate([g.ravel() for g in got_kv]), np.concatenate([r.ravel() for r in ref_kv]))
+                kv_acc.add("kv", np.concatenate([g.ravel() for g in got_kv]),
+                           np.concatenate([r.ravel() for r in ref_kv]))
                 pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in zip(past_names, got_kv)}
         got, ref = np.concatenate(got_rows), np.concatenate(ref_rows)
         acc.add("logits", got, ref)
         acc.add("score", _score(got), _score(ref), scaled=False)
-        sg, sr = _score(got[:, 0]), _score(ref[:, 0])
-        i, j = np.triu_indices(C, 1)
-        same += int((np.sign(sg[i] - sg[j]) == np.sign(sr[i] - sr[j])).sum())
-        pairs += len(i)
+        a, n = _same_order_pairs(_score(got[:, 0]), _score(ref[:, 0]))
+        same, pairs = same + a, pairs + n
     return acc, {"rank_agreement": same / pairs if pairs else 1.0, "prefix_kv_error": kv_acc.metrics.get("kv", 0.0)}
 
 
@@ -390,7 +393,8 @@ def check(graph: str, kind: str, path: Path, precision: str, torch_obj, *, cases
         raise ValueError(f"unknown graph kind {kind!r}")
     real_cases = len(real) if real is not None else 0
     tol = tolerances(precision, tol_overrides)
-    if kind in ("decoder_yes_no", "decoder_scorer") and not getattr(tol_overrides, "logits", 0.0):  # a profile's explicit value holds
+    # a profile's explicit logits value holds
+    if kind in ("decoder_yes_no", "decoder_scorer") and not getattr(tol_overrides, "logits", 0.0):
         # The score is sigmoid(l_yes - l_no): a shift common to both logits cancels, so the score gate is the
         # meaningful one and the relative logit error is reported only (measured on the demo's trained recommender:
         # int8 logits 0.39 relative while the score moved 0.049).

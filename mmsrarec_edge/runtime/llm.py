@@ -86,7 +86,8 @@ class Embedder:
         # more than the embedding call itself); `splice` still raises on slots without features and vice versa.
         has_slot = (ids == self.image_token_id).any(axis=1) if self.image_token_id is not None \
             else np.zeros(len(rows), bool)
-        todo = [r for r in range(len(rows)) if has_slot[r] or (features and features[r] is not None and len(features[r]))]
+        todo = [r for r in range(len(rows))
+                if has_slot[r] or (features and features[r] is not None and len(features[r]))]
         if todo:
             embeds = np.array(embeds)  # writable copy
             for r in todo:
