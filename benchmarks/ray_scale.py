@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsrarec_edge.bench.harness import host_info  # noqa: E402
-from mmsrarec_edge.io_utils import ensure_writable_dir, save_figure, write_json, write_text  # noqa: E402
-from mmsrarec_edge.summarize.store import read_keyword_store  # noqa: E402
-
 from tiny_bundle import build_tiny_bundle  # noqa: E402
+
+from mmsrarec_edge.bench.harness import host_info  # noqa: E402
+from mmsrarec_edge.core.io_utils import ensure_writable_dir, save_figure, write_json, write_text  # noqa: E402
+from mmsrarec_edge.core.keyword_store import read_keyword_store  # noqa: E402
 
 
 def run_job(bundle: Path, items: Path, out: Path, part_size: int, workers: int | None) -> dict:

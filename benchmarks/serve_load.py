@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmsrarec_edge.bench.harness import host_info  # noqa: E402
-from mmsrarec_edge.io_utils import ensure_writable_dir, save_figure, write_json, write_text  # noqa: E402
-
 from tiny_bundle import build_tiny_bundle  # noqa: E402
+
+from mmsrarec_edge.bench.harness import host_info  # noqa: E402
+from mmsrarec_edge.core.io_utils import ensure_writable_dir, save_figure, write_json, write_text  # noqa: E402
 
 
 def serve_python() -> str:

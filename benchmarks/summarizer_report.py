@@ -68,7 +68,7 @@ def run_dataset(name: str, data: Path, work: Path, extra: list[str]) -> dict:
            # the real set's licence forbids redistributing it: no text-derived samples of it in a committed report
            "samples": log["samples"][:8] if name == "synthetic" else []}
     sys.path.insert(0, str(ROOT))
-    from mmsrarec_edge.summarize.store import read_keyword_store
+    from mmsrarec_edge.core.keyword_store import read_keyword_store
 
     store = read_keyword_store(work / name / "keywords.parquet")
     res["store"] = {"items": len(store),
@@ -90,7 +90,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     sys.path.insert(0, str(ROOT))
-    from mmsrarec_edge.io_utils import save_figure
+    from mmsrarec_edge.core.io_utils import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -28,20 +28,19 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from mmsrarec_edge.bench.variants import variant_report, write
-    from mmsrarec_edge.progress import progress_bar
+    from mmsrarec_edge.core.progress import progress_bar
 
     w = (args.work / args.dataset).resolve()
     need = [w / "protocol", w / "rec_full" / "recommender.json", w / "kw_rl.parquet"]
     if any(not p.exists() for p in need):
         sys.exit(f"run benchmarks/recommender_report.sh first (missing under {w})")
+    import json
+    import shutil
     from dataclasses import replace
 
     from mmsrarec_edge.exporter.bundle import export_bundle
     from mmsrarec_edge.exporter.inputs import load_inputs
     from mmsrarec_edge.exporter.profile import load_profile
-
-    import json
-    import shutil
 
     bundles = {}
     for name in PROFILES:

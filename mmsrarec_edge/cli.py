@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import UserError
+from .core.errors import UserError
 
 STAGES = ["data", "train", "recommend_train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve", "scale"]
 

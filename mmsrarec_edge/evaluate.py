@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import metrics
+from .core import metrics
+from .core.io_utils import atomic_path, ensure_writable_dir, save_figure, write_json, write_text
 from .data.protocol import Cases, Protocol
-from .io_utils import atomic_path, ensure_writable_dir, save_figure, write_json, write_text
 
 Scorer = Callable[[Cases], np.ndarray]
 REPORT_METRICS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "AUC"]

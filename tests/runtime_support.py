@@ -87,7 +87,7 @@ def tiny_dataset(out: Path, seed: int = 3):
 
 def ground_truth_keywords(ds) -> list:
     """Keyword store rows from the synthetic catalog's attributes (what a perfect summarizer would write)."""
-    from mmsrarec_edge.summarize.store import ItemKeywords
+    from mmsrarec_edge.core.keyword_store import ItemKeywords
 
     rows = []
     for iid, item in ds.items.items():
@@ -102,10 +102,10 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
     and recommender, a random SASRec, ground-truth keywords and a tiny synthetic catalog."""
     import torch
 
+    from mmsrarec_edge.core.keyword_store import write_keyword_store
     from mmsrarec_edge.exporter.bundle import ExportInputs, MLLMInput, export_bundle
     from mmsrarec_edge.exporter.profile import parse_profile
     from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
-    from mmsrarec_edge.summarize.store import write_keyword_store
 
     out = Path(out)
     work = out.parent / (out.name + "_parts")
@@ -120,7 +120,7 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
     profile = parse_profile({"parity": {"cases": 1}, "variants": ["fp32", "int8"],
                              "fp32_graphs": ["sasrec.user_encoder", "summarizer.vision", "recommender.vision"],
                              **(profile_overrides or {})})
-    from mmsrarec_edge.summarize.prompts import PromptSpec
+    from mmsrarec_edge.core.summary_prompts import PromptSpec
 
     tok = graphs.tokenizer
     spec = PromptSpec(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, image_token_id=graphs.image_token_id,
@@ -138,7 +138,8 @@ def build_tiny_bundle(out: Path, graphs: TinyGraphs, profile_overrides: dict | N
 
 def build_retrieval(out: Path, ds, sas, keywords: dict) -> Path:
     """The recommender stage's retrieval dir (retrieval.build_retrieval) over the synthetic users."""
-    from mmsrarec_edge.retrieval import RetrievalConfig, build_retrieval as build
+    from mmsrarec_edge.core.retrieval import RetrievalConfig
+    from mmsrarec_edge.core.retrieval import build_retrieval as build
 
     build(out, ds.sequences(), sas.user_embeddings, lambda i: keywords[i],
           RetrievalConfig(k=3, items_per_neighbour=2, stride=3, min_history=2))

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from runtime_support import shared_tiny_bundle
 
 from mmsrarec_edge.bench import latency, report

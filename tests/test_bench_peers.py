@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("optimum.onnxruntime")
 
 from mmsrarec_edge.bench.peers import OptimumPerCandidate, extract_text_lm
-from mmsrarec_edge.errors import UserError
+from mmsrarec_edge.core.errors import UserError
 from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build_tokenizer
 
 

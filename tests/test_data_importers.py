@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mmsrarec_edge.core.errors import DataError, UserError
+from mmsrarec_edge.core.imaging import load_image
 from mmsrarec_edge.data import load_dataset
 from mmsrarec_edge.data.importers import detect_format, import_dataset, load_id_map
-from mmsrarec_edge.errors import DataError, UserError
-from mmsrarec_edge.imaging import load_image
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml100k_mm"

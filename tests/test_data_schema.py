@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mmsrarec_edge.core.errors import DataError
 from mmsrarec_edge.data import Dataset, Item, load_dataset, save_dataset
-from mmsrarec_edge.errors import DataError
 
 
 def make(tmp_path, items=None, inter=None):

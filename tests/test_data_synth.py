@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmsrarec_edge.core.imaging import load_image
 from mmsrarec_edge.data import load_dataset
 from mmsrarec_edge.data.synth import CATEGORIES, COLOURS, MATERIALS, PATTERNS, SIZES, STYLES, SynthConfig, generate
-from mmsrarec_edge.imaging import load_image
 
 CFG = dict(n_items=24, n_users=30, min_len=5, max_len=9)
 

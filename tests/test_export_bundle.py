@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mmsrarec_edge.errors import BundleError, UserError
+from mmsrarec_edge.core.bundle import MANIFEST, load_manifest, read_safetensors
+from mmsrarec_edge.core.errors import BundleError, UserError
 from mmsrarec_edge.exporter.bundle import ExportInputs, MLLMInput, export_bundle
 from mmsrarec_edge.exporter.parity import ExportError
 from mmsrarec_edge.exporter.profile import load_profile
 from mmsrarec_edge.models.mllm import MLLMConfig, build_mllm, build_tokenizer
 from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
-from mmsrarec_edge.runtime.bundle import MANIFEST, load_manifest, read_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def _retrieval_dir(path: Path, sasrec: SASRecModel, ds) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tiny_synth, tmp_path_factory):
-    from mmsrarec_edge.summarize.store import ItemKeywords, write_keyword_store
+    from mmsrarec_edge.core.keyword_store import ItemKeywords, write_keyword_store
 
     work = tmp_path_factory.mktemp("export-inputs")
     tok = build_tokenizer()
@@ -147,8 +147,8 @@ def test_config_tokenizer_and_catalog(bundle, inputs):
     feats = read_safetensors(man.path(cfg["catalog"]["image_features"]))
     assert feats["features"].shape == (len(ds.items), 16, 128)
     # The cache holds the recommender's fp32 PyTorch features.
+    from mmsrarec_edge.core.imaging import load_image, preprocess
     from mmsrarec_edge.exporter.graphs import VisionGraph
-    from mmsrarec_edge.imaging import load_image, preprocess
 
     iid = int(feats["item_ids"][3])
     px = torch.from_numpy(preprocess(load_image(ds.image_path(iid)), 64))[None]

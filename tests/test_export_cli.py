@@ -39,7 +39,7 @@ def model_dirs(tiny_synth, tmp_path_factory):
 
 
 def test_export_cli_writes_a_verified_bundle(model_dirs, tiny_synth, tmp_path):
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
 
     root, prof = model_dirs
     out = tmp_path / "bundle"
@@ -85,9 +85,9 @@ def test_recommender_sasrec_copy_must_match(model_dirs, tiny_synth, tmp_path):
 
     import torch
 
-    from mmsrarec_edge.errors import UserError
+    from mmsrarec_edge.core.errors import UserError
+    from mmsrarec_edge.core.io_utils import sha256_file
     from mmsrarec_edge.exporter.inputs import load_inputs
-    from mmsrarec_edge.io_utils import sha256_file
     from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
 
     root, _ = model_dirs

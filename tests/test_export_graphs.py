@@ -10,8 +10,14 @@ import onnx
 import pytest
 import torch
 
-from mmsrarec_edge.exporter.graphs import (decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec,
-                                           vision_spec)
+from mmsrarec_edge.exporter.graphs import (
+    decoder_spec,
+    embed_spec,
+    export_graph,
+    kv_shape,
+    user_encoder_spec,
+    vision_spec,
+)
 from mmsrarec_edge.exporter.parity import DEFAULT_TOLERANCES, ExportError, check, gate, session
 from mmsrarec_edge.exporter.variants import FP32_OPS, quantized_node_count, to_fp16, to_int8
 from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build_tokenizer, num_image_tokens

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsrarec_edge.errors import UserError
+from mmsrarec_edge.core.errors import UserError
 from mmsrarec_edge.exporter.profile import ALL_GRAPHS, Limits, load_profile, parse_profile
 from mmsrarec_edge.exporter.tensorrt import compute_profiles, dim_ranges
 from mmsrarec_edge.runtime.tensorrt import provider_shape_strings

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmsrarec_edge import metrics
+from mmsrarec_edge.core import metrics
 
 
 def test_hand_computed_ranks():

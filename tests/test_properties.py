@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from runtime_support import shared_tiny_bundle
 
-from mmsrarec_edge.errors import BundleError, UserError
+from mmsrarec_edge.core.errors import BundleError, UserError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,8 +42,8 @@ any_text = st.text(max_size=80)  # every code point but surrogates
 @functools.lru_cache(maxsize=None)
 def tokenizers(tmp_root: str):
     """(transformers tokenizer, the prompt module's TokenizerCodec, the runtime's Codec) over one tokenizer.json."""
+    from mmsrarec_edge.core.prompt import TokenizerCodec
     from mmsrarec_edge.models.mllm import build_tokenizer
-    from mmsrarec_edge.recommend.prompt import TokenizerCodec
     from mmsrarec_edge.runtime.tokenizer import Codec
 
     tok = build_tokenizer()
@@ -69,7 +69,7 @@ configs = st.builds(
        title=keyword, kws=keywords, title2=keyword, kws2=keywords, history2=st.lists(keywords, max_size=4),
        n_img=st.integers(0, 4))
 def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, kws, title2, kws2, history2, n_img):
-    from mmsrarec_edge.recommend import prompt as P
+    from mmsrarec_edge.core import prompt as P
 
     c = P.PromptConfig(**cfg)
     prefix, suffix = P.build_prompt(history, collab, title, kws, n_img, None, c)
@@ -88,7 +88,7 @@ def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, k
 @given(title=keyword, kws=keywords, history=st.lists(keywords, max_size=5), n_img=st.integers(0, 4))
 @example(title="Evil <image> lamp", kws=[], history=[], n_img=0)
 def test_prompt_image_slots_come_only_from_the_image(title, kws, history, n_img):
-    from mmsrarec_edge.recommend import prompt as P
+    from mmsrarec_edge.core import prompt as P
 
     c = P.PromptConfig(candidate_image=True)
     prefix, suffix = P.build_prompt(history, [], title, kws, n_img, None, c)
@@ -101,7 +101,7 @@ def test_prompt_image_slots_come_only_from_the_image(title, kws, history, n_img)
 def test_prompt_ids_split_equals_joint_tokenization(toks, cfg, history, collab, title, kws, n_img):
     """ids = prefix ids + suffix ids (how every stage builds them) is what the joint text tokenizes to: the split sits
     on whitespace, so the shared-prefix runtime feeds exactly the sequence the model saw."""
-    from mmsrarec_edge.recommend import prompt as P
+    from mmsrarec_edge.core import prompt as P
 
     hf, codec, _ = toks
     c = P.PromptConfig(**cfg)
@@ -132,7 +132,7 @@ junk = st.one_of(any_text, keyword, st.lists(st.one_of(keyword, any_text), max_s
 @given(out=st.one_of(junk, st.binary(max_size=20), st.integers(), st.none(), st.lists(st.text(max_size=5), max_size=3)),
        n=st.integers(1, 10), words=st.integers(1, 5), chars=st.integers(5, 60))
 def test_keyword_parser_never_raises_and_is_bounded(out, n, words, chars):
-    from mmsrarec_edge.summarize.keywords import STOPWORDS, parse_keywords
+    from mmsrarec_edge.core.keywords import STOPWORDS, parse_keywords
 
     kws = parse_keywords(out, max_keywords=n, max_words=words, max_chars=chars)
     assert isinstance(kws, list) and len(kws) <= n and len(set(kws)) == len(kws)
@@ -146,7 +146,7 @@ def test_keyword_parser_never_raises_and_is_bounded(out, n, words, chars):
 def test_keyword_parser_is_idempotent_on_its_output(out, n):
     """Formatting the parsed keywords as the model is taught to write them and parsing again changes nothing (for
     keywords of words that fit max_chars; the one exception is the xfail below)."""
-    from mmsrarec_edge.summarize.keywords import parse_keywords
+    from mmsrarec_edge.core.keywords import parse_keywords
 
     text = unicodedata.normalize("NFKD", out).lower()
     assume(all(len(w.strip("-'")) <= 40 for w in re.split(r"[^0-9a-z'\-]+", text)))
@@ -155,7 +155,7 @@ def test_keyword_parser_is_idempotent_on_its_output(out, n):
 
 
 def test_keyword_parser_long_word_is_idempotent():
-    from mmsrarec_edge.summarize.keywords import parse_keywords
+    from mmsrarec_edge.core.keywords import parse_keywords
 
     kws = parse_keywords("'" + "a" * 50)
     assert kws == ["a" * 40] and parse_keywords(", ".join(kws)) == kws
@@ -165,7 +165,7 @@ def test_keyword_parser_long_word_is_idempotent():
 
 @pytest.fixture(scope="module")
 def bundle_copy(tmp_path_factory):
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
 
     d = tmp_path_factory.mktemp("prop_bundle") / "b"
     shutil.copytree(shared_tiny_bundle().dir, d)
@@ -188,7 +188,7 @@ mutations = dict(op=st.sampled_from(["flip", "truncate", "append"]), pos=st.inte
 @SLOW
 @given(which=st.integers(0, 1 << 20), **mutations)
 def test_any_change_to_a_bundle_file_is_refused(bundle_copy, which, op, pos, mask, extra):
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
 
     root, files = bundle_copy
     path = root / files[which % len(files)]
@@ -209,7 +209,7 @@ def test_any_change_to_a_bundle_file_is_refused(bundle_copy, which, op, pos, mas
 def test_a_changed_manifest_is_refused_or_verifies_the_same_files(bundle_copy, op, pos, mask, extra):
     """manifest.json has no hash of its own: a change to, say, its creation date is harmless. What it must never do is
     change what gets verified: either the manifest is refused, or its file table is the original one."""
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
 
     root, _ = bundle_copy
     path = root / "manifest.json"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from mmsrarec_edge.core.errors import UserError
 from mmsrarec_edge.data.protocol import ProtocolConfig, build_protocol, kcore_filter, load_protocol, save_protocol
-from mmsrarec_edge.errors import UserError
 
 
 def test_kcore_is_iterated_until_stable():

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from mmsrarec_edge.recommend import prompt as P
-from mmsrarec_edge.recommend.context import ItemText, PromptMaker, SASRecRanks
+from mmsrarec_edge.core import prompt as P
+from mmsrarec_edge.core.context import ItemText, PromptMaker, SASRecRanks
 
 HIST = [["red", "lamp"], ["blue", "clock", "striped"], ["green; vase", "wood"], ["a", "b"], ["c"], ["d", "e"]]
 COLLAB = [["yellow", "kite"], ["pink", "badge", "metal"]]
@@ -100,7 +100,7 @@ def test_prompt_maker_ids_are_prefix_plus_suffix(tokenizer):
 
 def test_prompt_modules_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-            "import mmsrarec_edge.recommend.prompt, mmsrarec_edge.recommend.context, mmsrarec_edge.retrieval\n"
+            "import mmsrarec_edge.core.prompt, mmsrarec_edge.core.context, mmsrarec_edge.core.retrieval\n"
             "print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

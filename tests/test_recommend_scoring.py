@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsrarec_edge.recommend.scoring import TorchScorer, yes_probability
+from mmsrarec_edge.core.scores import yes_probability
+from mmsrarec_edge.recommend.scoring import TorchScorer
 from mmsrarec_edge.recommend.tasks import Row, Segment
 from mmsrarec_edge.recommend.train import batch_loss, pack
 
@@ -37,7 +38,7 @@ def test_score_is_p_yes_over_p_yes_plus_p_no():
     assert yes_probability(logits[1], logits[3]) == pytest.approx(p[1] / (p[1] + p[3]), abs=1e-12)
     assert yes_probability(2.0, 0.5) == pytest.approx(math.exp(2.0) / (math.exp(2.0) + math.exp(0.5)), abs=1e-12)
     t = yes_probability(torch.tensor([2.0, -3.0]), torch.tensor([0.5, -3.0]))
-    assert t.dtype == torch.float64 and t[1].item() == 0.5
+    assert t.dtype == np.float64 and t[1] == 0.5
 
 
 def test_score_matches_full_vocabulary_softmax(tiny):

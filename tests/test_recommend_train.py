@@ -10,21 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+from mmsrarec_edge.core.errors import UserError
+from mmsrarec_edge.core.prompt import PromptConfig
+from mmsrarec_edge.core.retrieval import RetrievalConfig
 from mmsrarec_edge.data.protocol import ProtocolConfig, build_protocol, save_protocol
 from mmsrarec_edge.data.synth import SynthConfig, generate
-from mmsrarec_edge.errors import UserError
 from mmsrarec_edge.recommend.pipeline import RecommenderConfig, run
-from mmsrarec_edge.recommend.prompt import PromptConfig
 from mmsrarec_edge.recommend.tasks import TaskConfig
 from mmsrarec_edge.recommend.train import TrainConfig
-from mmsrarec_edge.retrieval import RetrievalConfig
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
+    from mmsrarec_edge.core.keyword_store import ItemKeywords, write_keyword_store
     from mmsrarec_edge.models.sasrec import SASRecConfig
     from mmsrarec_edge.models.sasrec_train import SASRecTrainConfig, train_sasrec
-    from mmsrarec_edge.summarize.store import ItemKeywords, write_keyword_store
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rec")
@@ -102,10 +102,10 @@ def test_refuses_a_protocol_whose_test_users_it_trained_on(trained, parts):
 
 
 def test_training_windows_do_not_leak(parts):
+    from mmsrarec_edge.core.context import ItemText, PromptMaker
+    from mmsrarec_edge.core.retrieval import RetrievalIndex, build_retrieval
     from mmsrarec_edge.models.sasrec import SASRecModel
-    from mmsrarec_edge.recommend.context import ItemText, PromptMaker
     from mmsrarec_edge.recommend.tasks import build_windows
-    from mmsrarec_edge.retrieval import RetrievalIndex, build_retrieval
 
     root, proto = parts
     sas = SASRecModel.load(root / "sasrec")
@@ -160,8 +160,8 @@ def test_cli_ablation_and_evaluate(parts, tmp_path):
 
 
 def test_cross_fitted_rank_hint_comes_from_a_model_that_never_saw_the_user(parts, tmp_path):
+    from mmsrarec_edge.core.context import ItemText, PromptMaker
     from mmsrarec_edge.models.sasrec import SASRecModel
-    from mmsrarec_edge.recommend.context import ItemText, PromptMaker
     from mmsrarec_edge.recommend.crossfit import load_folds, train_folds
     from mmsrarec_edge.recommend.model_dir import sasrec_ranks
     from mmsrarec_edge.recommend.tasks import build_windows

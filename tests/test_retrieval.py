@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from mmsrarec_edge.core.retrieval import RetrievalConfig, RetrievalIndex, build_retrieval, cut_points, exact_neighbours
 from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
-from mmsrarec_edge.retrieval import RetrievalConfig, RetrievalIndex, build_retrieval, cut_points, exact_neighbours
 
 
 @pytest.fixture(scope="module")

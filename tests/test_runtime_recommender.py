@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from runtime_support import copy_bundle, shared_tiny_bundle
 
-from mmsrarec_edge.errors import BundleError, UserError
-from mmsrarec_edge.imaging import load_image, preprocess
+from mmsrarec_edge.core.errors import BundleError, UserError
+from mmsrarec_edge.core.imaging import load_image, preprocess
 from mmsrarec_edge.runtime.recommender import Recommender
 
 
@@ -197,7 +197,7 @@ def test_image_token_in_a_title_never_breaks_requests(bundle, tmp_path):
     and a catalog that has one anyway (an imported dataset) still serves, scoring the title without the token."""
     import dataclasses
 
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.runtime.catalog import add_item
     from mmsrarec_edge.runtime.cold_start import add_summarized_item
     from mmsrarec_edge.runtime.sessions import SessionConfig
@@ -231,7 +231,7 @@ def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
     verifies, and the default first stage always passes it to the LLM."""
     from PIL import Image
 
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.runtime.cold_start import add_summarized_item
     from mmsrarec_edge.runtime.sessions import SessionConfig
     from mmsrarec_edge.runtime.summarizer import load_item_summarizer
@@ -245,7 +245,7 @@ def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
     assert row.title == "Nova lamp" and row.keywords == summary.keywords and row.has_image
     man2 = load_manifest(d, verify=True)
     assert man2.config()["catalog"]["count"] == len(bundle.dataset.items) + 1
-    from mmsrarec_edge.summarize.store import read_keyword_store
+    from mmsrarec_edge.core.keyword_store import read_keyword_store
 
     store = read_keyword_store(d / man2.config()["keywords"]["file"])
     assert store[5000].keywords == summary.keywords and len(store) == man2.config()["keywords"]["items"]
@@ -279,7 +279,7 @@ def test_sasrec_first_stage_matches_pytorch(rec, bundle):
 def test_popularity_first_stage_without_item_embeddings(bundle, tmp_path):
     import json
 
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.runtime.catalog import rewrite_bundle
 
     d = copy_bundle(bundle, tmp_path / "b")

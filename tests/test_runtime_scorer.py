@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from runtime_support import shared_tiny_llava, torch_yes_probability
 
-from mmsrarec_edge.runtime.llm import Decoder, Embedder, ImageEncoder, yes_probability
+from mmsrarec_edge.core.scores import yes_probability
+from mmsrarec_edge.runtime.llm import Decoder, Embedder, ImageEncoder
 from mmsrarec_edge.runtime.scorer import CandidateScorer, expand_kv
 from mmsrarec_edge.runtime.sessions import SessionConfig, open_session
 
@@ -95,6 +96,7 @@ def test_expand_kv_variants_agree():
 
 
 def test_yes_probability_is_stable():
-    p = yes_probability(np.array([[800.0, 0.0], [0.0, 800.0], [1.0, 1.0], [2.0, 0.0]], np.float32))
+    a = np.array([[800.0, 0.0], [0.0, 800.0], [1.0, 1.0], [2.0, 0.0]], np.float32)
+    p = yes_probability(a[:, 0], a[:, 1])
     assert np.all(np.isfinite(p)) and p[0] == 1.0 and p[1] < 1e-300 and p[2] == 0.5
     assert abs(p[3] - 1 / (1 + np.exp(-2.0))) < 1e-12

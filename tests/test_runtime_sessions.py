@@ -3,10 +3,16 @@
 import onnxruntime as ort
 import pytest
 
-from mmsrarec_edge.errors import BundleError, UserError
+from mmsrarec_edge.core.errors import BundleError, UserError
 from mmsrarec_edge.runtime import sessions
-from mmsrarec_edge.runtime.sessions import (SessionConfig, graph_precision_for, open_session, provider_chain,
-                                            resolve_precision, resolve_provider)
+from mmsrarec_edge.runtime.sessions import (
+    SessionConfig,
+    graph_precision_for,
+    open_session,
+    provider_chain,
+    resolve_precision,
+    resolve_provider,
+)
 
 
 def test_default_is_the_fastest_available():

@@ -5,13 +5,13 @@ import pytest
 from PIL import Image
 from runtime_support import shared_tiny_llava
 
-from mmsrarec_edge.imaging import preprocess
+from mmsrarec_edge.core.imaging import preprocess
+from mmsrarec_edge.core.keywords import parse_keywords
+from mmsrarec_edge.core.summary_prompts import PromptSpec, image_prompt_ids, text_prompt_ids
 from mmsrarec_edge.runtime.llm import Decoder, Embedder, ImageEncoder
 from mmsrarec_edge.runtime.sessions import SessionConfig, open_session
 from mmsrarec_edge.runtime.summarizer import ItemSummarizer, greedy_generate
 from mmsrarec_edge.runtime.tokenizer import Codec
-from mmsrarec_edge.summarize.keywords import parse_keywords
-from mmsrarec_edge.summarize.prompts import PromptSpec, image_prompt_ids, text_prompt_ids
 
 TEXT = "A red striped lamp made of cotton, in a modern style; small and light."
 
@@ -94,7 +94,7 @@ def test_summarize_item_from_a_png(tiny, parts, tmp_path):
 
 
 def test_bad_image_is_a_user_error(parts, tiny, tmp_path):
-    from mmsrarec_edge.errors import UserError
+    from mmsrarec_edge.core.errors import UserError
 
     emb, dec, vis, codec = parts
     summ = ItemSummarizer(vis, emb, dec, codec, _spec(tiny.tokenizer), image_size=64, max_new_tokens=2)
@@ -106,7 +106,7 @@ def test_bad_image_is_a_user_error(parts, tiny, tmp_path):
 
 
 def test_prompt_spec_from_bundle_config():
-    from mmsrarec_edge.errors import BundleError
+    from mmsrarec_edge.core.errors import BundleError
     from mmsrarec_edge.runtime.summarizer import prompt_spec_from_config
 
     saved = PromptSpec(eos_id=5, pad_id=0, image_token_id=9, num_image_tokens=4, bos_id=None, max_text_tokens=33)
@@ -121,7 +121,7 @@ def test_prompt_spec_from_bundle_config():
 def test_bundle_summarizer_uses_the_saved_prompt_spec(tiny):
     from runtime_support import shared_tiny_bundle
 
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.runtime.summarizer import load_item_summarizer
 
     summ = load_item_summarizer(load_manifest(shared_tiny_bundle().dir), SessionConfig.resolve("cpu", threads=1))

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from mmsrarec_edge import metrics
+from mmsrarec_edge.core import metrics
 from mmsrarec_edge.models.popularity import Popularity
 from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig, SASRecModel
 from mmsrarec_edge.models.sasrec_train import SASRecTrainConfig, train_sasrec

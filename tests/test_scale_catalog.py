@@ -10,7 +10,7 @@ import sys
 import pytest
 from runtime_support import shared_tiny_bundle
 
-from mmsrarec_edge.summarize.store import read_keyword_store
+from mmsrarec_edge.core.keyword_store import read_keyword_store
 
 CLI = [sys.executable, "-m", "mmsrarec_edge.cli"]
 
@@ -33,7 +33,7 @@ def catalog(tmp_path_factory):
 
 
 def test_single_process_store_equals_the_runtime_summarizer(catalog):
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.runtime.sessions import SessionConfig
     from mmsrarec_edge.runtime.summarizer import load_item_summarizer
 

@@ -43,7 +43,7 @@ def check_content(path: Path) -> None:
     elif name.endswith(".parquet"):
         assert raw[:4] == b"PAR1" and raw[-4:] == b"PAR1", f"{path}: not Parquet"
     elif name.endswith(".safetensors"):
-        from mmsrarec_edge.runtime.bundle import read_safetensors
+        from mmsrarec_edge.core.bundle import read_safetensors
 
         assert read_safetensors(path), f"{path}: no tensors"
         return  # its first 8 bytes are a little-endian header length: pickle's magic can occur by chance

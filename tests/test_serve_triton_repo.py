@@ -117,7 +117,7 @@ def test_every_config_matches_its_onnx_graph(repos):
 
 
 def test_python_model_config_and_bundle_copy(repos):
-    from mmsrarec_edge.runtime.bundle import load_manifest
+    from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.serving import protocol
 
     _, out = repos

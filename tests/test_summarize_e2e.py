@@ -66,8 +66,8 @@ def test_rl_changed_the_weights_and_is_a_plain_llava(trained):
 
 
 def test_summarize_store_and_determinism(trained, synth12, tmp_path):
+    from mmsrarec_edge.core.keyword_store import read_keyword_store, read_store_meta
     from mmsrarec_edge.summarize.pipeline import summarize_dataset
-    from mmsrarec_edge.summarize.store import read_keyword_store, read_store_meta
 
     out, _ = trained
     a = read_keyword_store(summarize_dataset(synth12, out / "rl", tmp_path / "a.parquet"))
@@ -86,8 +86,8 @@ def test_summarize_store_and_determinism(trained, synth12, tmp_path):
 def test_item_without_image_gets_no_image_keywords(trained, synth12, tmp_path):
     import copy
 
+    from mmsrarec_edge.core.keyword_store import read_keyword_store
     from mmsrarec_edge.summarize.pipeline import summarize_dataset
-    from mmsrarec_edge.summarize.store import read_keyword_store
 
     ds = copy.deepcopy(synth12)
     first = min(ds.items)
@@ -127,7 +127,7 @@ def test_cli_with_a_users_own_llama_checkpoint(synth12, tmp_path):
     spec = json.loads((out / "rl" / "summarizer.json").read_text())["prompt_spec"]
     assert spec["num_image_tokens"] == 4  # (32 / 16) ** 2: taken from the checkpoint, not the default
     run("summarize", synth12.root, "--model", out, "--stage", "sft", "--out", tmp_path / "kw.parquet")
-    from mmsrarec_edge.summarize.store import read_keyword_store, read_store_meta
+    from mmsrarec_edge.core.keyword_store import read_keyword_store, read_store_meta
 
     assert len(read_keyword_store(tmp_path / "kw.parquet")) == 12
     assert read_store_meta(tmp_path / "kw.parquet")["stage"] == "sft"

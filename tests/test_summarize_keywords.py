@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmsrarec_edge.summarize.keywords import match_counts, normalize_keyword, parse_keywords, precision_recall
+from mmsrarec_edge.core.keywords import match_counts, normalize_keyword, parse_keywords, precision_recall
 from mmsrarec_edge.summarize.targets import TfidfKeywords, attribute_keywords, has_attributes, text_words
 
 
@@ -118,7 +118,7 @@ def test_attribute_keywords():
 
 
 def test_torch_free_modules_do_not_import_torch():
-    code = ("import sys; import mmsrarec_edge.summarize.prompts, mmsrarec_edge.summarize.keywords, "
-            "mmsrarec_edge.summarize.targets, mmsrarec_edge.summarize.store, mmsrarec_edge.summarize.config; "
+    code = ("import sys; import mmsrarec_edge.core.summary_prompts, mmsrarec_edge.core.keywords, "
+            "mmsrarec_edge.summarize.targets, mmsrarec_edge.core.keyword_store, mmsrarec_edge.summarize.config; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

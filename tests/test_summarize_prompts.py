@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mmsrarec_edge.summarize.keywords import parse_keywords
-from mmsrarec_edge.summarize.prompts import (
+from mmsrarec_edge.core.keywords import parse_keywords
+from mmsrarec_edge.core.summary_prompts import (
     IMAGE_INSTRUCTION,
     IMAGE_TOKEN,
     TEXT_INSTRUCTION,
     TEXT_OPENING,
     PromptSpec,
     completion_until_eos,
-    format_keywords,
     image_prompt_ids,
     prompt_ids,
     suppressed_token_ids,

@@ -8,9 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmsrarec_edge.errors import DataError
-from mmsrarec_edge.summarize import store as store_mod
-from mmsrarec_edge.summarize.store import ItemKeywords, RewardTerms, read_keyword_store, read_store_meta, write_keyword_store
+from mmsrarec_edge.core import keyword_store as store_mod
+from mmsrarec_edge.core.errors import DataError
+from mmsrarec_edge.core.keyword_store import (
+    ItemKeywords,
+    RewardTerms,
+    read_keyword_store,
+    read_store_meta,
+    write_keyword_store,
+)
 
 
 def _rows():

@@ -113,7 +113,7 @@ def matmul_gflops(n: int = 512, repeats: int = 20, dtype=np.float32, threads: in
         try:
             from threadpoolctl import threadpool_limits
         except ImportError as exc:
-            from ..errors import UserError
+            from ..core.errors import UserError
 
             raise UserError("the FLOP floor at a fixed thread count needs threadpoolctl",
                             "pip install 'mmsrarec-edge[bench]'") from exc

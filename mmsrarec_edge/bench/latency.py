@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .harness import host_info, matmul_gflops, measure_interleaved
 
 
@@ -218,7 +218,7 @@ def end_to_end(rec, cfg: BenchConfig, candidates: int = 20) -> dict:
 
 def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, cfg: BenchConfig, progress=None) -> dict:
     """Runtime (fp32, int8) vs PyTorch on the first `agreement_cases` test cases: same candidates, same prompts."""
-    from .. import metrics
+    from ..core import metrics
     from ..data.protocol import load_protocol
     from ..recommend.scoring import load_scorer
     from ..runtime.recommender import Recommender
@@ -244,7 +244,7 @@ def ranking_agreement(bundle: Path, recommender_dir: Path, protocol_dir: Path, c
 
 def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protocol_dir: Path | None = None,
         cfg: BenchConfig | None = None, log=print) -> dict:
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     cfg = cfg or BenchConfig()
     out_dir = Path(out_dir)

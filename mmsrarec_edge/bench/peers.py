@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.scores import yes_probability
 
 
 def extract_text_lm(llava):
@@ -54,6 +55,5 @@ class OptimumPerCandidate:
             for c, suf in enumerate(suffixes):
                 ids = torch.tensor([prefix_ids + suf])
                 logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
-                d = float(logits[self.yes_id] - logits[self.no_id])
-                out[c] = 1.0 / (1.0 + np.exp(-d))
+                out[c] = yes_probability(float(logits[self.yes_id]), float(logits[self.no_id]))
         return out

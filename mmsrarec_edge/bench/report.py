@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import ensure_writable_dir, save_figure, write_json, write_text
+from ..core.io_utils import ensure_writable_dir, save_figure, write_json, write_text
 from .latency import OURS
 
 

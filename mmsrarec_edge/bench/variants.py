@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics
-from ..io_utils import save_figure
+from ..core import metrics
+from ..core.io_utils import save_figure
 
 REPORTED = ("HR@1", "HR@5", "HR@10", "NDCG@5", "AUC")
 
@@ -66,9 +66,9 @@ def runtime_scores(rec, cases, progress=None) -> np.ndarray:
 def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir: Path, split: str = "test",
                    max_cases: int = 0, threads: int = 1, progress=None) -> dict:
     """{"reference": PyTorch metrics, "rows": one per (bundle, variant)}; `progress(n)` counts scored cases."""
+    from ..core.bundle import load_manifest
     from ..data.protocol import load_protocol
     from ..recommend.scoring import load_scorer
-    from ..runtime.bundle import load_manifest
     from ..runtime.recommender import Recommender
 
     p = load_protocol(protocol_dir)
@@ -131,7 +131,7 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
 
 
 def write(rep: dict, out_dir: Path, title: str | None = None) -> None:
-    from ..io_utils import write_json, write_text
+    from ..core.io_utils import write_json, write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

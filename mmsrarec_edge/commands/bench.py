@@ -20,8 +20,9 @@ def bench(
     agreement_cases: int = typer.Option(200, help="Test cases for the ranking agreement."),
 ):
     """Benchmark one recommendation's latency per stage and against peers, in one run."""
-    from ..bench import latency, report as rep
-    from ..errors import UserError
+    from ..bench import latency
+    from ..bench import report as rep
+    from ..core.errors import UserError
 
     def ints(s: str, what: str) -> tuple[int, ...]:
         try:

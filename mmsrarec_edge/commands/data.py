@@ -16,9 +16,9 @@ def synth(
     users: int = typer.Option(1000, help="Number of users."),
 ):
     """Generate the synthetic multimodal catalog (the embedded default)."""
+    from ..core.io_utils import atomic_dir
+    from ..core.progress import progress_bar
     from ..data.synth import SynthConfig, generate
-    from ..io_utils import atomic_dir
-    from ..progress import progress_bar
 
     cfg = SynthConfig(seed=seed, n_items=items, n_users=users)
     with atomic_dir(out, marker="dataset.json") as tmp, progress_bar("drawing items", min(items, 384)) as adv:
@@ -43,8 +43,8 @@ def import_(
     min_rating: float = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
 ):
     """Import MovieLens-100K, ml100k_mm, RecBole atomic files or Amazon Reviews 2023 JSONL."""
+    from ..core.progress import progress_bar
     from ..data.importers import import_dataset
-    from ..progress import progress_bar
 
     ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar)
     typer.echo(json.dumps(ds.stats()))

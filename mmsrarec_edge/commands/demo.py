@@ -29,8 +29,8 @@ def demo(
     profile: Path = typer.Option(PROFILE, help="Export profile."),
 ):
     """Run the end-to-end demo on the synthetic catalog (the embedded default)."""
-    from ..errors import UserError
-    from ..io_utils import ensure_writable_dir, write_json
+    from ..core.errors import UserError
+    from ..core.io_utils import ensure_writable_dir, write_json
 
     ensure_writable_dir(out)
     if not Path(profile).is_file():

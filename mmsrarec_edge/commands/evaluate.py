@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 
-
 def evaluate(
     protocol_dir: Path = typer.Argument(..., help="Protocol directory (from `data protocol`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report directory to write."),
@@ -22,10 +21,10 @@ def evaluate(
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
 ):
     """Evaluate models under the paper's protocol (HR@K, NDCG@K, AUC with 95% CIs)."""
+    from ..core.errors import UserError
+    from ..core.progress import progress_bar
     from ..data.protocol import load_protocol
-    from ..errors import UserError
     from ..evaluate import run_evaluation, write_report
-    from ..progress import progress_bar
 
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got {split!r}")

@@ -19,8 +19,8 @@ def export(
     threads: int = typer.Option(2, help="Torch/ONNX Runtime threads used by export and parity checks."),
 ):
     """Export ONNX graphs + precision variants, gate each against PyTorch, and write one verified bundle."""
-    from ..io_utils import check_replaceable, ensure_writable_dir
-    from ..runtime.bundle import MANIFEST
+    from ..core.bundle import MANIFEST
+    from ..core.io_utils import check_replaceable, ensure_writable_dir
 
     if threads < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--threads")
@@ -29,10 +29,10 @@ def export(
 
     import torch
 
+    from ..core.progress import progress_bar
     from ..exporter.bundle import export_bundle, parity_summary
     from ..exporter.inputs import load_inputs
     from ..exporter.profile import load_profile
-    from ..progress import progress_bar
 
     torch.set_num_threads(threads)
     prof = load_profile(profile)
@@ -54,8 +54,8 @@ def build_engine(
     graph: Optional[list[str]] = typer.Option(None, "--graph", help="Only these graphs (repeatable)."),
 ):
     """Build TensorRT engines for a bundle's graphs into BUNDLE/engines/ (needs TensorRT on this machine)."""
+    from ..core.progress import progress_bar
     from ..exporter.tensorrt import build_bundle_engines
-    from ..progress import progress_bar
 
     with progress_bar("building TensorRT engines", len(graph) if graph else None) as advance:
         engines = build_bundle_engines(bundle, fp16, workspace, graph or None, progress=advance)

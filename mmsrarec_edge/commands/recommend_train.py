@@ -46,12 +46,12 @@ def recommender(
     seed: int = typer.Option(0),
 ):
     """Train the MMSRARec recommender: SASRec + hnswlib retrieval -> prompt -> multi-task yes/no SFT (PyTorch)."""
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
+    from ..core.prompt import PromptConfig
+    from ..core.retrieval import RetrievalConfig
     from ..recommend.pipeline import RecommenderConfig, run
-    from ..recommend.prompt import PromptConfig
     from ..recommend.tasks import TaskConfig
     from ..recommend.train import TrainConfig
-    from ..retrieval import RetrievalConfig
 
     cfg = RecommenderConfig(
         retrieval_enabled=retrieval, items_per_neighbour=items_per_neighbour, init="" if init == "scratch" else init,

@@ -28,7 +28,7 @@ def _warn(messages) -> None:
 
 
 def _parse_ids(text: str, what: str) -> list[int]:
-    from ..errors import UserError
+    from ..core.errors import UserError
 
     parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
     try:
@@ -39,7 +39,7 @@ def _parse_ids(text: str, what: str) -> list[int]:
 
 def parse_candidates(text: str | None):
     """--candidates: None/"" (first stage + LLM rescoring), "all", "sampled:N", or "ID,ID,...". """
-    from ..errors import UserError
+    from ..core.errors import UserError
 
     if text is None or not text.strip():
         return None
@@ -72,7 +72,7 @@ def recommend(
     verify: bool = typer.Option(True, "--verify/--no-verify", help=VERIFY_HELP),
 ):
     """Recommend items for a known user or an ad-hoc history, with scores and explanation keywords."""
-    from ..errors import UserError
+    from ..core.errors import UserError
     from ..runtime.recommender import Recommender
 
     if (user is None) == (history is None):
@@ -111,8 +111,8 @@ def summarize_item(
     threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
 ):
     """Summarize a new (cold-start) item into image and text keywords with the bundle's summarizer."""
-    from ..errors import UserError
-    from ..runtime.bundle import load_manifest
+    from ..core.bundle import load_manifest
+    from ..core.errors import UserError
     from ..runtime.sessions import SessionConfig
     from ..runtime.summarizer import load_item_summarizer
     from ..runtime.tokenizer import require_utf8

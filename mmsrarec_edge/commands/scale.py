@@ -24,7 +24,7 @@ def summarize_catalog(
     as_json: bool = typer.Option(False, "--json", help="Print the run's figures as JSON."),
 ):
     """Summarize every item of a table into image/text keywords (a keyword store), resumable, optionally on Ray."""
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
     from ..scale.catalog_summarize import CatalogJob, read_item_rows, run_local
 
     job = CatalogJob(bundle=bundle, items=items, out=out, part_size=part_size, threads=threads, precision=precision)

@@ -24,7 +24,8 @@ def serve(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Hash-check the bundle before serving."),
 ):
     """Serve `recommend` on NVIDIA Triton (PyTriton): HTTP and gRPC, dynamic batching, until Ctrl-C/SIGTERM."""
-    from ..serving.pytriton_server import ServeConfig, serve as run
+    from ..serving.pytriton_server import ServeConfig
+    from ..serving.pytriton_server import serve as run
 
     cfg = ServeConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
                       max_batch_size=max_batch, max_queue_delay_us=queue_delay_us, instances=instances,

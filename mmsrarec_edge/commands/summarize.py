@@ -23,7 +23,7 @@ def _quiet_openmp() -> None:
 
 
 def _load_config(path: Path | None, overrides: dict):
-    from ..errors import UserError
+    from ..core.errors import UserError
     from ..summarize.config import SummarizerConfig
 
     base: dict = {}
@@ -95,9 +95,9 @@ def summarize(
 ):
     """Summarize every item's image and text into keywords (greedy, deterministic) and write the keyword store."""
     _quiet_openmp()
+    from ..core.keyword_store import read_keyword_store
     from ..data.schema import load_dataset
     from ..summarize.pipeline import resolve_model_dir, summarize_dataset
-    from ..summarize.store import read_keyword_store
 
     model_dir = resolve_model_dir(model, stage.value)
     ds = load_dataset(dataset)

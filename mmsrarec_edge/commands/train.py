@@ -41,16 +41,16 @@ def sasrec(
     seed: int = typer.Option(0),
 ):
     """Train SASRec on the training users (PyTorch), early-stopped on validation."""
+    from ..core.io_utils import atomic_dir, check_replaceable, ensure_writable_dir, write_json
     from ..data.protocol import load_protocol
-    from ..io_utils import atomic_dir, check_replaceable, ensure_writable_dir, write_json
 
     p = load_protocol(protocol_dir)
     check_replaceable(out, "model.safetensors")  # before training, not after
     ensure_writable_dir(out.parent)
 
+    from ..core.progress import progress_bar
     from ..models.sasrec import SASRecConfig  # torch: only once the inputs are known to be good
     from ..models.sasrec_train import SASRecTrainConfig, train_sasrec
-    from ..progress import progress_bar
 
     cfg = SASRecConfig(hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout, seed=seed)
     tcfg = SASRecTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)

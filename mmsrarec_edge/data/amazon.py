@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import UserError
-from .importers import (ID_MAP_FILE, ID_MAP_SCHEMA, RawImport, SourceLineError, add_item, find_images, iter_lines)
+from ..core.errors import UserError
+from .importers import ID_MAP_FILE, ID_MAP_SCHEMA, RawImport, SourceLineError, add_item, find_images, iter_lines
 from .schema import Item
 
 _SUFFIXES = (".jsonl", ".jsonl.gz")

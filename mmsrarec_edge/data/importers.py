@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, UserError
-from ..io_utils import atomic_dir
+from ..core.errors import DataError, UserError
+from ..core.io_utils import atomic_dir
 from .schema import Dataset, Item, load_dataset, save_dataset
 
 FORMATS = ("ml100k", "ml100k_mm", "recbole", "amazon")

@@ -20,9 +20,18 @@ import io
 import re
 from pathlib import Path
 
-from ..errors import UserError
-from .importers import (RawImport, SourceLineError, add_item, find_images, iter_lines, parse_float, parse_int,
-                        read_text, require_file)
+from ..core.errors import UserError
+from .importers import (
+    RawImport,
+    SourceLineError,
+    add_item,
+    find_images,
+    iter_lines,
+    parse_float,
+    parse_int,
+    read_text,
+    require_file,
+)
 from .schema import Item
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",

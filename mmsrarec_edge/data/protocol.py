@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
-from ..io_utils import atomic_dir
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir
 from .schema import Dataset
 
 PROTOCOL_VERSION = 1

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError
-from ..io_utils import atomic_path, ensure_writable_dir, write_json
+from ..core.errors import DataError
+from ..core.io_utils import atomic_path, ensure_writable_dir, write_json
 
 FORMAT = "mmsrarec-dataset"
 FORMAT_VERSION = 1

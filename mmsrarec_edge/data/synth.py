@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .schema import Dataset, Item, save_dataset
 
 CATEGORIES = {  # category -> silhouette

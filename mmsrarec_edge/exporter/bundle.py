@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import UserError
-from ..io_utils import atomic_dir, sha256_file, write_json
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file, write_safetensors
+from ..core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file, write_safetensors
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir, sha256_file, write_json
 from . import catalog as catalog_mod
 from .graphs import decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec, vision_spec
 from .parity import check, gate
@@ -193,7 +193,7 @@ def _special_ids(tok) -> dict:
 
 
 def write_config(inputs: ExportInputs, profile: ExportProfile, root: Path, graphs: dict) -> dict:
-    from ..imaging import CLIP_MEAN, CLIP_STD
+    from ..core.imaging import CLIP_MEAN, CLIP_STD
 
     cfg: dict = {"format_version": FORMAT_VERSION, "limits": profile.to_dict()["limits"],
                  "image_preprocess": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
-from ..runtime.bundle import allowed_file, write_safetensors
+from ..core.bundle import allowed_file, write_safetensors
+from ..core.errors import UserError
 
 # Above this, caching per-item image features would bloat the bundle (a 7B LLaVA: 576 x 4096 floats per item); the
 # runtime then runs recommender.vision per candidate instead.
@@ -23,7 +23,7 @@ MAX_FEATURE_BYTES = 1 << 30
 
 
 def copy_keyword_store(src: Path, dst: Path) -> dict:
-    from ..summarize.store import read_keyword_store, read_store_meta
+    from ..core.keyword_store import read_keyword_store, read_store_meta
 
     src = Path(src)
     if not src.is_file():
@@ -58,7 +58,7 @@ def copy_retrieval(src: Path, dst: Path) -> dict:
 def _item_keywords(keywords_path: Path | None) -> dict:
     if keywords_path is None:
         return {}
-    from ..summarize.store import read_keyword_store
+    from ..core.keyword_store import read_keyword_store
 
     return read_keyword_store(keywords_path)
 
@@ -95,7 +95,7 @@ def candidate_token_ids(inputs, ids, kws) -> list[list[int]] | None:
     if inputs.recommender is None:
         return None
     try:
-        from ..recommend.prompt import candidate_ids
+        from ..core.prompt import candidate_ids
     except ImportError:
         return None
     tok = inputs.recommender.tokenizer
@@ -103,12 +103,14 @@ def candidate_token_ids(inputs, ids, kws) -> list[list[int]] | None:
     def encode(s: str) -> list[int]:
         return tok.encode(s, add_special_tokens=False)
 
-    out = [candidate_ids(encode, inputs.dataset.items[i], kws.get(i), inputs.recommender.meta) for i in ids]
+    items = inputs.dataset.items
+    out = [candidate_ids(encode, items[i].title, kws[i].keywords if i in kws else [], bool(items[i].image),
+                         inputs.recommender.meta) for i in ids]
     return None if any(o is None for o in out) else [list(map(int, o)) for o in out]
 
 
 def _write_image_features(inputs, ids, out_dir: Path) -> dict:
-    from ..imaging import load_image, preprocess
+    from ..core.imaging import load_image, preprocess
     from ..models.mllm import image_size, num_image_tokens
     from .bundle import image_features_array
 

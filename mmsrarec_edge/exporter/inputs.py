@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .bundle import ExportInputs, MLLMInput
 
 
 def _weights_sha(sasrec_dir: Path) -> str | None:
-    from ..io_utils import sha256_file
+    from ..core.io_utils import sha256_file
 
     f = sasrec_dir / "model.safetensors"
     return sha256_file(f) if f.is_file() else None
@@ -119,7 +119,7 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
 
 def real_parity_inputs(inp: ExportInputs, n: int = 8, seed: int = 0) -> dict:
     """A few real inputs per graph from the dataset: images, item texts as prompts, user histories."""
-    from ..imaging import load_image, preprocess
+    from ..core.imaging import load_image, preprocess
     from ..models.mllm import image_size
 
     ds, rng, out = inp.dataset, np.random.default_rng(seed), {}
@@ -153,7 +153,7 @@ def _summarizer_prompts(m: MLLMInput, ds, pick) -> list[list[int]] | None:
     """The summarizer's real prompts (image and text task) when its checkpoint carries a prompt spec."""
     if not isinstance(m.meta.get("prompt_spec"), dict):
         return None
-    from ..summarize.prompts import PromptSpec, image_prompt_ids, text_prompt_ids
+    from ..core.summary_prompts import PromptSpec, image_prompt_ids, text_prompt_ids
 
     spec = PromptSpec.from_dict(m.meta["prompt_spec"])
     enc = lambda s: m.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
@@ -168,7 +168,7 @@ def _recommender_prompts(inp: ExportInputs, pick) -> list | None:
     if not isinstance(m.meta.get("prompt"), dict):
         return None
     try:
-        from ..recommend import prompt as rp
+        from ..core import prompt as rp
     except ImportError:
         return None
     from ..models.mllm import num_image_tokens
@@ -176,7 +176,7 @@ def _recommender_prompts(inp: ExportInputs, pick) -> list | None:
     cfg = rp.PromptConfig.from_dict(m.meta["prompt"])
     kws = {}
     if inp.keywords is not None:
-        from ..summarize.store import read_keyword_store
+        from ..core.keyword_store import read_keyword_store
 
         kws = read_keyword_store(inp.keywords)
     ds = inp.dataset

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.scores import yes_probability
 from .variants import ExportError
 
 DEFAULT_TOLERANCES = {
@@ -97,7 +98,7 @@ def session(path: Path, precision: str = "fp32", threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        from ..errors import UserError
+        from ..core.errors import UserError
 
         raise UserError("export needs onnxruntime for its parity gates", "pip install 'mmsrarec-edge[cpu]' (or [gpu])") \
             from exc
@@ -334,8 +335,7 @@ def check_decoder_scorer(llava, sess, rng, cases: int, yes_no_ids: tuple[int, in
 
 
 def _score(yes_no: np.ndarray) -> np.ndarray:
-    d = yes_no[..., 0].astype(np.float64) - yes_no[..., 1]
-    return 1.0 / (1.0 + np.exp(-d))
+    return yes_probability(yes_no[..., 0], yes_no[..., 1])
 
 
 @torch.no_grad()

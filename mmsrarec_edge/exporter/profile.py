@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 FP32_LAYER_TYPES = ["NORMALIZATION", "SOFTMAX", "REDUCE"]
 
@@ -111,7 +111,7 @@ def build_engine(onnx_path: Path, profiles: list[dict], out_path: Path, fp16: bo
                  fp32_nodes: list[str] | None = None, optimization_level: int = 3) -> dict:
     """Parse an ONNX graph, add its optimization profiles and precision constraints, write a serialized engine."""
     trt = _tensorrt()
-    from ..io_utils import atomic_path
+    from ..core.io_utils import atomic_path
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -163,8 +163,8 @@ def build_engine(onnx_path: Path, profiles: list[dict], out_path: Path, fp16: bo
 def build_bundle_engines(bundle_dir: Path, fp16: bool | None = None, workspace_mb: int | None = None,
                          graphs: list[str] | None = None, progress=None) -> dict:
     """Build an engine per graph of a verified bundle into BUNDLE/engines/ and record them in its manifest."""
-    from ..io_utils import sha256_file, write_json
-    from ..runtime.bundle import MANIFEST, load_manifest
+    from ..core.bundle import MANIFEST, load_manifest
+    from ..core.io_utils import sha256_file, write_json
 
     _tensorrt()  # fail before verifying a large bundle
     man = load_manifest(bundle_dir, verify=True)

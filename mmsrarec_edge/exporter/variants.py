@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # ONNX ops kept in fp32 in fp16 graphs (and the TensorRT precision constraints mirror them).
 FP32_OPS = ["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "Softmax", "ReduceMean",

@@ -23,9 +23,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.prompt import IMAGE_TOKEN
 
-IMAGE_TOKEN = "<image>"
 SUPPORTED_TEXT = {"qwen2", "llama"}
 SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
 

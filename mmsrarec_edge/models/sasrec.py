@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass

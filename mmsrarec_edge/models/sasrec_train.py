@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import metrics
+from ..core import metrics
 from ..data.protocol import Protocol
 from .sasrec import SASRec, SASRecConfig, SASRecModel
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..io_utils import atomic_dir
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir
 
 
 def train_folds(protocol, sasrec, out: Path, k: int = 2, seed: int = 0, progress=None, max_epochs: int = 200,

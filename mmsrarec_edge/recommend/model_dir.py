@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
-from . import prompt as P
-from .context import ItemText, PromptMaker, SASRecRanks
+from ..core import prompt as P
+from ..core.context import ItemText, PromptMaker, SASRecRanks
+from ..core.errors import UserError
 
 META = "recommender.json"
 FORMAT = "mmsrarec-recommender"
@@ -54,9 +54,9 @@ class RecommenderDir:
 
     @classmethod
     def load(cls, path: Path) -> "RecommenderDir":
+        from ..core.retrieval import RetrievalIndex
         from ..models.mllm import load_mllm
         from ..models.sasrec import SASRecModel
-        from ..retrieval import RetrievalIndex
 
         path = Path(path)
         if not (path / META).is_file():
@@ -111,7 +111,7 @@ class RecommenderDir:
 
 
 def load_item_pixels(dataset_dir, images: dict[int, str], model) -> dict[int, np.ndarray]:
-    from ..imaging import load_image, preprocess
+    from ..core.imaging import load_image, preprocess
     from ..models.mllm import image_size
 
     root, size = Path(dataset_dir), image_size(model)

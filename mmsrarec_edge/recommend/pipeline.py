@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..io_utils import atomic_dir, sha256_file
-from ..retrieval import RetrievalConfig, RetrievalIndex, build_retrieval
-from . import prompt as P
-from .context import PromptMaker, item_texts
+from ..core import prompt as P
+from ..core.context import PromptMaker, item_texts
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir, sha256_file
+from ..core.retrieval import RetrievalConfig, RetrievalIndex, build_retrieval
 from .model_dir import FORMAT, META, VERSION, load_item_pixels, sasrec_ranks, score_cases, write_items
 from .tasks import TaskConfig, build_windows, epoch_rows
 from .train import TrainConfig, train_recommender, validation_metrics
@@ -89,11 +89,11 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
     """Train and write the recommender directory. Returns recommender.json's content."""
     import torch
 
+    from ..core.keyword_store import read_keyword_store
     from ..data.protocol import load_protocol
     from ..data.schema import load_dataset
     from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, load_mllm, num_image_tokens, save_mllm
     from ..models.sasrec import SASRecModel
-    from ..summarize.store import read_keyword_store
     from .scoring import TorchScorer
 
     prog = progress_factory or (lambda label, total: _NullProgress())

@@ -20,13 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
-def yes_probability(l_yes, l_no):
-    """p(yes) / (p(yes) + p(no)) from the two logits (numpy or torch; broadcasts)."""
-    if isinstance(l_yes, torch.Tensor):
-        return torch.sigmoid(l_yes.double() - l_no.double())
-    d = np.asarray(l_yes, np.float64) - np.asarray(l_no, np.float64)
-    return 1.0 / (1.0 + np.exp(-d))
+from ..core.scores import yes_probability
 
 
 def _legacy(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,7 +48,7 @@ class TorchScorer:
         out = hidden @ w.T
         if getattr(self.model.lm_head, "bias", None) is not None:
             out = out + self.model.lm_head.bias[[self.yes_id, self.no_id]]
-        return yes_probability(out[..., 0], out[..., 1])
+        return yes_probability(out[..., 0].double(), out[..., 1].double())
 
     @staticmethod
     def _pixels(pixels: Sequence[np.ndarray | None] | None):
@@ -103,7 +97,7 @@ class TorchScorer:
             h = self.model.model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos,
                                  past_key_values=expand_cache(layers, C), use_cache=True).last_hidden_state
             last = torch.tensor([len(s) - 1 for s in chunk])
-            out[start:start + C] = self._yes_no(h[torch.arange(C), last]).numpy()
+            out[start:start + C] = self._yes_no(h[torch.arange(C), last])
         return out
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import prompt as P
-from .context import PromptMaker
+from ..core import prompt as P
+from ..core.context import PromptMaker
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import metrics
+from ..core import metrics
 from .tasks import Row
 
 

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import BundleError, UserError
-from ..io_utils import atomic_dir, link_or_copy, sha256_file
-from .bundle import MANIFEST, Manifest, load_manifest, read_safetensors, write_safetensors
+from ..core.bundle import MANIFEST, Manifest, load_manifest, read_safetensors, write_safetensors
+from ..core.errors import BundleError, UserError
+from ..core.io_utils import atomic_dir, link_or_copy, sha256_file
 
 ITEMS = "catalog/items.parquet"
 
@@ -133,7 +133,7 @@ def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | N
     kw_section = config.get("keywords")
     if kw_section and kw_section.get("file") in manifest.files:
         # The bundle's copy of the keyword store gets the item too, so catalog and store keep telling the same story.
-        from ..summarize.store import ItemKeywords, read_keyword_store, read_store_meta, write_keyword_store
+        from ..core.keyword_store import ItemKeywords, read_keyword_store, read_store_meta, write_keyword_store
 
         store_path = manifest.path(kw_section["file"])
         rows = read_keyword_store(store_path)

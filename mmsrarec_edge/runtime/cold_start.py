@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.schema import Item
-from ..errors import BundleError, UserError
-from ..imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
+from ..core.errors import BundleError, UserError
+from ..core.imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
 from .catalog import CatalogItem, add_item
 from .sessions import SessionConfig, open_bundle_graph
 from .summarizer import ItemSummary
@@ -45,19 +44,17 @@ def recommender_image_features(manifest, cfg: SessionConfig, image) -> np.ndarra
     return ImageEncoder(open_bundle_graph(manifest, "recommender.vision", cfg))(px[None])[0]
 
 
-def candidate_token_ids(manifest, item: Item, summary: ItemSummary) -> list[int] | None:
-    """The candidate part's token ids by the recommender's prompt builder, as the exporter computes them."""
-    from ..recommend import prompt as rp
+def candidate_token_ids(manifest, title: str, has_image: bool, summary: ItemSummary) -> list[int] | None:
+    """The candidate part's token ids by the recommender's prompt builder, as the exporter caches them; None when the
+    suffix depends on the request (a rank-hint recommender builds it per request, as for every catalog item)."""
+    from ..core import prompt as rp
 
     conf = manifest.config().get("recommender")
     if conf is None:
         return None
-    from ..summarize.store import ItemKeywords
-
     codec = Codec(manifest.path(conf.get("tokenizer", "tokenizer.json")))
-    kws = ItemKeywords(item.item_id, list(summary.image_keywords), list(summary.text_keywords),
-                       bool(summary.image_keywords))
-    return [int(t) for t in rp.candidate_ids(codec.encode, item, kws, conf)]
+    ids = rp.candidate_ids(codec.encode, title, summary.keywords, has_image, conf)
+    return None if ids is None else [int(t) for t in ids]
 
 
 def add_summarized_item(manifest, cfg: SessionConfig, item_id: int, title: str | None, text: str,
@@ -67,15 +64,14 @@ def add_summarized_item(manifest, cfg: SessionConfig, item_id: int, title: str |
         raise UserError(f"item id must be >= 0, got {item_id}")
     text = " ".join((text or "").split())
     title = (title or "").strip() or default_title(text) or f"item {item_id}"
-    from ..recommend.prompt import IMAGE_TOKEN
+    from ..core.prompt import IMAGE_TOKEN
 
     if IMAGE_TOKEN in title:  # it would become an image slot of the recommender's prompt
         raise UserError(f"the item title {title!r} contains {IMAGE_TOKEN}, a token reserved for images",
                         "pass a --title without it")
-    description = text[len(title):].lstrip(" .") if text.startswith(title) else text
-    item = Item(int(item_id), title, description, str(image) if image is not None else None)
     features = recommender_image_features(manifest, cfg, image)
     row = CatalogItem(int(item_id), title, list(summary.text_keywords), list(summary.image_keywords),
-                      summary.keywords, image is not None, candidate_token_ids(manifest, item, summary))
+                      summary.keywords, image is not None,
+                      candidate_token_ids(manifest, title, image is not None, summary))
     add_item(manifest.root, row, features)
     return row

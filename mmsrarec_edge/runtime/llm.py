@@ -190,14 +190,3 @@ class SuffixScorer:
         out = self.sess.run(names, feeds)
         present = {"past_key_values." + n[len("present."):]: v for n, v in zip(names[1:], out[1:])}
         return out[0].astype(np.float32, copy=False), present
-
-
-def yes_probability(yes_no: np.ndarray) -> np.ndarray:
-    """[..., 2] (l_yes, l_no) -> p(yes) / (p(yes) + p(no)) = sigmoid(l_yes - l_no), float64, overflow-safe."""
-    d = yes_no[..., 0].astype(np.float64) - yes_no[..., 1].astype(np.float64)
-    out = np.empty_like(d)
-    pos = d >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-d[pos]))
-    e = np.exp(d[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out

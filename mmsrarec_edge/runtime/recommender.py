@@ -42,11 +42,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BundleError, UserError
-from ..recommend import prompt as rp
-from ..recommend.context import PromptMaker, SASRecRanks, item_texts
-from ..retrieval import RetrievalIndex
-from .bundle import load_manifest, read_safetensors
+from ..core import prompt as rp
+from ..core.bundle import load_manifest, read_safetensors
+from ..core.candidates import ALL, IDS, SAMPLED, CandidateSpec
+from ..core.context import PromptMaker, SASRecRanks, item_texts
+from ..core.errors import BundleError, UserError
+from ..core.retrieval import RetrievalIndex
 from .catalog import Catalog
 from .llm import Decoder, Embedder, SuffixScorer
 from .scorer import CandidateScorer
@@ -245,32 +246,20 @@ class Recommender:
         """(candidate ids, first-stage scores or None, mode)."""
         seen = set(hist)
         pool = [int(i) for i in self.catalog.ids if int(i) not in seen]
-        if isinstance(candidates, str):
-            mode = candidates.strip().lower()
-            if mode == "all":
-                return pool, None, "all"
-            if mode.startswith("sampled:"):
-                try:
-                    n = int(mode.split(":", 1)[1])
-                except ValueError as exc:
-                    raise UserError(f"candidates {candidates!r}: sampled:N needs an integer N") from exc
-                if not 1 <= n <= len(pool):
-                    raise UserError(f"sampled:{n} asks for {n} candidates; {len(pool)} items are not in the history",
-                                    f"choose 1 <= N <= {len(pool)}")
-                pick = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
-                return [pool[k] for k in sorted(pick)], None, f"sampled:{n}"
-            raise UserError(f"unknown candidate mode {candidates!r}", "use a list of item ids, sampled:N or all")
-        if candidates is not None:
-            ids = [int(i) for i in candidates]
-            if not ids:
-                raise UserError("the candidate list is empty")
-            unknown = [i for i in ids if i not in self.catalog]
+        spec = CandidateSpec.parse(candidates)
+        if spec.kind == ALL:
+            return pool, None, "all"
+        if spec.kind == SAMPLED:
+            if spec.n > len(pool):
+                raise UserError(f"sampled:{spec.n} asks for {spec.n} candidates; {len(pool)} items are not in the "
+                                "history", f"choose 1 <= N <= {len(pool)}")
+            pick = np.random.default_rng(seed).choice(len(pool), size=spec.n, replace=False)
+            return [pool[k] for k in sorted(pick)], None, spec.mode
+        if spec.kind == IDS:
+            unknown = [i for i in spec.ids if i not in self.catalog]
             if unknown:
                 raise UserError(f"unknown candidate item id {unknown[0]} (not in the bundle's catalog)")
-            dup = sorted({i for i in ids if ids.count(i) > 1})
-            if dup:
-                raise UserError(f"duplicate candidate item id {dup[0]}")
-            return ids, None, "list"
+            return list(spec.ids), None, "list"
         n = self.n_rescore if n_rescore is None else int(n_rescore)
         if n < 1:
             raise UserError(f"n_rescore must be >= 1, got {n}")

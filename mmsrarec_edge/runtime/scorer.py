@@ -36,7 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .llm import Decoder, Embedder, SuffixScorer, yes_probability
+from ..core.scores import yes_probability
+from .llm import Decoder, Embedder, SuffixScorer
 
 EXPANSIONS = ("view", "contiguous", "repeat")
 
@@ -131,7 +132,7 @@ class CandidateScorer:
             with tm("candidates"):
                 yes_no, _ = self.decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
                                              logits_index=index, want_present=False)
-            out[start:start + C] = yes_probability(yes_no[:, 0])
+            out[start:start + C] = yes_probability(yes_no[:, 0, 0], yes_no[:, 0, 1])
         return out
 
     def score(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
@@ -171,7 +172,7 @@ class CandidateScorer:
             more = start + self.max_batch < len(suffixes)
             with tm("prefill+candidates"):
                 yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
-            out[start:start + len(chunk)] = yes_probability(yes_no[:, 0])
+            out[start:start + len(chunk)] = yes_probability(yes_no[:, 0, 0], yes_no[:, 0, 1])
             if more and past is None:
                 pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in present.items()}
         return out
@@ -187,5 +188,5 @@ class CandidateScorer:
             embeds, mask = self.embedder.embed_rows([row], self.pad_id, left=False, features=[feats])
             yes_no, _ = self.decoder.run(embeds, mask, np.arange(len(row), dtype=np.int64)[None], None,
                                          logits_index=np.array([[len(row) - 1]], np.int64), want_present=False)
-            out[c] = yes_probability(yes_no[0, 0])
+            out[c] = yes_probability(yes_no[0, 0, 0], yes_no[0, 0, 1])
         return out

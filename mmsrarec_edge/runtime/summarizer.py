@@ -19,11 +19,16 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, UserError
-from ..imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
-from ..summarize.keywords import parse_keywords
-from ..summarize.prompts import (PromptSpec, completion_until_eos, image_prompt_ids, suppressed_token_ids,
-                                 text_prompt_ids)
+from ..core.errors import BundleError, UserError
+from ..core.imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
+from ..core.keywords import parse_keywords
+from ..core.summary_prompts import (
+    PromptSpec,
+    completion_until_eos,
+    image_prompt_ids,
+    suppressed_token_ids,
+    text_prompt_ids,
+)
 from .llm import Decoder, Embedder, ImageEncoder
 from .sessions import SessionConfig, open_bundle_graph
 from .tokenizer import Codec

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .bundle import Manifest, load_manifest
+from ..core.bundle import Manifest, load_manifest
 
 
 def provider_shape_strings(profiles: list[dict]) -> dict[str, str]:
@@ -38,7 +38,7 @@ def tensorrt_provider_options(bundle: Path | Manifest, graph: str, cache_dir: Pa
     if profile is not None:
         profiles = [p for p in profiles if p["name"] == profile]
         if not profiles:
-            from ..errors import BundleError
+            from ..core.errors import BundleError
 
             names = ", ".join(p["name"] for p in man.tensorrt_profiles(graph))
             raise BundleError(f"graph {graph} has no TensorRT profile {profile!r}", f"it has: {names}")

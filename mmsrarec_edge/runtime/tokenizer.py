@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import BundleError, UserError
+from ..core.errors import BundleError, UserError
 
 
 class Codec:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..errors import DataError, UserError
-from ..io_utils import ensure_writable_dir, sha256_file, write_json
-from ..summarize.store import ItemKeywords, read_keyword_store, write_keyword_store
+from ..core.errors import DataError, UserError
+from ..core.io_utils import ensure_writable_dir, sha256_file, write_json
+from ..core.keyword_store import ItemKeywords, read_keyword_store, write_keyword_store
 
 JOB = "job.json"
 STORE = "keywords.parquet"
@@ -103,7 +103,7 @@ def part_path(out: Path, index: int) -> Path:
 
 def open_summarizer(bundle: Path, threads: int | None = 1, provider: str | None = None,
                     precision: str | None = None, verify: bool = True):
-    from ..runtime.bundle import load_manifest
+    from ..core.bundle import load_manifest
     from ..runtime.sessions import SessionConfig
     from ..runtime.summarizer import load_item_summarizer
 
@@ -120,7 +120,7 @@ def summarize_part(summarizer, rows: list[dict]) -> list[ItemKeywords]:
 
 
 def _fingerprint(job: CatalogJob) -> dict:
-    from ..runtime.bundle import load_manifest
+    from ..core.bundle import load_manifest
 
     man = load_manifest(Path(job.bundle), verify=False)
     files = {rel: meta["sha256"] for rel, meta in sorted(man.files.items())

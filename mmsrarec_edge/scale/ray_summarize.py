@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .catalog_summarize import CatalogJob, JobResult, finish, prepare, summarize_part, write_part
 
 
@@ -59,7 +59,7 @@ def _init_ray(address: str, workers: int):
 
 
 def run_ray(job: CatalogJob, address: str = "local", workers: int = 2, progress=None) -> JobResult:
-    from ..summarize.store import ItemKeywords
+    from ..core.keyword_store import ItemKeywords
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")

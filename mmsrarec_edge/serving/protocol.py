@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 MODEL_NAME = "recommend"
 NO_ID = -1

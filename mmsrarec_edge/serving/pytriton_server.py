@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import protocol
 
 INSTALL_HINT = ("install the serving extra in its own environment: `make serve-env` (nvidia-pytriton pins numpy<2, "

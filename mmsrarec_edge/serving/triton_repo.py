@@ -26,9 +26,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..io_utils import atomic_dir, link_or_copy
-from ..runtime.bundle import load_manifest
+from ..core.bundle import load_manifest
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir, link_or_copy
 from . import protocol
 
 MARKER = "mmsrarec_repo.json"

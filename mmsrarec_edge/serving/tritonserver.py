@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .pytriton_server import INSTALL_HINT, stub_environment
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .targets import SYNTH_IMAGE_ATTRIBUTES, SYNTH_TEXT_ATTRIBUTES
 
 

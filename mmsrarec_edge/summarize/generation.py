@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .prompts import PromptSpec, completion_until_eos, suppressed_token_ids
+from ..core.summary_prompts import PromptSpec, completion_until_eos, suppressed_token_ids
 
 
 @dataclass
@@ -89,7 +89,7 @@ def generate(model, prompts: Sequence[Prompt], spec: PromptSpec, max_new_tokens:
 
 
 def decode_keywords(tokenizer, completion: Sequence[int], spec: PromptSpec, max_keywords: int) -> list[str]:
-    from .keywords import parse_keywords
+    from ..core.keywords import parse_keywords
 
     return parse_keywords(tokenizer.decode(completion_until_eos(completion, spec.eos_id), skip_special_tokens=True),
                           max_keywords=max_keywords)

@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..core.summary_prompts import PromptSpec
 from .generation import Prompt, completion_logps, decode_keywords, generate
-from .prompts import PromptSpec
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

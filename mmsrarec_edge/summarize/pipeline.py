@@ -20,14 +20,14 @@ from typing import Callable
 
 import numpy as np
 
+from ..core.errors import UserError
+from ..core.io_utils import atomic_dir, write_json
+from ..core.keywords import match_counts, precision_recall
+from ..core.progress import progress_bar
+from ..core.summary_prompts import PromptSpec, prompt_ids, target_ids
 from ..data.schema import Dataset
-from ..errors import UserError
-from ..io_utils import atomic_dir, write_json
-from ..progress import progress_bar
 from .config import SummarizerConfig
 from .generation import Prompt, decode_keywords, generate
-from .keywords import match_counts, precision_recall
-from .prompts import PromptSpec, prompt_ids, target_ids
 from .targets import SYNTH_SYNONYMS, TfidfKeywords, attribute_keywords, has_attributes, text_words
 
 SUMMARIZER_META = "summarizer.json"
@@ -80,7 +80,7 @@ def prompt_spec(model, tokenizer, cfg: SummarizerConfig) -> PromptSpec:
 
 
 def load_pixels(ds: Dataset, ids, size: int, label: str = "loading images") -> dict[int, np.ndarray]:
-    from ..imaging import load_image, preprocess
+    from ..core.imaging import load_image, preprocess
 
     ids = [i for i in ids if ds.items[i].image]
     out = {}
@@ -299,10 +299,10 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
 def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int = 32, reconstructor: Path | None = None,
                       rewards: bool = True, echo=print) -> Path:
     """Greedy image and text keywords for every item of `ds` -> keyword store at `out` (atomic)."""
+    from ..core.keyword_store import ItemKeywords, RewardTerms, write_keyword_store
     from ..models.mllm import image_size
     from .reconstructor import Reconstructor
     from .rewards import RewardModel, SentenceEncoder
-    from .store import ItemKeywords, RewardTerms, write_keyword_store
 
     model_dir = Path(model_dir)
     model, tok, spec, meta = load_summarizer(model_dir)

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..io_utils import write_json
-from .prompts import format_keywords
-
+from ..core.errors import UserError
+from ..core.io_utils import write_json
+from ..core.summary_prompts import format_keywords
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3  # compact ids of the special tokens
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .prompts import format_keywords
+from ..core.summary_prompts import format_keywords
 from .reconstructor import Reconstructor
 
 

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..core.summary_prompts import PromptSpec
 from .generation import Prompt, collate_left, position_ids, stack_pixels
-from .prompts import PromptSpec
 
 
 @dataclass

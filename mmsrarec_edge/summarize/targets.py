@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
-from .keywords import STOPWORDS, normalize_keyword
+from ..core.keywords import STOPWORDS, normalize_keyword
 
 WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
 SYNTH_IMAGE_ATTRIBUTES = ("size", "colour", "pattern", "category")

@@ -7,20 +7,19 @@ present that the manifest does not list, when a file type could carry code (only
 .safetensors, .hnsw, .bin, .engine are allowed: no pickle), or when the format version is one this code does not know.
 `verify=False` skips the hashing (seconds on multi-GB bundles) but still checks presence, sizes and file types.
 
-Also here: a numpy-only safetensors reader/writer, so the runtime needs no safetensors package for cached features.
+Also here: safetensors I/O through `safetensors.numpy` (no torch) for the cached features and item embeddings.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError
-from ..io_utils import sha256_file
+from .errors import BundleError
+from .io_utils import sha256_file
 
 FORMAT = "mmsrarec-bundle"
 FORMAT_VERSION = 1
@@ -161,52 +160,22 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     return Manifest(root, data)
 
 
-# ---------------------------------------------------------------- safetensors without the safetensors package
-
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+# ---------------------------------------------------------------- safetensors (numpy side of the safetensors package)
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read a .safetensors file into numpy arrays (format: u64 header size, JSON header, raw little-endian data)."""
-    path = Path(path)
-    raw = path.read_bytes()
+    """A .safetensors file as numpy arrays (safetensors.numpy: no torch); a damaged file is a BundleError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
     try:
-        (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + n])
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not a safetensors file ({exc})") from exc
-    data, out = memoryview(raw)[8 + n:], {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta.get("dtype") not in _ST_DTYPES:
-            raise BundleError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')!r}")
-        start, end = meta["data_offsets"]
-        if not 0 <= start <= end <= len(data):
-            raise BundleError(f"{path}: tensor {name} lies outside the file (truncated?)")
-        arr = np.frombuffer(data[start:end], dtype=np.dtype(_ST_DTYPES[meta["dtype"]]).newbyteorder("<"))
-        out[name] = arr.reshape(meta["shape"]).copy()
-    return out
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})", "re-export the bundle") from exc
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as safetensors (readable by the safetensors package and by read_safetensors)."""
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        if arr.dtype not in _ST_NAMES:
-            raise ValueError(f"unsupported dtype {arr.dtype} for {name}")
-        b = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the reference writer pads the header to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for b in blobs:
-            f.write(b)
+    """Write numpy arrays as safetensors (safetensors.numpy; readable by every safetensors reader)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)

@@ -113,14 +113,14 @@ def suffix_ids(encode: Encode, title: str, keywords, n_image_tokens: int = 0, ra
     return list(encode(suffix_text(title, keywords, n_image_tokens, rank, cfg)))
 
 
-def candidate_ids(encode: Encode, item, kw, meta: dict) -> list[int] | None:
-    """An item's suffix ids as an exporter may precompute them for the catalog (meta = recommender.json); None when
-    the suffix depends on the request (the SASRec rank hint)."""
+def candidate_ids(encode: Encode, title: str, keywords: Sequence[str], has_image: bool, meta: dict) -> list[int] | None:
+    """An item's suffix ids as the catalog may cache them (meta = recommender.json); None when the suffix depends on
+    the request (the SASRec rank hint): the runtime then builds the suffix per request."""
     cfg = PromptConfig.from_dict(meta.get("prompt"))
     if cfg.rank_hint:
         return None
-    n_img = int(meta.get("n_image_tokens", 0)) if cfg.candidate_image and getattr(item, "image", None) else 0
-    return suffix_ids(encode, item.title, kw.keywords if kw is not None else [], n_img, None, cfg)
+    n_img = int(meta.get("n_image_tokens", 0)) if cfg.candidate_image and has_image else 0
+    return suffix_ids(encode, title, list(keywords), n_img, None, cfg)
 
 
 # Auxiliary tasks (training only; LC-Rec style). Each is (prefix, suffix) -> target text + eos.

@@ -23,8 +23,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError
-from ..io_utils import atomic_path
+from .errors import DataError
+from .io_utils import atomic_path
 
 FORMAT = "mmsrarec-keyword-store"
 VERSION = 1

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..retrieval import RetrievalIndex
 from . import prompt as P
+from .retrieval import RetrievalIndex
 
 
 @dataclass

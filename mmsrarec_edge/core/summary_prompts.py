@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-IMAGE_TOKEN = "<image>"  # the same string as models.mllm.IMAGE_TOKEN (that module imports torch)
+from .prompt import IMAGE_TOKEN  # noqa: F401 - re-exported: the summarizer prompts use the same token
+
 IMAGE_INSTRUCTION = "keywords of the image :"
 TEXT_OPENING = "text :"
 TEXT_INSTRUCTION = "keywords of the text :"
