@@ -14,8 +14,8 @@ SUMM=${SUMM:-work/summarizer/synthetic/model}
 B="$W/bundles/cpu-fp32-int8"
 # a bundle exported before the candidate-scorer graph existed would measure the old path: export again
 [ -f "$B/manifest.json" ] && ! grep -q '"recommender.scorer"' "$B/manifest.json" && rm -rf "$B"
-[ -f "$B/manifest.json" ] || $CLI export --profile export/cpu-fp32-int8.toml --summarizer "$SUMM" \
+[ -f "$B/manifest.json" ] || $CLI export --profile cpu-fp32-int8 --summarizer "$SUMM" \
     --recommender "$W/rec_full" --keywords "$W/kw_rl.parquet" --dataset "$W/data" --out "$B"
 $CLI bench "$B" --recommender "$W/rec_full" --protocol "$W/protocol" --out benchmarks/results/latency \
-    --candidates "${CANDIDATES:-1,5,10,20,50,100}" --histories "${HISTORIES:-1,3,5}" --repeats "${REPEATS:-15}" \
+    --candidate-counts "${CANDIDATES:-1,5,10,20,50,100}" --history-lens "${HISTORIES:-1,3,5}" --repeats "${REPEATS:-15}" \
     --agreement-cases "${AGREEMENT_CASES:-984}"

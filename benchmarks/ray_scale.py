@@ -91,7 +91,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def markdown(rep: dict) -> str:
     s = rep["settings"]
     lines = ["# Catalog summarization on Ray", "",
-             f"`mmsrarec-edge summarize-catalog` over {s['items']} items ({s['repeat']}x the item table, new ids; bundle profile {s['profile']}, summarizer "
+             f"`mmsrarec-edge summarize-catalog` over {s['items']} items ({s['repeat']}x the item table, new ids; "
+             f"bundle profile {s['profile']}, summarizer "
              f"hidden {s['hidden']} x {s['layers']} layers, up to {s['max_new_tokens']} new tokens per prompt, image "
              f"and text prompts per item), parts of {s['part_size']}, one onnxruntime thread per summarizer. Host: "
              f"{rep['host']['cpus']} CPUs, shared with other jobs (figures are noisy). Ray runs start a private local "
@@ -100,7 +101,8 @@ def markdown(rep: dict) -> str:
              "items/s after start | same keywords as single process |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rep["runs"]:
         lines.append(f"| {r['mode']} | {r['workers']} | {r['items']} | {r['job_seconds']:.1f} | "
-                     f"{r['startup_seconds']:.1f} | {r['worker_seconds']:.1f} | {r['items_per_s']:.1f} | {r['items_per_s_after_startup']:.1f} | "
+                     f"{r['startup_seconds']:.1f} | {r['worker_seconds']:.1f} | {r['items_per_s']:.1f} | "
+                     f"{r['items_per_s_after_startup']:.1f} | "
                      f"{r.get('identical', '-')} |")
     lines += ["", "Time in workers: the summed time actors spent summarizing parts (the single process: its own loop). "
               "The rest of a Ray job is the cluster start, actor start (each actor loads the bundle's summarizer), "

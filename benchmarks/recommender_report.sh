@@ -70,7 +70,7 @@ if [ "$ONLY" = synthetic ]; then
 elif [ -f "$ML100K/interactions.csv" ]; then
   [ -f "$WORK/ml100k_mm/data/dataset.json" ] || $CLI data import "$ML100K" --out "$WORK/ml100k_mm/data"
   # As in benchmarks/summarizer_report.py: long plot texts, so fewer training items and a smaller R_recon weight.
-  run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --b 0.01"
+  run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --recon-weight 0.01"
 else
   echo "skipping ml100k_mm: not found at $ML100K (its licence forbids shipping it; see README)"
 fi

@@ -1,7 +1,8 @@
 """Load benchmark of `mmsrarec-edge serve` (Triton through PyTriton) on loopback: p50/p99 latency and throughput
 against client concurrency, over HTTP and gRPC, beside the same requests answered in-process (no server).
 
-    python benchmarks/serve_load.py [--bundle DIR] [--total 200] [--concurrency 1,2,4,8] [--out benchmarks/results/serve]
+    python benchmarks/serve_load.py [--bundle DIR] [--total 200] [--concurrency 1,2,4,8]
+        [--out benchmarks/results/serve]
 
 Run it with the training venv's python (matplotlib for the plot); the server and the tritonclient side run in the
 serving environment (MMSRAREC_SERVE_PYTHON or .venv-serve, see `make serve-env`). Without --bundle it exports the
@@ -168,7 +169,8 @@ def main() -> int:
                                 "--total", str(a.total), "--metrics-url", f"127.0.0.1:{metrics}"],
                                capture_output=True, text=True, timeout=1800)
             if r.returncode != 0:
-                sys.exit(f"load test failed: {r.stderr[-2000:]}\nserver log: {(work / 'server.log').read_text()[-2000:]}")
+                sys.exit(f"load test failed: {r.stderr[-2000:]}\n"
+                         f"server log: {(work / 'server.log').read_text()[-2000:]}")
             levels += json.loads(r.stdout)["levels"]
             print(f"{proto}: " + ", ".join(f"c={lv['concurrency']} p50={lv['p50_ms']:.1f} ms "
                                           f"{lv['throughput_rps']:.0f} req/s" for lv in levels[-4:]), flush=True)

@@ -28,7 +28,7 @@ OUT = ROOT / "benchmarks" / "results" / "summarizer"
 # (b * R_recon would otherwise drown R_info; see report.md).
 DATASETS = {
     "synthetic": [],
-    "ml100k_mm": ["--max-train-items", "500", "--b", "0.01"],
+    "ml100k_mm": ["--max-train-items", "500", "--recon-weight", "0.01"],
 }
 
 
@@ -72,7 +72,8 @@ def run_dataset(name: str, data: Path, work: Path, extra: list[str]) -> dict:
 
     store = read_keyword_store(work / name / "keywords.parquet")
     res["store"] = {"items": len(store),
-                    "mean_image_keywords": float(np.mean([len(r.image_keywords) for r in store.values() if r.has_image])),
+                    "mean_image_keywords": float(np.mean([len(r.image_keywords) for r in store.values()
+                                                          if r.has_image])),
                     "mean_text_keywords": float(np.mean([len(r.text_keywords) for r in store.values()])),
                     "empty_text_keywords": int(sum(not r.text_keywords for r in store.values()))}
     return res
@@ -114,9 +115,9 @@ def plot(results: dict, path: Path) -> None:
 
 def markdown(results: dict, skipped: dict) -> str:
     lines = ["# Summarizer (stage 1): before and after RL", "",
-             "Held-out items (never trained on), greedy decoding, both tasks (image and text prompts). `targets` scores "
-             "the SFT pseudo-keywords themselves. R = a R_info + b R_recon + c R_len; R_recon = -perplexity of the "
-             "item text given the keywords under the frozen reference LM. Regenerate: "
+             "Held-out items (never trained on), greedy decoding, both tasks (image and text prompts). `targets` "
+             "scores the SFT pseudo-keywords themselves. R = a R_info + b R_recon + c R_len; R_recon = -perplexity "
+             "of the item text given the keywords under the frozen reference LM. Regenerate: "
              "`.venv/bin/python benchmarks/summarizer_report.py`.", ""]
     for name, res in results.items():
         c, d = res["config"], res["dataset"]
@@ -126,7 +127,8 @@ def markdown(results: dict, skipped: dict) -> str:
                   f"c={c['c']}; SFT {c['sft_steps']} steps, GRPO {c['grpo_steps']} steps x {c['grpo_batch_size']} "
                   f"prompts x {c['num_generations']} samples, LoRA r={c['lora_r']}, beta={c['beta']}.", ""]
         gold = "gold_precision" in res["eval"]["sft"]["all"]
-        head = "| model | task | R | R_info | R_recon | R_len | keywords | empty |" + (" gold P | gold R | gold F1 |" if gold else "")
+        head = ("| model | task | R | R_info | R_recon | R_len | keywords | empty |"
+                + (" gold P | gold R | gold F1 |" if gold else ""))
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for stage, label in (("targets", "pseudo-keywords"), ("sft", "SFT"), ("rl", "SFT + GRPO")):
             for task in ("all", "image", "text"):
@@ -156,12 +158,13 @@ def markdown(results: dict, skipped: dict) -> str:
     for name, why in skipped.items():
         lines += [f"## {name}", "", f"Skipped: {why}", ""]
     lines += ["![reward curve](reward_curve.png)", "",
-              "The curve is GRPO's sampled reward on *training* items; the dashed lines are greedy decoding on held-out "
-              "items. The two differ in level, mostly through R_recon: the reference LM was trained on the training "
-              "items' texts, so their perplexity is far lower than an unseen item's (on ml100k_mm ~1-10 vs ~215).",
-              "", "Diagnosis on ml100k_mm: the targets are TF-IDF words of long plot texts, mostly rare names; a 2-layer "
-              "decoder trained for minutes on 500 items does not learn to copy them for unseen items, so its SFT "
-              "keywords are generic or invented WordPiece fragments (R_info 0.16 vs 0.44 for the targets). GRPO "
+              "The curve is GRPO's sampled reward on *training* items; the dashed lines are greedy decoding on "
+              "held-out items. The two differ in level, mostly through R_recon: the reference LM was trained on the "
+              "training items' texts, so their perplexity is far lower than an unseen item's "
+              "(on ml100k_mm ~1-10 vs ~215).",
+              "", "Diagnosis on ml100k_mm: the targets are TF-IDF words of long plot texts, mostly rare names; a "
+              "2-layer decoder trained for minutes on 500 items does not learn to copy them for unseen items, so its "
+              "SFT keywords are generic or invented WordPiece fragments (R_info 0.16 vs 0.44 for the targets). GRPO "
               "raises R_info and shortens the lists, which is what the reward asks for; a pretrained MLLM (the "
               "paper's setting, `train summarizer --base DIR`) is what closes the rest of the gap.", ""]
     return "\n".join(lines)
@@ -170,7 +173,8 @@ def markdown(results: dict, skipped: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=ROOT / "work" / "summarizer")
-    ap.add_argument("--ml100k", type=Path, default=Path(os.environ.get("ML100K", ROOT.parent / "shared" / "data" / "ml100k_mm")))
+    ap.add_argument("--ml100k", type=Path,
+                    default=Path(os.environ.get("ML100K", ROOT.parent / "shared" / "data" / "ml100k_mm")))
     ap.add_argument("--only", choices=list(DATASETS), default=None)
     ap.add_argument("--render", action="store_true", help="only rewrite report.md and the plot from report.json")
     args = ap.parse_args()

@@ -1,8 +1,8 @@
 """Export report: each shipped CPU/GPU profile's precision variants, their size and their accuracy under the protocol.
 
 Exports the recommender report's full model (benchmarks/recommender_report.sh must have run: it leaves
-work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet}) with export/cpu-fp32-int8.toml,
-export/cpu-int8.toml and export/cuda-fp16.toml (its fp16 graphs run on the CPU provider here: the accuracy is the
+work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet}) with the packaged profiles cpu-fp32-int8,
+cpu-int8 and cuda-fp16 (its fp16 graphs run on the CPU provider here: the accuracy is the
 graphs', the speed is not a GPU's), recommendation graphs only, then scores every test case with the torch-free
 runtime for each variant.
 Writes benchmarks/results/variants/<dataset>/report.{json,md,png}.
@@ -38,6 +38,7 @@ def main() -> None:
     import shutil
     from dataclasses import replace
 
+    from mmsrarec_edge.core.config import profile_path
     from mmsrarec_edge.exporter.bundle import export_bundle
     from mmsrarec_edge.exporter.inputs import load_inputs
     from mmsrarec_edge.exporter.profile import load_profile
@@ -47,7 +48,7 @@ def main() -> None:
         out = w / "variant_bundles" / name
         # the recommendation path only: the summarizer's graphs play no part in ranking (and its own int8 gate
         # is a separate matter, see NOTES in results/variants)
-        prof = load_profile(ROOT / "export" / f"{name}.toml")
+        prof = load_profile(profile_path(name))
         prof = replace(prof, graphs=[g for g in prof.graphs if not g.startswith("summarizer.")])
         if (out / "manifest.json").exists():  # a bundle from an older profile (e.g. before recommender.scorer)
             man = json.loads((out / "manifest.json").read_text())
@@ -55,7 +56,7 @@ def main() -> None:
                 shutil.rmtree(out)
         if not (out / "manifest.json").exists():
             export_bundle(load_inputs(None, w / "rec_full", None, w / "kw_rl.parquet", w / "data"), prof, out,
-                          profile_source=f"export/{name}.toml without summarizer graphs")
+                          profile_source=f"{name} without summarizer graphs")
         bundles[name] = out
     from mmsrarec_edge.data.protocol import load_protocol
 

@@ -4,6 +4,8 @@ Each stage registers its commands from `mmsrarec_edge/commands/<stage>.py` (a `r
 grows without one file owning every stage. Command modules import torch/transformers only inside command bodies: the
 torch-free runtime commands must work on a slim install. Errors a user can cause (UserError) print as one line with a
 hint and exit 2, as do usage errors; anything else prints one line and exits 1; `--debug` shows the traceback.
+`--help` lists the commands in panels in pipeline order (data, train, evaluate, export, runtime, serving, tools);
+results go to stdout, progress bars and status lines to stderr (commands/common.py).
 """
 
 from __future__ import annotations
@@ -18,26 +20,63 @@ import traceback
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
+from .commands.common import DATA, PANELS, TRAIN
 from .core.errors import UserError
 
-STAGES = ["data", "train", "recommend_train", "evaluate", "summarize", "export", "runtime", "bench", "demo", "serve", "scale"]
+STAGES = ["data", "train", "recommend_train", "summarize", "evaluate", "export", "runtime", "scale", "bench", "serve",
+          "demo", "env"]
+
+
+class PipelineGroup(TyperGroup):
+    """Lists commands by help panel in pipeline order (commands.common.PANELS), a panel's group (`data`, `train`)
+    before its other commands, then in registration order."""
+
+    def list_commands(self, ctx) -> list[str]:
+        rank = {p: k for k, p in enumerate(PANELS)}
+
+        def key(name: str) -> tuple[int, int]:
+            cmd = self.commands[name]
+            return rank.get(getattr(cmd, "rich_help_panel", None), len(rank)), 0 if isinstance(cmd, TyperGroup) else 1
+
+        return sorted(super().list_commands(ctx), key=key)
+
 
 err_console = Console(stderr=True)
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=PipelineGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train MMSRARec, export it to ONNX/TensorRT and serve recommendations on edge devices.")
-data_app = typer.Typer(no_args_is_help=True, help="Create, import and inspect datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Create, import and inspect datasets; build the protocol.")
 train_app = typer.Typer(no_args_is_help=True, help="Train models (PyTorch).")
-app.add_typer(data_app, name="data")
-app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data", rich_help_panel=DATA)
+app.add_typer(train_app, name="train", rich_help_panel=TRAIN)
 APPS = {"app": app, "data": data_app, "train": train_app}
 
-_state = {"debug": False}
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("mmsrarec-edge")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(show: bool) -> None:
+    if show:
+        typer.echo(f"mmsrarec-edge {_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
-    _state["debug"] = debug or os.environ.get("MMSRAREC_DEBUG") == "1"
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also MMSRAREC_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+):
+    """--debug is read from sys.argv by main() (errors raised while parsing need it too): declared here for --help."""
 
 
 for _stage in STAGES:
@@ -90,7 +129,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except UsageError as exc:
         ctx = getattr(exc, "ctx", None)
-        _fail(exc.format_message(), f"see `{ctx.command_path if ctx else 'mmsrarec-edge'} --help`", exc.exit_code, debug)
+        where = ctx.command_path if ctx else "mmsrarec-edge"
+        _fail(exc.format_message(), f"see `{where} --help`", exc.exit_code, debug)
     except ClickException as exc:
         _fail(exc.format_message(), None, exc.exit_code, debug)
     except UserError as exc:

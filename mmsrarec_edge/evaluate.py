@@ -6,7 +6,6 @@ candidates. Scores are also saved per model (scores_<model>.npy... as Parquet) s
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -51,10 +50,12 @@ def markdown_table(report: dict, title: str = "") -> str:
     lines = [f"## {title}" if title else "", "",
              f"Split `{report['split']}`: {report['n_cases']} cases from {report['n_users']} users; "
              f"1 positive + {report['protocol']['n_negatives']} sampled negatives; "
-             f"history n={report['protocol']['history_len']}. Values in %, with 95% bootstrap CIs (users resampled).", "",
+             f"history n={report['protocol']['history_len']}. Values in %, with 95% bootstrap CIs "
+             "(users resampled).", "",
              "| model | " + " | ".join(REPORT_METRICS) + " |", "|---" * (len(REPORT_METRICS) + 1) + "|"]
     for name, res in report["results"].items():
-        cells = [f"{100 * res[m]['mean']:.2f} [{100 * res[m]['lo']:.1f}, {100 * res[m]['hi']:.1f}]" for m in REPORT_METRICS]
+        cells = [f"{100 * res[m]['mean']:.2f} [{100 * res[m]['lo']:.1f}, {100 * res[m]['hi']:.1f}]"
+                 for m in REPORT_METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -95,7 +96,3 @@ def write_report(report: dict, out_dir: Path, title: str = "", plot: bool = True
     if plot:
         bar_plot(report, out_dir / "report.png", title=title)
     return out_dir
-
-
-def load_report(path: Path) -> dict:
-    return json.loads((Path(path) / "report.json").read_text())

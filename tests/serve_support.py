@@ -117,6 +117,7 @@ def client_answers(py: str, url: str, protocol: str, requests: list[dict], tmp: 
     path = Path(tmp) / f"requests-{protocol}-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(requests))
     r = subprocess.run([py, "-m", "mmsrarec_edge.serving.client", "--url", url, "--protocol", protocol,
-                        "--requests", str(path), "--wait", str(wait)], capture_output=True, text=True, timeout=wait + 120)
+                        "--requests", str(path), "--wait", str(wait)],
+                       capture_output=True, text=True, timeout=wait + 120)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)

@@ -36,7 +36,8 @@ def test_grid_covers_every_cell_and_peer(bench_report):
 def test_summary_ratios_are_medians_of_cells(bench_report):
     r, _ = bench_report
     s = r["summary"]["ONNX Runtime fp32, per candidate"]
-    ratios = [row["peers"]["ONNX Runtime fp32, per candidate"]["p50_ms"] / row["peers"]["ONNX Runtime fp32 (ours)"]["p50_ms"]
+    ratios = [row["peers"]["ONNX Runtime fp32, per candidate"]["p50_ms"]
+              / row["peers"]["ONNX Runtime fp32 (ours)"]["p50_ms"]
               for row in r["grid"]]
     assert s["median_speedup"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
     assert s["min_speedup"] == pytest.approx(min(ratios))

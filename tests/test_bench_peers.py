@@ -14,7 +14,8 @@ from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_tokenizer()
-    return build_mllm(MLLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128), tok), tok
+    cfg = MLLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+    return build_mllm(cfg, tok), tok
 
 
 def test_extracted_lm_matches_llava(tiny):

@@ -76,7 +76,8 @@ def test_ml100k_round_trip(tmp_path):
     assert ds.items[1].description == "An animation, children's and comedy film from 1995."
     assert ds.items[1].attributes == {"genres": "Animation|Children's|Comedy", "year": "1995"}
     assert ds.items[5].description == "" and ds.items[5].attributes is None  # genre 'unknown', no year
-    assert list(zip(ds.users.tolist(), ds.item_ids.tolist(), ds.timestamps.tolist())) == [(u, i, t) for u, i, _, t in ROWS]
+    assert list(zip(ds.users.tolist(), ds.item_ids.tolist(), ds.timestamps.tolist())) == [
+        (u, i, t) for u, i, _, t in ROWS]
     assert ds.sequences() == {1: [1, 2, 4, 3], 2: [3, 1, 5], 3: [2, 3, 4]}
     assert ds.stats()["items_with_image"] == 0 and not (tmp_path / "out" / "images").exists()
 
@@ -93,7 +94,8 @@ def test_ml100k_images_and_min_rating(tmp_path):
     assert {i: it.image for i, it in ds.items.items() if it.image} == {1: "images/1.png", 3: "images/3.jpg"}
     assert load_image(ds.image_path(1)).size == (6, 9)
     assert load_image(ds.image_path(3)).getpixel((2, 2))[0] > 150
-    assert sorted((tmp_path / "out" / "images").iterdir()) == [tmp_path / "out" / "images" / n for n in ("1.png", "3.jpg")]
+    assert sorted((tmp_path / "out" / "images").iterdir()) == [tmp_path / "out" / "images" / n
+                                                               for n in ("1.png", "3.jpg")]
     keep = [(u, i) for u, i, r, _ in ROWS if r >= 4]
     assert list(zip(ds.users.tolist(), ds.item_ids.tolist())) == keep and len(keep) == 5
     assert ds.meta["min_rating"] == 4
@@ -154,8 +156,10 @@ def test_amazon(tmp_path):
     users, items = load_id_map(tmp_path / "out")
     assert users == {1: "AEUSER1", 2: "AGZUSER2", 3: "AHUSER3"}
     assert items == {1: "B000TRAIN1", 2: "B000PUZZLE", 3: "B000STAR00", 4: "B000KITE00"}
-    assert ds.items[1].description == "A classic train set. Compatible with most tracks. Features: 30 pieces; Solid beech wood."
-    assert ds.items[1].attributes == {"main_category": "Toys & Games", "categories": "Toys & Games > Trains", "store": "Kestrel"}
+    assert ds.items[1].description == ("A classic train set. Compatible with most tracks. "
+                                       "Features: 30 pieces; Solid beech wood.")
+    assert ds.items[1].attributes == {"main_category": "Toys & Games", "categories": "Toys & Games > Trains",
+                                      "store": "Kestrel"}
     assert ds.items[3].title == "Item B000STAR00"  # empty title
     assert ds.items[4].title == "Kite — Rainbow" and ds.items[4].image == "images/4.png"
     # chronological per user by milliseconds, stored in seconds
@@ -163,7 +167,8 @@ def test_amazon(tmp_path):
                                         2: ([1, 2], [1588687728, 1588687728]), 3: ([4, 2], [1610000000, 1610000001])}
     import pyarrow.parquet as pq
 
-    urls = {r["id"]: r["url"] for r in pq.read_table(tmp_path / "out" / "id_map.parquet").to_pylist() if r["kind"] == "item"}
+    urls = {r["id"]: r["url"] for r in pq.read_table(tmp_path / "out" / "id_map.parquet").to_pylist()
+            if r["kind"] == "item"}
     assert urls == {1: "https://example.com/l1.jpg", 2: "https://example.com/l2.jpg", 3: None, 4: None}
 
 
@@ -238,9 +243,11 @@ def test_ml100k_mm_errors(tmp_path):
     cases = [  # items.csv record 1 spans lines 2-3, so record 3 is on line 5
         ("items.csv", 5, b"3,18,Four Rooms (1995),,Thriller,Plot.,\"__import__('os').system('true')\",,,",
          "column 'director' is not a list literal"),
-        ("items.csv", 5, b"3,18,Four Rooms (1995),,Thriller,Plot.,\"{'a': 1}\",,,", "column 'director' must be a list of names"),
+        ("items.csv", 5, b"3,18,Four Rooms (1995),,Thriller,Plot.,\"{'a': 1}\",,,",
+         "column 'director' must be a list of names"),
         ("items.csv", 4, b"two,10,GoldenEye (1995),,Action,,,,,", "item_id must be an integer, got 'two'"),
-        ("items.csv", 4, b"2,10,GoldenEye (1995),,Action,,,,,posters/missing.png", "poster 'posters/missing.png' does not exist"),
+        ("items.csv", 4, b"2,10,GoldenEye (1995),,Action,,,,,posters/missing.png",
+         "poster 'posters/missing.png' does not exist"),
         ("items.csv", 6, b"4,,Caf\xe9 (1994),,Comedy,,,,,", "not valid UTF-8 text (byte 0xe9 at column 7)"),
         ("items.csv", 6, b"4,,Cafe (1994),Comedy", "expected 10 comma-separated fields, got 4"),
         ("items.csv", 6, b"1,,Dup (1994),,Comedy,,,,,", "duplicate item id 1 (first on line 2)"),
@@ -258,7 +265,8 @@ def test_ml100k_mm_errors(tmp_path):
 def test_recbole_errors(tmp_path):
     out = tmp_path / "out"
     cases = [
-        ("tiny.inter", 1, b"user_id:token\titem_id\trating:float\ttimestamp:float", "header field 'item_id' is not 'name:type'"),
+        ("tiny.inter", 1, b"user_id:token\titem_id\trating:float\ttimestamp:float",
+         "header field 'item_id' is not 'name:type'"),
         ("tiny.inter", 4, b"1\t4\t4", "expected 4 tab-separated fields, got 3"),
         ("tiny.inter", 2, b"u1\t1\t5\t874965478", "user id must be an integer, got 'u1'"),
         ("tiny.item", 3, b"1\tAgain\t1995\tComedy", "duplicate item id 1 (first on line 2)"),
@@ -278,13 +286,16 @@ def test_amazon_errors(tmp_path):
         ("meta_Tiny_Toys.jsonl", 2, b'{"parent_asin": "B1", "title": "x"', "not valid JSON"),
         ("meta_Tiny_Toys.jsonl", 3, b'["B1"]', "expected a JSON object, got list"),
         ("meta_Tiny_Toys.jsonl", 4, b'{"title": "no id"}', "'parent_asin' must be a non-empty string"),
-        ("meta_Tiny_Toys.jsonl", 4, b'{"parent_asin": "B000TRAIN1", "title": "again"}', "duplicate parent_asin B000TRAIN1 (first on line 1)"),
-        ("meta_Tiny_Toys.jsonl", 2, b'{"parent_asin": "B2", "title": "x", "description": [1, 2]}', "'description' must be a list of strings"),
+        ("meta_Tiny_Toys.jsonl", 4, b'{"parent_asin": "B000TRAIN1", "title": "again"}',
+         "duplicate parent_asin B000TRAIN1 (first on line 1)"),
+        ("meta_Tiny_Toys.jsonl", 2, b'{"parent_asin": "B2", "title": "x", "description": [1, 2]}',
+         "'description' must be a list of strings"),
         ("Tiny_Toys.jsonl", 3, review(parent_asin="B999"), "item B999 is not in meta_Tiny_Toys.jsonl"),
         ("Tiny_Toys.jsonl", 5, review(timestamp="yesterday"), "'timestamp' must be a non-negative integer"),
         ("Tiny_Toys.jsonl", 6, review(rating=None), "'rating' must be a number"),
         ("Tiny_Toys.jsonl", 7, review(user_id=42), "'user_id' must be a non-empty string"),
-        ("Tiny_Toys.jsonl", 2, b'{"user_id": "A", "parent_asin": "B000\xc3(", "rating": 1, "timestamp": 1}', "not valid UTF-8"),
+        ("Tiny_Toys.jsonl", 2, b'{"user_id": "A", "parent_asin": "B000\xc3(", "rating": 1, "timestamp": 1}',
+         "not valid UTF-8"),
     ]
     for file, line, new, problem in cases:
         src = copy_fixture("amazon", tmp_path)

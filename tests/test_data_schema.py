@@ -41,7 +41,8 @@ def test_round_trip(tmp_path):
     assert back.sequences() == {5: [3, 1, 2], 6: [3]}
     assert back.sequences_with_time()[5] == ([3, 1, 2], [9, 10, 10])
     st = back.stats()
-    assert (st["items"], st["users"], st["interactions"], st["items_with_image"], st["items_with_description"]) == (3, 2, 4, 1, 2)
+    assert (st["items"], st["users"], st["interactions"], st["items_with_image"],
+            st["items_with_description"]) == (3, 2, 4, 1, 2)
     assert json.loads((root / "dataset.json").read_text())["format"] == "mmsrarec-dataset"
 
 

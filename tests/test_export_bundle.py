@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mmsrarec_edge.core.bundle import MANIFEST, load_manifest, read_safetensors
+from mmsrarec_edge.core.config import PROFILES_DIR
 from mmsrarec_edge.core.errors import BundleError, UserError
 from mmsrarec_edge.exporter.bundle import ExportInputs, MLLMInput, export_bundle
 from mmsrarec_edge.exporter.parity import ExportError
@@ -73,14 +74,14 @@ def inputs(tiny_synth, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile():
-    prof = load_profile(ROOT / "export" / "cpu-int8.toml")
+    prof = load_profile(PROFILES_DIR / "cpu-int8.toml")
     return replace(prof, parity=replace(prof.parity, cases=1))
 
 
 @pytest.fixture(scope="module")
 def bundle(inputs, profile, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "b"
-    export_bundle(inputs, profile, out, profile_source="export/cpu-int8.toml")
+    export_bundle(inputs, profile, out, profile_source="cpu-int8")
     return out
 
 

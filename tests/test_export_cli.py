@@ -80,7 +80,8 @@ def test_build_engine_cli_errors(tmp_path):
 
 
 def test_recommender_sasrec_copy_must_match(model_dirs, tiny_synth, tmp_path):
-    """The recommender dir's own SASRec built its retrieval index: a different --sasrec is refused, none uses the copy."""
+    """The recommender dir's own SASRec built its retrieval index: a different --sasrec is refused, none uses the
+    copy."""
     import shutil
 
     import torch

@@ -10,20 +10,19 @@ import onnx
 import pytest
 import torch
 
-from mmsrarec_edge.exporter.graphs import (
-    decoder_spec,
-    embed_spec,
-    export_graph,
-    kv_shape,
-    user_encoder_spec,
-    vision_spec,
-)
+from mmsrarec_edge.exporter.graphs import export_graph, kv_shape
+from mmsrarec_edge.exporter.kinds import export_kind
 from mmsrarec_edge.exporter.parity import DEFAULT_TOLERANCES, ExportError, check, gate, session
 from mmsrarec_edge.exporter.variants import FP32_OPS, quantized_node_count, to_fp16, to_int8
 from mmsrarec_edge.models.mllm import IMAGE_TOKEN, MLLMConfig, build_mllm, build_tokenizer, num_image_tokens
 from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig
 
 COMBOS = [("qwen2", "clip"), ("llama", "siglip")]
+
+
+def spec(kind: str, graph: str, model, yes_no=None):
+    """The GraphSpec of `graph` from its kind's class (exporter/kinds.py), as the bundle writer builds it."""
+    return export_kind(kind, graph, model).spec(model, yes_no)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,9 +48,9 @@ def exported(request, tok, yes_no, tmp_path_factory):
     decoder, vision = request.param
     model = build_mllm(MLLMConfig(decoder=decoder, vision=vision, seed=7), tok)
     out = tmp_path_factory.mktemp(f"graphs-{decoder}")
-    specs = {"vision": vision_spec(model, "x.vision"), "embed": embed_spec(model, "x.embed"),
-             "decoder_last": decoder_spec(model, "summarizer.decoder", "last"),
-             "decoder_yes_no": decoder_spec(model, "recommender.decoder", "yes_no", yes_no)}
+    specs = {"vision": spec("vision", "x.vision", model), "embed": spec("embed", "x.embed", model),
+             "decoder_last": spec("decoder_last", "summarizer.decoder", model),
+             "decoder_yes_no": spec("decoder_yes_no", "recommender.decoder", model, yes_no)}
     paths = {k: export_graph(s, out / f"{k}.onnx") for k, s in specs.items()}
     return model, paths, specs
 
@@ -60,7 +59,8 @@ def exported(request, tok, yes_no, tmp_path_factory):
 def sasrec(tmp_path_factory):
     torch.manual_seed(3)
     net = SASRec(40, SASRecConfig(hidden=32, layers=2, heads=2, max_len=12)).eval()
-    path = export_graph(user_encoder_spec(net), tmp_path_factory.mktemp("sasrec") / "user_encoder.onnx")
+    path = export_graph(spec("user_encoder", "sasrec.user_encoder", net),
+                        tmp_path_factory.mktemp("sasrec") / "user_encoder.onnx")
     return net, path
 
 
@@ -173,9 +173,8 @@ def test_fp16_variant_keeps_norms_and_softmax_fp32(exported, yes_no, tmp_path):
 
 def test_gate_fails_loudly_on_a_graph_of_another_model(exported, tok, yes_no):
     model, paths, _ = exported
-    other = build_mllm(MLLMConfig(decoder=model.config.text_config.model_type,
-                                  vision="clip" if model.config.vision_config.model_type.startswith("clip") else "siglip",
-                                  seed=99), tok)
+    vision = "clip" if model.config.vision_config.model_type.startswith("clip") else "siglip"
+    other = build_mllm(MLLMConfig(decoder=model.config.text_config.model_type, vision=vision, seed=99), tok)
     res = check("recommender.decoder", "decoder_yes_no", paths["decoder_yes_no"], "int8", other, cases=1,
                 yes_no_ids=yes_no)
     assert not res.passed
@@ -211,6 +210,6 @@ def test_quantizing_a_graph_without_weights_is_an_error(tmp_path):
 
 def test_dynamo_exporter_gives_the_same_decoder(tok, yes_no, tmp_path):
     model = build_mllm(MLLMConfig(seed=2), tok)
-    path = export_graph(decoder_spec(model, "recommender.decoder", "yes_no", yes_no), tmp_path / "d.onnx", "dynamo")
+    path = export_graph(spec("decoder_yes_no", "recommender.decoder", model, yes_no), tmp_path / "d.onnx", "dynamo")
     res = check("d", "decoder_yes_no", path, "fp32", model, cases=1, yes_no_ids=yes_no)
     assert res.passed and res.metrics["logits"] < 1e-5

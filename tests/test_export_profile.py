@@ -1,4 +1,4 @@
-"""Export profiles (export/*.toml) and TensorRT profile computation: torch-free, fast."""
+"""Export profiles (mmsrarec_edge/profiles/*.toml) and TensorRT profile computation: torch-free, fast."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from mmsrarec_edge.core.config import PROFILES_DIR
 from mmsrarec_edge.core.errors import UserError
 from mmsrarec_edge.exporter.profile import ALL_GRAPHS, Limits, load_profile, parse_profile
 from mmsrarec_edge.exporter.tensorrt import compute_profiles, dim_ranges
 from mmsrarec_edge.runtime.tensorrt import provider_shape_strings
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = sorted((ROOT / "export").glob("*.toml"))
+PROFILES = sorted(PROFILES_DIR.glob("*.toml"))
 
 
 def test_the_shipped_profiles_parse():
@@ -25,25 +26,26 @@ def test_the_shipped_profiles_parse():
 
 
 def test_variant_policy_of_shipped_profiles():
-    int8 = load_profile(ROOT / "export" / "cpu-int8.toml")
+    int8 = load_profile(PROFILES_DIR / "cpu-int8.toml")
     assert int8.graph_variants("sasrec.user_encoder") == ["fp32"]
     assert int8.default_variant("sasrec.user_encoder") == "fp32"
     # the deployment profile keeps the recommender decoder fp32 (trained models miss the int8 score gate) ...
-    assert int8.graph_variants("recommender.decoder") == ["fp32"] and int8.graph_variants("recommender.embed") == ["int8"]
+    assert int8.graph_variants("recommender.decoder") == ["fp32"]
+    assert int8.graph_variants("recommender.embed") == ["int8"]
     # ... the comparison profile ships both, fp32 by default, with a looser score gate for int8 only
     from mmsrarec_edge.exporter.parity import DEFAULT_TOLERANCES, tolerances
 
-    both = load_profile(ROOT / "export" / "cpu-fp32-int8.toml")
+    both = load_profile(PROFILES_DIR / "cpu-fp32-int8.toml")
     assert both.graph_variants("recommender.decoder") == ["fp32", "int8"]
     assert both.default_variant("recommender.decoder") == "fp32"
     assert tolerances("fp32", both.parity) == DEFAULT_TOLERANCES["fp32"]
     assert tolerances("int8", both.parity)["score"] == 0.2
     assert tolerances("int8", both.parity)["logits"] == DEFAULT_TOLERANCES["int8"]["logits"]
-    trt = load_profile(ROOT / "export" / "tensorrt-fp16.toml")
+    trt = load_profile(PROFILES_DIR / "tensorrt-fp16.toml")
     # TensorRT builds fp16 itself from fp32 graphs.
     assert trt.precision == "fp16" and trt.graph_variants("recommender.decoder") == ["fp32"]
     assert trt.tensorrt.enabled and trt.tensorrt.fp16
-    orin = load_profile(ROOT / "export" / "jetson-orin.toml")
+    orin = load_profile(PROFILES_DIR / "jetson-orin.toml")
     assert orin.tensorrt.workspace_mb < trt.tensorrt.workspace_mb
     assert orin.limits.max_prefix_tokens < trt.limits.max_prefix_tokens
 
@@ -114,7 +116,8 @@ def test_summarizer_decoder_profiles_cover_prompt_plus_generation():
 
 def test_other_graph_profiles_and_unknown_dims():
     lim = Limits(images_batch=5, user_batch=7, max_candidates=9, max_suffix_tokens=10)
-    (v,) = compute_profiles("recommender.vision", "vision", [{"name": "pixel_values", "shape": ["images", 3, 64, 64]}], lim)
+    pixels = [{"name": "pixel_values", "shape": ["images", 3, 64, 64]}]
+    (v,) = compute_profiles("recommender.vision", "vision", pixels, lim)
     assert v["shapes"]["pixel_values"]["max"] == [5, 3, 64, 64]
     (u,) = compute_profiles("sasrec.user_encoder", "user_encoder", [{"name": "history", "shape": ["batch", 50]}], lim)
     assert u["shapes"]["history"] == {"min": [1, 50], "opt": [7, 50], "max": [7, 50]}

@@ -39,7 +39,10 @@ def test_bootstrap_interval_contains_mean_and_widens_with_user_clustering():
     for name in ("HR@5", "NDCG@5", "AUC"):
         r = by_user[name]
         assert r["lo"] <= r["mean"] <= r["hi"]
-    width = lambda r: r["AUC"]["hi"] - r["AUC"]["lo"]
+
+    def width(r):
+        return r["AUC"]["hi"] - r["AUC"]["lo"]
+
     assert width(by_user) > 1.5 * width(by_case)
     assert by_user["_n"] == {"cases": 500, "users": 50}
 

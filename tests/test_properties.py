@@ -39,16 +39,22 @@ any_text = st.text(max_size=80)  # every code point but surrogates
 
 # ---------------------------------------------------------------- prompt builder
 
+
+def _build_prompt(history, collab, title, kws, n_img, rank, cfg):
+    from mmsrarec_edge.core import prompt as P
+
+    return P.prefix_text(history, collab, cfg), P.suffix_text(title, kws, n_img, rank, cfg)
+
 @functools.lru_cache(maxsize=None)
 def tokenizers(tmp_root: str):
-    """(transformers tokenizer, the prompt module's TokenizerCodec, the runtime's Codec) over one tokenizer.json."""
-    from mmsrarec_edge.core.prompt import TokenizerCodec
+    """(transformers tokenizer, the runtime's Codec) over one tokenizer.json, the Codec twice (historical shape)."""
     from mmsrarec_edge.models.mllm import build_tokenizer
     from mmsrarec_edge.runtime.tokenizer import Codec
 
     tok = build_tokenizer()
     tok.save_pretrained(tmp_root)
-    return tok, TokenizerCodec(tmp_root), Codec(f"{tmp_root}/tokenizer.json")
+    codec = Codec(f"{tmp_root}/tokenizer.json")
+    return tok, codec, codec
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +65,23 @@ def toks(tmp_path_factory):
 configs = st.builds(
     lambda h, ik, ck, ci, cik, title, image: dict(history_len=h, item_keywords=ik, candidate_keywords=ck,
                                                   collab_items=ci, collab_item_keywords=cik, candidate_title=title,
-                                                  candidate_image=image),
+                                                  candidate_image=image, rank_hint=False),
     st.integers(0, 6), st.integers(1, 6), st.integers(1, 6), st.integers(0, 9), st.integers(1, 4), st.booleans(),
     st.booleans())
 
 
 @FAST
-@given(cfg=configs, history=st.lists(keywords, max_size=9), collab=st.one_of(st.none(), st.lists(keywords, max_size=10)),
+@given(cfg=configs, history=st.lists(keywords, max_size=9),
+       collab=st.one_of(st.none(), st.lists(keywords, max_size=10)),
        title=keyword, kws=keywords, title2=keyword, kws2=keywords, history2=st.lists(keywords, max_size=4),
        n_img=st.integers(0, 4))
 def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, kws, title2, kws2, history2, n_img):
     from mmsrarec_edge.core import prompt as P
 
     c = P.PromptConfig(**cfg)
-    prefix, suffix = P.build_prompt(history, collab, title, kws, n_img, None, c)
-    assert prefix == P.build_prompt(history, collab, title2, kws2, n_img, None, c)[0]  # candidate-free prefix
-    assert suffix == P.build_prompt(history2, None, title, kws, n_img, None, c)[1]  # history-free suffix
+    prefix, suffix = _build_prompt(history, collab, title, kws, n_img, None, c)
+    assert prefix == _build_prompt(history, collab, title2, kws2, n_img, None, c)[0]  # candidate-free prefix
+    assert suffix == _build_prompt(history2, None, title, kws, n_img, None, c)[1]  # history-free suffix
     assert prefix.startswith("predict if the user will choose the candidate next . user history : ")
     assert prefix.endswith(" . candidate :") and suffix.startswith(" ")
     assert suffix.endswith(" . will the user choose it ? answer :")
@@ -90,8 +97,8 @@ def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, k
 def test_prompt_image_slots_come_only_from_the_image(title, kws, history, n_img):
     from mmsrarec_edge.core import prompt as P
 
-    c = P.PromptConfig(candidate_image=True)
-    prefix, suffix = P.build_prompt(history, [], title, kws, n_img, None, c)
+    c = P.PromptConfig(candidate_image=True, rank_hint=False)
+    prefix, suffix = _build_prompt(history, [], title, kws, n_img, None, c)
     assert P.IMAGE_TOKEN not in prefix and suffix.count(P.IMAGE_TOKEN) == n_img
 
 
@@ -107,7 +114,7 @@ def test_prompt_ids_split_equals_joint_tokenization(toks, cfg, history, collab, 
     c = P.PromptConfig(**cfg)
     pre = P.prefix_ids(codec.encode, hf.bos_token_id, history, collab, c)
     suf = P.suffix_ids(codec.encode, title, kws, n_img, None, c)
-    prefix, suffix = P.build_prompt(history, collab, title, kws, n_img, None, c)
+    prefix, suffix = _build_prompt(history, collab, title, kws, n_img, None, c)
     assert pre == [hf.bos_token_id] + codec.encode(prefix)
     assert pre + suf == [hf.bos_token_id] + codec.encode(prefix + suffix)
 
@@ -236,20 +243,20 @@ args = st.one_of(st.text(alphabet=st.characters(blacklist_categories=()), max_si
 @FAST
 @given(text=st.one_of(args, st.none()))
 def test_candidates_parser_gives_a_mode_or_a_user_error(text):
-    from mmsrarec_edge.commands.runtime import parse_candidates
+    from mmsrarec_edge.core.candidates import CandidateSpec
 
     try:
-        got = parse_candidates(text)
+        got = CandidateSpec.parse(text, "--candidates")
     except UserError:
         return
-    assert got is None or got == "all" or (isinstance(got, str) and re.fullmatch(r"sampled:-?\d+", got)) or (
-        isinstance(got, list) and all(isinstance(i, int) for i in got))
+    assert got.kind in ("rescore", "all") or (got.kind == "sampled" and re.fullmatch(r"sampled:\d+", got.mode)) or (
+        got.kind == "ids" and got.ids and all(isinstance(i, int) for i in got.ids))
 
 
 @FAST
 @given(text=args)
 def test_history_parser_gives_ids_or_a_user_error(text):
-    from mmsrarec_edge.commands.runtime import _parse_ids
+    from mmsrarec_edge.core.candidates import parse_item_ids as _parse_ids
 
     try:
         ids = _parse_ids(text, "--history")
@@ -262,7 +269,7 @@ def test_history_parser_gives_ids_or_a_user_error(text):
 @FAST
 @given(ids=st.lists(st.integers(-(10**30), 10**30), max_size=8))
 def test_history_parser_round_trips(ids):
-    from mmsrarec_edge.commands.runtime import _parse_ids
+    from mmsrarec_edge.core.candidates import parse_item_ids as _parse_ids
 
     assert _parse_ids(",".join(map(str, ids)), "--history") == ids
 

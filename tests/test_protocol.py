@@ -64,7 +64,8 @@ def test_errors_are_clear(tiny_synth, tmp_path):
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"n_negatives": -1}, "--negatives must be >= 1, got -1"), ({"history_len": 0}, "--history must be >= 1"),
+    ({"n_negatives": -1}, "--negatives-per-case must be >= 1, got -1"),
+    ({"history_len": 0}, "--history-len must be >= 1"),
     ({"kcore": -1}, "--kcore must be >= 0"), ({"max_cases_per_user": 0}, "--max-cases-per-user must be >= 1"),
     ({"split": (1.2, -0.1, -0.1)}, "must be >= 0 and sum to 1"), ({"split": (0.5, 0.1, 0.1)}, "sum to 1"),
 ])

@@ -10,15 +10,20 @@ import pytest
 
 from mmsrarec_edge.core import prompt as P
 from mmsrarec_edge.core.context import ItemText, PromptMaker, SASRecRanks
+from mmsrarec_edge.runtime.tokenizer import Codec
 
 HIST = [["red", "lamp"], ["blue", "clock", "striped"], ["green; vase", "wood"], ["a", "b"], ["c"], ["d", "e"]]
 COLLAB = [["yellow", "kite"], ["pink", "badge", "metal"]]
 
 
+def _build_prompt(history, collab, title, keywords, cfg=None):
+    return P.prefix_text(history, collab, cfg), P.suffix_text(title, keywords, cfg=cfg)
+
+
 def test_prefix_holds_everything_but_the_candidate():
-    cfg = P.PromptConfig(history_len=5, item_keywords=2, collab_items=1, collab_item_keywords=1)
-    a = P.build_prompt(HIST, COLLAB, "Fable lamp", ["small", "red"], cfg=cfg)
-    b = P.build_prompt(HIST, COLLAB, "Quill clock", ["large", "blue"], cfg=cfg)
+    cfg = P.PromptConfig(history_len=5, item_keywords=2, collab_items=1, collab_item_keywords=1, rank_hint=False)
+    a = _build_prompt(HIST, COLLAB, "Fable lamp", ["small", "red"], cfg=cfg)
+    b = _build_prompt(HIST, COLLAB, "Quill clock", ["large", "blue"], cfg=cfg)
     assert a[0] == b[0]  # the shared prefix does not depend on the candidate
     assert "Fable" not in a[0] and "Fable lamp : small, red" in a[1]
     assert a[1].endswith("answer :") and a[0].endswith("candidate :")
@@ -29,7 +34,7 @@ def test_prefix_holds_everything_but_the_candidate():
 
 
 def test_empty_context_and_keywords_say_none():
-    pre, suf = P.build_prompt([], None, "X", [])
+    pre, suf = _build_prompt([], None, "X", [], cfg=P.PromptConfig(rank_hint=False))
     assert "user history : none" in pre and "similar users then chose : none" in pre
     assert suf.startswith(" X : none")
 
@@ -75,7 +80,7 @@ TEXTS = [
 
 def test_torch_free_tokenizer_matches_transformers(tokenizer):
     tok, path = tokenizer
-    codec = P.TokenizerCodec(path / "tokenizer.json")
+    codec = Codec(path / "tokenizer.json")
     for text in TEXTS:
         assert codec.encode(text) == tok(text, add_special_tokens=False)["input_ids"], text
     assert codec.token_id(P.IMAGE_TOKEN) == tok.convert_tokens_to_ids(P.IMAGE_TOKEN)
@@ -85,9 +90,9 @@ def test_torch_free_tokenizer_matches_transformers(tokenizer):
 
 def test_prompt_maker_ids_are_prefix_plus_suffix(tokenizer):
     tok, path = tokenizer
-    codec = P.TokenizerCodec(path)
+    codec = Codec(path / "tokenizer.json")
     items = {1: ItemText("Fable lamp", ["red", "lamp"], True), 2: ItemText("Quill clock", ["blue"], False)}
-    cfg = P.PromptConfig(candidate_image=True)
+    cfg = P.PromptConfig(candidate_image=True, rank_hint=False)
     maker = PromptMaker(items, codec.encode, tok.bos_token_id, cfg, n_image_tokens=4)
     prefix, suffixes = maker.case([2, 1], None, [1, 2], collab=[["x"]])
     assert prefix[0] == tok.bos_token_id

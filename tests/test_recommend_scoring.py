@@ -53,7 +53,8 @@ def test_score_matches_full_vocabulary_softmax(tiny):
 
 def _prompts(tok, n=7):
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prefix = [tok.bos_token_id] + enc("user history : red lamp ; blue clock . similar users then chose : kite . candidate :")
+    prefix = [tok.bos_token_id] + enc("user history : red lamp ; blue clock . similar users then chose : kite . "
+                                      "candidate :")
     words = ["small", "green striped vase made of glass", "x", "a large purple dotted badge", "cushion", "orange",
              "metal minimalist lamp from the studio"]
     return prefix, [enc(f" {w} . will the user choose it ? answer :") for w in words[:n]]

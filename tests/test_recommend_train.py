@@ -43,7 +43,8 @@ def parts(tmp_path_factory):
 def tiny_config(**kw) -> RecommenderConfig:
     cfg = RecommenderConfig(
         mllm={"hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1},
-        prompt=PromptConfig(item_keywords=3, candidate_keywords=4, collab_items=3, collab_item_keywords=2),
+        prompt=PromptConfig(item_keywords=3, candidate_keywords=4, collab_items=3, collab_item_keywords=2,
+                            rank_hint=False),
         retrieval=RetrievalConfig(stride=3),
         tasks=TaskConfig(windows_per_user=2, negatives=2),
         train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, val_cases=12, threads=1))
@@ -66,6 +67,7 @@ def test_directory_layout_and_metadata(trained, parts):
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.bin"))
     saved = json.loads((out / "recommender.json").read_text())
     assert saved["yes_token_id"] != saved["no_token_id"]
+    assert saved["n_rescore"] == 50  # the runtime's default rescoring depth (a bundle's config recommender.n_rescore)
     assert saved["retrieval"]["items_per_neighbour"] in (1, 2, 3)  # chosen on validation
     assert saved["retrieval"]["recall"]["recall@3"] > 0.9
     assert saved["inputs"]["protocol"]["train_users"] == parts[1].train_users
@@ -124,7 +126,8 @@ def test_training_windows_do_not_leak(parts):
             seen_users.extend(zip(exclude, [[n.user_id for n in r] for r in res]))
             return res
 
-    maker = PromptMaker(items, lambda s: [hash(w) % 1000 for w in s.split()], None, PromptConfig(), Spy())
+    maker = PromptMaker(items, lambda s: [hash(w) % 1000 for w in s.split()], None, PromptConfig(rank_hint=False),
+                        Spy())
     windows = build_windows(seqs, maker, sas.user_embeddings, TaskConfig(windows_per_user=3))
     assert seen_users and all(u not in nbs for u, nbs in seen_users)
     for w in windows:

@@ -233,12 +233,12 @@ CASES = [
     # --- outputs
     Case("cannot create output directory /proc/mmsrarec", lambda w: ["data", "synth", "--out", "/proc/mmsrarec/x",
                                                                        "--items", 10, "--users", 5]),
-    Case("cannot write to /proc", lambda w: ["export", "--profile", ROOT / "export" / "cpu-fp32.toml",
+    Case("cannot write to /proc", lambda w: ["export", "--profile", "cpu-fp32",
                                              "--out", "/proc/bundle"]),
-    Case("exists and is not a directory", lambda w: ["export", "--profile", ROOT / "export" / "cpu-fp32.toml",
+    Case("exists and is not a directory", lambda w: ["export", "--profile", "cpu-fp32",
                                                      "--out", garbage(w.root / "a_file", b"keep me")]),
     Case("has no manifest.json; refusing to replace it", lambda w: [
-        "export", "--profile", ROOT / "export" / "cpu-fp32.toml", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
+        "export", "--profile", "cpu-fp32", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),

@@ -43,8 +43,20 @@ def test_recommend_ad_hoc_history_json_and_table(bundle):
     assert "Top 3 for ad-hoc history" in table and "score" in table
 
 
+def test_threads_beyond_the_cpu_count_are_capped_with_a_warning(bundle):
+    from mmsrarec_edge.core.config import cpu_count
+
+    r = run("recommend", bundle.dir, "--history", "1,2", "--candidates", "3,4", "--threads", 1000, "--json",
+            "--provider", "CPU")  # choices are case-insensitive
+    assert json.loads(r.stdout)["candidate_mode"] == "list"
+    assert r.stderr.strip() == f"warning: --threads 1000 is more than the {cpu_count()} CPUs available here: using " \
+                               f"{cpu_count()}"
+
+
 @pytest.mark.parametrize("args, needle", [  # one per layer: CLI parsing, sessions, recommender (the rest in-process)
     (["--history", "1,x"], "comma-separated integer item ids"),
+    (["--history", "1", "--candidates", "sampled:x"], "--candidates 'sampled:x': sampled:N needs an integer N >= 1"),
+    (["--history", "1", "--provider", "gpu"], "'gpu' is not one of"),
     (["--history", "1", "--provider", "tensorrt"], "execution provider 'tensorrt'"),
     (["--user", 10**6], "unknown user id 1000000"),
 ])
@@ -86,10 +98,13 @@ BLOCKED = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, Block())
+    import mmsrarec_edge.core as core
     import mmsrarec_edge.runtime as rt
-    names = [m.name for m in pkgutil.iter_modules(rt.__path__)]
-    for n in names:
-        importlib.import_module(f"mmsrarec_edge.runtime.{n}")
+    names = []
+    for pkg in (core, rt):
+        for m in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{m.name}")
+            names.append(m.name)
     import mmsrarec_edge.commands.runtime
     from mmsrarec_edge.runtime.recommender import Recommender
 
@@ -111,6 +126,7 @@ def test_runtime_runs_with_torch_and_transformers_blocked(bundle):
     lines = r.stdout.strip().splitlines()
     cli_out = json.loads("\n".join(lines[:-1]))
     summary = json.loads(lines[-1])
-    assert {"recommender", "scorer", "sessions", "summarizer", "bundle", "catalog"} <= set(summary["modules"])
+    assert {"recommender", "scorer", "sessions", "summarizer", "bundle", "catalog", "prompt", "keyword_store",
+            "candidates", "scores"} <= set(summary["modules"])
     assert len(summary["top"]) == 3 and summary["loaded"] == []
     assert cli_out["history"] == [4, 5] and len(cli_out["items"]) == 8  # n_rescore of the bundle < top_k 10

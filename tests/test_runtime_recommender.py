@@ -1,4 +1,5 @@
-"""The torch-free Recommender on a tiny exported bundle: PyTorch parity, candidates, errors, thread-safety, cold start."""
+"""The torch-free Recommender on a tiny exported bundle: PyTorch parity, candidates, errors, thread-safety, cold
+start."""
 
 import threading
 
@@ -94,7 +95,7 @@ def test_candidate_modes(rec, bundle):
     ({"history": [1], "candidates": [2, 999]}, "unknown candidate item id 999"),
     ({"history": [1], "candidates": "sampled:0"}, "sampled:0"),
     ({"history": [1], "candidates": "sampled:1000"}, "sampled:1000"),
-    ({"history": [1], "candidates": "best"}, "unknown candidate mode"),
+    ({"history": [1], "candidates": "best"}, "candidates 'best' is neither comma-separated item ids"),
     ({"history": [1], "top_k": 0}, "top_k must be >= 1"),
     ({}, "exactly one of"),
 ])

@@ -96,7 +96,8 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
         what = None
         if t.type == tokenize.NAME and t.string in PICKLE_MODULES | PICKLE_FUNCTIONS:
             what = t.string
-        elif t.type == tokenize.NAME and t.string == "load" and prev == "." and k >= 2 and toks[k - 2].string == "torch":
+        elif (t.type == tokenize.NAME and t.string == "load" and prev == "." and k >= 2
+              and toks[k - 2].string == "torch"):
             what = "torch.load"
         elif t.type == tokenize.NAME and t.string == "load" and prev == "import" and any(
                 x.string == "torch" for x in toks[max(0, k - 3):k]):
@@ -121,7 +122,8 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
 def test_scanner_finds_what_it_looks_for():
     bad = ("import pickle\nfrom joblib import load\nx = torch.load(p)\ny = eval('1')\nexec(code)\n"
            "torch.load(p, weights_only=False)\nnp.load(f, allow_pickle=True)\ndf.to_pickle(p)\n"
-           "importlib.import_module('dill')\nfrom torch import load\nm = AutoModel.from_pretrained(p, trust_remote_code=True)\n")
+           "importlib.import_module('dill')\nfrom torch import load\n"
+           "m = AutoModel.from_pretrained(p, trust_remote_code=True)\n")
     hits = unsafe_calls(bad)
     assert [h.split(": ", 1)[1] for h in hits] == [
         "pickle", "joblib", "torch.load", "eval(", "exec(", "torch.load", "weights_only=False", "allow_pickle=True",

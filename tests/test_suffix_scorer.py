@@ -8,8 +8,9 @@ import torch
 from runtime_support import shared_tiny_bundle, shared_tiny_llava, torch_yes_probability
 
 from mmsrarec_edge.exporter.graphs import export_graph
+from mmsrarec_edge.exporter.kinds import export_kind
 from mmsrarec_edge.exporter.parity import check
-from mmsrarec_edge.exporter.suffix_graph import SuffixScorerGraph, scorer_spec, supports
+from mmsrarec_edge.exporter.suffix_graph import SuffixScorerGraph, supports
 from mmsrarec_edge.runtime.llm import Decoder, Embedder, ImageEncoder, SuffixScorer
 from mmsrarec_edge.runtime.scorer import CandidateScorer
 from mmsrarec_edge.runtime.sessions import SessionConfig, open_session
@@ -81,7 +82,8 @@ def test_graph_equals_the_language_model_over_each_full_prompt(decoder, kv_heads
 @pytest.mark.parametrize("decoder", ["qwen2", "llama"])
 def test_export_passes_its_gate_and_a_wrong_model_fails_it(tmp_path, decoder):
     model, yes_no = _model(decoder, 2)
-    path = export_graph(scorer_spec(model, "recommender.scorer", yes_no), tmp_path / "scorer.onnx")
+    path = export_graph(export_kind("decoder_scorer", "recommender.scorer", model).spec(model, yes_no),
+                        tmp_path / "scorer.onnx")
     res = check("recommender.scorer", "decoder_scorer", path, "fp32", model, cases=2, yes_no_ids=yes_no)
     assert res.passed, res.failures
     assert res.metrics["score"] < 1e-5 and res.info["prefix_kv_error"] < 1e-5 and res.info["rank_agreement"] == 1.0

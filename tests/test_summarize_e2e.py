@@ -45,13 +45,15 @@ def test_training_writes_sft_rl_and_log(trained):
     assert len(log["reference_lm_loss"]) == 3
     assert [e["step"] for e in log["grpo"]] == [1, 2]
     for e in log["grpo"]:
-        assert {"total", "r_info", "r_recon", "r_len", "n_keywords", "kl", "loss", "image_total", "text_total"} <= set(e)
+        assert {"total", "r_info", "r_recon", "r_len", "n_keywords", "kl", "loss", "image_total",
+                "text_total"} <= set(e)
         assert e["r_len"] == pytest.approx(-e["n_keywords"])
     for stage in ("targets", "sft", "rl"):
         assert set(log["eval"][stage]) == {"image", "text", "all"}
         assert 0.0 <= log["eval"][stage]["all"]["gold_precision"] <= 1.0
     assert log["eval"]["targets"]["all"]["gold_precision"] == 1.0  # the SFT targets are the attributes here
-    assert log["held_out_ids"] and not set(log["held_out_ids"]) & {s["item_id"] for s in log["samples"]} - set(log["held_out_ids"])
+    held_out = set(log["held_out_ids"])
+    assert held_out and not held_out & {s["item_id"] for s in log["samples"]} - held_out
 
 
 def test_rl_changed_the_weights_and_is_a_plain_llava(trained):

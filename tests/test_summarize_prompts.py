@@ -29,7 +29,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def spec(tok):
-    return PromptSpec(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+    return PromptSpec(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                      image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                       num_image_tokens=16, bos_id=tok.bos_token_id, max_text_tokens=12)
 
 
@@ -86,7 +87,8 @@ def test_runtime_tokenizer_gives_identical_ids(tok, spec, tmp_path):
     def rt_enc(s):
         return rt.encode(s, add_special_tokens=False).ids
 
-    for text in ["Nimbus clock. Vintage cotton clock in yellow, striped, large.", "Toy Story (1995). Sci-Fi & it's 3.5"]:
+    for text in ["Nimbus clock. Vintage cotton clock in yellow, striped, large.",
+                 "Toy Story (1995). Sci-Fi & it's 3.5"]:
         assert text_prompt_ids(rt_enc, spec, text) == text_prompt_ids(enc_of(tok), spec, text)
     assert image_prompt_ids(rt_enc, spec) == image_prompt_ids(enc_of(tok), spec)
     ids = target_ids(enc_of(tok), spec, ["red", "striped lamp"]) + [spec.pad_id]

@@ -188,7 +188,8 @@ def latency_grid(peers: dict, rec, cfg: BenchConfig, gflops: float, progress=Non
             row = {"history_len": h, "candidates": c, "prefix_tokens": len(case.prefix),
                    "suffix_tokens_mean": float(np.mean([len(s) for s in case.suffixes])),
                    "floor_ms": floor_ms(len(case.prefix), [len(s) for s in case.suffixes], dims, gflops), "peers": {}}
-            timed = measure_interleaved({name: (lambda fn=fn: fn(case.prefix, case.suffixes, feats))
+            timed = measure_interleaved({name: (lambda fn=fn, case=case, feats=feats: fn(case.prefix, case.suffixes,
+                                                                                         feats))
                                          for name, fn in peers.items()}, repeats=cfg.repeats, warmup=1,
                                         max_seconds=cfg.max_seconds)
             for name in peers:
@@ -205,7 +206,8 @@ def end_to_end(rec, cfg: BenchConfig, candidates: int = 20) -> dict:
     t0 = time.perf_counter()
     n = 0
     for k in range(cfg.e2e_requests):
-        hist = _pick_history(rec, 5, cfg.seed + 1000 + k) if not users else rec.retrieval.histories[users[k % len(users)]][-5:]
+        hist = (_pick_history(rec, 5, cfg.seed + 1000 + k) if not users
+                else rec.retrieval.histories[users[k % len(users)]][-5:])
         r = rec.recommend(history=list(hist), candidates=f"sampled:{candidates}", top_k=5, seed=k)
         for name, v in r.timings_ms.items():
             stages.setdefault(name, []).append(v)
@@ -300,5 +302,6 @@ def summarize(report: dict) -> dict:
         judged = at20[0] if at20 else med
         out[name] = {"median_speedup": med, "min_speedup": float(np.min(r)), "max_speedup": float(np.max(r)),
                      "speedup_at_20_candidates": at20[0] if at20 else None, "history_len": ref_hist,
-                     "target": TARGETS.get(name), "meets_target": (judged >= TARGETS[name]) if name in TARGETS else None}
+                     "target": TARGETS.get(name),
+                     "meets_target": (judged >= TARGETS[name]) if name in TARGETS else None}
     return out

@@ -39,7 +39,8 @@ def markdown(report: dict) -> str:
               "| history | candidates | prefix tok | floor | " + " | ".join(names) + " |",
               "|---" * (4 + len(names)) + "|"]
     for row in report["grid"]:
-        cells = [_fmt(row["peers"][n].get("p50_ms")) + (f" (n={row['peers'][n]['n']})" if row["peers"][n].get("n", 99) < 5 else "")
+        cells = [_fmt(row["peers"][n].get("p50_ms"))
+                 + (f" (n={row['peers'][n]['n']})" if row["peers"][n].get("n", 99) < 5 else "")
                  for n in names]
         lines.append(f"| {row['history_len']} | {row['candidates']} | {row['prefix_tokens']} | "
                      f"{_fmt(row['floor_ms'], 3)} | " + " | ".join(cells) + " |")
@@ -57,11 +58,13 @@ def markdown(report: dict) -> str:
               "(`prefill+candidates`); the expanded-KV path runs it as its own call (`prefill`, then `candidates`)."]
     if "agreement" in report:
         ag = report["agreement"]
-        lines += ["", f"## Ranking agreement with PyTorch on {ag['cases']} test cases (21 candidates each)", "",
-                  "| scorer | identical ranking | same order (ties < 1e-5 aside) | top-5 overlap | max abs score diff | HR@5 | "
-                  "NDCG@5 | AUC |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["",
+                  f"## Ranking agreement with PyTorch on {ag['cases']} test cases (21 candidates each)", "",
+                  "| scorer | identical ranking | same order (ties < 1e-5 aside) | top-5 overlap | "
+                  "max abs score diff | HR@5 | NDCG@5 | AUC |", "|---|---|---|---|---|---|---|---|"]
         for name, v in ag["variants"].items():
-            lines.append(f"| {name} | {_fmt(v.get('identical_ranking'), 3)} | {_fmt(v.get('same_order_beyond_1e-5'), 3)} | "
+            lines.append(f"| {name} | {_fmt(v.get('identical_ranking'), 3)} | "
+                         f"{_fmt(v.get('same_order_beyond_1e-5'), 3)} | "
                          f"{_fmt(v.get('top5_overlap'), 3)} | "
                          f"{_fmt(v.get('max_abs_score_diff'), 6)} | {100 * v['HR@5']:.2f} | {100 * v['NDCG@5']:.2f} | "
                          f"{100 * v['AUC']:.2f} |")

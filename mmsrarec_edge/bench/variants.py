@@ -113,7 +113,8 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
              "bundles were exported from. Graph MiB: the graphs one recommendation loads (embed, decoder, the "
              "candidate scorer when the bundle has one, SASRec); bundle MiB: the whole bundle as exported for this "
              "report.",
-             "", "| bundle | variant | graph MiB | bundle MiB | HR@5 | ΔHR@5 | NDCG@5 | AUC | ΔAUC | identical ranking | "
+             "", "| bundle | variant | graph MiB | bundle MiB | HR@5 | ΔHR@5 | NDCG@5 | AUC | ΔAUC | "
+             "identical ranking | "
              "same order (ties < 1e-5 aside) | top-5 overlap | max |Δscore| |", "|" + "---|" * 13,
              f"| PyTorch | fp32 | | | {ref['HR@5']['mean']:.4f} | | {ref['NDCG@5']['mean']:.4f} | "
              f"{ref['AUC']['mean']:.4f} | | 1 | 1 | 1 | 0 |"]
@@ -121,9 +122,11 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
         m, d = r["metrics"], r["delta_vs_pytorch"]
         lines.append(
             f"| {r['bundle']} | {r['precision']} | {sum(r['bytes'].values()) / 2**20:.2f} | "
-            f"{r['bundle_bytes'] / 2**20:.2f} | {m['HR@5']['mean']:.4f} [{m['HR@5']['lo']:.3f}, {m['HR@5']['hi']:.3f}] | "
+            f"{r['bundle_bytes'] / 2**20:.2f} | "
+            f"{m['HR@5']['mean']:.4f} [{m['HR@5']['lo']:.3f}, {m['HR@5']['hi']:.3f}] | "
             f"{d['HR@5']:+.4f} | {m['NDCG@5']['mean']:.4f} | {m['AUC']['mean']:.4f} | {d['AUC']:+.4f} | "
-            f"{r['identical_ranking']:.3f} | {r['same_order_beyond_1e-5']:.3f} | {r['top5_overlap']:.3f} | {r['max_abs_score_diff']:.2e} |")
+            f"{r['identical_ranking']:.3f} | {r['same_order_beyond_1e-5']:.3f} | {r['top5_overlap']:.3f} | "
+            f"{r['max_abs_score_diff']:.2e} |")
     lines += ["", "Per-graph variants: " + "; ".join(
         f"{r['bundle']}/{r['precision']}: " + ", ".join(f"{g}={v}" for g, v in r["graph_variants"].items())
         for r in rep["rows"]), ""]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from .common import status
+
 
 def synth(
     out: Path = typer.Option(Path("work/data/synthetic"), "--out", "-o", help="Dataset directory to write."),
@@ -24,7 +26,7 @@ def synth(
     with atomic_dir(out, marker="dataset.json") as tmp, progress_bar("drawing items", min(items, 384)) as adv:
         ds = generate(cfg, tmp, progress=adv)
     typer.echo(json.dumps(ds.stats()))
-    typer.echo(f"wrote {out}")
+    status(f"wrote {out}")
 
 
 class ImportFormat(str, Enum):
@@ -39,7 +41,8 @@ def import_(
     source: Path = typer.Argument(..., help="Directory holding the source files."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset directory to write (replaced atomically)."),
     fmt: ImportFormat = typer.Option(ImportFormat.auto, "--format", "-f", help="Source format; auto detects it."),
-    images: Path = typer.Option(None, "--images", help="Folder of <item id>.jpg/.png (Amazon: <parent_asin>.jpg/.png)."),
+    images: Path = typer.Option(None, "--images",
+                                help="Folder of <item id>.jpg/.png (Amazon: <parent_asin>.jpg/.png)."),
     min_rating: float = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
 ):
     """Import MovieLens-100K, ml100k_mm, RecBole atomic files or Amazon Reviews 2023 JSONL."""
@@ -48,7 +51,7 @@ def import_(
 
     ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar)
     typer.echo(json.dumps(ds.stats()))
-    typer.echo(f"wrote {out}")
+    status(f"wrote {out}")
 
 
 def stats(dataset: Path = typer.Argument(..., help="A canonical dataset directory.")):

@@ -1,13 +1,23 @@
 """`mmsrarec-edge evaluate`: score models on the saved protocol; write report.json, report.md, report.png.
 
-Model options are added by stages: `--sasrec DIR` and `--popularity` here; the recommender stage adds its own.
+Models: the popularity baseline (`--popularity`, on by default), SASRec directories (`--sasrec DIR`, repeatable) and
+MMSRARec recommender directories (`--recommender [NAME=]DIR`, repeatable), all on the same saved candidates. The
+Markdown report goes to stdout.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
+
+from .common import EVALUATE
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
 
 
 def evaluate(
@@ -15,8 +25,9 @@ def evaluate(
     out: Path = typer.Option(..., "--out", "-o", help="Report directory to write."),
     sasrec: list[Path] = typer.Option([], "--sasrec", help="SASRec model directory (repeatable)."),
     popularity: bool = typer.Option(True, "--popularity/--no-popularity", help="Include the popularity baseline."),
-    recommender: list[Path] = typer.Option([], "--recommender", help="MMSRARec recommender directory (repeatable; NAME=DIR to name it)."),
-    split: str = typer.Option("test", help="test or val."),
+    recommender: list[Path] = typer.Option([], "--recommender",
+                                           help="MMSRARec recommender directory (repeatable; NAME=DIR to name it)."),
+    split: Split = typer.Option(Split.test, help="The protocol's split to score (val: for model selection)."),
     title: str = typer.Option("", help="Report title."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
 ):
@@ -26,8 +37,6 @@ def evaluate(
     from ..data.protocol import load_protocol
     from ..evaluate import run_evaluation, write_report
 
-    if split not in ("test", "val"):
-        raise UserError(f"--split must be test or val, got {split!r}")
     p = load_protocol(protocol_dir)
     scorers = {}
     if popularity:
@@ -43,16 +52,16 @@ def evaluate(
         scorers[name] = lambda c, m=m: m.score(c.prefixes, c.candidates)
     for spec in recommender:
         name, _, path = str(spec).partition("=") if "=" in str(spec) else ("MMSRARec-edge", "", str(spec))
-        from ..recommend.scoring import load_scorer  # the recommender stage
+        from ..recommend.scoring import load_scorer
 
         scorers[name] = load_scorer(Path(path), p)
     if not scorers:
         raise UserError("no model to evaluate", "pass --sasrec DIR, --recommender DIR or --popularity")
     with progress_bar("scoring models", len(scorers)) as adv:
-        report = run_evaluation(p, scorers, split, progress=adv, n_boot=bootstrap)
+        report = run_evaluation(p, scorers, split.value, progress=adv, n_boot=bootstrap)
     write_report(report, out, title=title)
     typer.echo((out / "report.md").read_text())
 
 
 def register(apps) -> None:
-    apps["app"].command("evaluate")(evaluate)
+    apps["app"].command("evaluate", rich_help_panel=EVALUATE)(evaluate)

@@ -1,31 +1,79 @@
-"""`mmsrarec-edge export` (ONNX bundle with parity gates) and `mmsrarec-edge build-engine` (TensorRT engines)."""
+"""`mmsrarec-edge export` (ONNX bundle with parity gates) and `mmsrarec-edge build-engine` (TensorRT engines).
+
+Export profiles ship with the package (mmsrarec_edge/profiles/*.toml) and are picked by name (`--profile cpu-int8`);
+a path to a TOML file works too. The command's own settings (ExportOptions: profile, inputs, output, threads) may come
+from `--config FILE.toml` (its [export] table in a pipeline file); options given on the command line win.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .common import CONFIG_HELP, EXPORT, config_command, threads
+
+
+@dataclass
+class ExportOptions:
+    """`export`'s settings; paths are relative to the current directory ("" = not given)."""
+
+    profile: str = ""  # a packaged profile's name (`mmsrarec-edge config profiles` lists them) or a TOML path
+    out: str = ""
+    sasrec: str = ""
+    recommender: str = ""
+    summarizer: str = ""
+    keywords: str = ""
+    dataset: str = ""
+    threads: int = 2  # torch/onnxruntime threads of export and parity checks
+
+
+def build_options(config: Path | None = None, **options) -> ExportOptions:
+    """ExportOptions defaults <- `config`'s [export] settings <- the options given (None: not given)."""
+    from ..core.config import build
+
+    return build(ExportOptions(), config, "export", {k: None if v is None else (str(v) if isinstance(v, Path) else v)
+                                                     for k, v in options.items()})
+
 
 def export(
-    profile: Path = typer.Option(..., "--profile", "-p", help="Export profile TOML (see export/*.toml)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write (replaced atomically)."),
-    sasrec: Optional[Path] = typer.Option(None, help="SASRec model directory (`train sasrec`)."),
-    recommender: Optional[Path] = typer.Option(None, help="Recommender directory (model/, recommender.json, retrieval/)."),
-    summarizer: Optional[Path] = typer.Option(None, help="Summarizer directory (a LLaVA checkpoint)."),
-    keywords: Optional[Path] = typer.Option(None, help="Keyword store Parquet (`summarize`)."),
-    dataset: Optional[Path] = typer.Option(None, help="Canonical dataset: the catalog, and real parity inputs."),
-    threads: int = typer.Option(2, help="Torch/ONNX Runtime threads used by export and parity checks."),
+    profile: str = typer.Option(None, "--profile", "-p",
+                                help="Export profile: a packaged profile's name, e.g. cpu-int8 (`mmsrarec-edge config "
+                                     "profiles` lists them), or a TOML file @profile"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle directory to write (replaced atomically) "
+                                                                 "@out"),
+    sasrec: Optional[Path] = typer.Option(None, help="SASRec model directory (`train sasrec`) @sasrec"),
+    recommender: Optional[Path] = typer.Option(None, help="Recommender directory (model/, recommender.json, "
+                                                          "retrieval/) @recommender"),
+    summarizer: Optional[Path] = typer.Option(None, help="Summarizer directory (a LLaVA checkpoint) @summarizer"),
+    keywords: Optional[Path] = typer.Option(None, help="Keyword store Parquet (`summarize`) @keywords"),
+    dataset: Optional[Path] = typer.Option(None, help="Canonical dataset: the catalog, and real parity inputs "
+                                                      "@dataset"),
+    threads_: int = typer.Option(None, "--threads", help="Torch/ONNX Runtime threads used by export and parity "
+                                                         "checks, at most the CPU count @threads"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ):
     """Export ONNX graphs + precision variants, gate each against PyTorch, and write one verified bundle."""
     from ..core.bundle import MANIFEST
+    from ..core.config import profile_path
+    from ..core.errors import UserError
     from ..core.io_utils import check_replaceable, ensure_writable_dir
 
-    if threads < 1:
+    opts = build_options(config, profile=profile, out=out, sasrec=sasrec, recommender=recommender,
+                         summarizer=summarizer, keywords=keywords, dataset=dataset, threads=threads_)
+    if not opts.profile:
+        raise UserError("export needs a profile", "pass --profile NAME (e.g. cpu-int8) or a TOML file")
+    if not opts.out:
+        raise UserError("export needs an output directory", "pass --out DIR")
+    if opts.threads < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--threads")
-    check_replaceable(out, MANIFEST)  # before minutes of export, not after
-    ensure_writable_dir(out.parent)
+    n_threads = threads(opts.threads)
+    prof_file = profile_path(opts.profile)
+    out_dir = Path(opts.out)
+    check_replaceable(out_dir, MANIFEST)  # before minutes of export, not after
+    ensure_writable_dir(out_dir.parent)
 
     import torch
 
@@ -34,23 +82,31 @@ def export(
     from ..exporter.inputs import load_inputs
     from ..exporter.profile import load_profile
 
-    torch.set_num_threads(threads)
-    prof = load_profile(profile)
-    inputs = load_inputs(summarizer, recommender, sasrec, keywords, dataset)
+    def given(p: str) -> Path | None:
+        return Path(p) if p else None
+
+    torch.set_num_threads(n_threads)
+    prof = load_profile(prof_file)
+    inputs = load_inputs(given(opts.summarizer), given(opts.recommender), given(opts.sasrec), given(opts.keywords),
+                         given(opts.dataset))
     n = sum(len(prof.graph_variants(g)) for g in prof.graphs)
     with progress_bar(f"exporting ({prof.name})", n) as advance:
-        manifest = export_bundle(inputs, prof, out, profile_source=str(profile), progress=advance)
+        manifest = export_bundle(inputs, prof, out_dir, profile_source=opts.profile, progress=advance)
     for graph, precision, metrics in parity_summary(manifest):
         figures = ", ".join(f"{k} {v:.2e}" for k, v in metrics.items())
         typer.echo(f"parity {graph} [{precision}]: {figures}  (pass)")
     total = sum(f["bytes"] for f in manifest["files"].values())
-    typer.echo(f"wrote {out} ({len(manifest['files'])} files, {total / 1e6:.1f} MB, {manifest['export_seconds']} s)")
+    # the export's summary is its result (stdout), as the parity lines above
+    typer.echo(f"wrote {out_dir} ({len(manifest['files'])} files, {total / 1e6:.1f} MB, "
+               f"{manifest['export_seconds']} s)")
 
 
 def build_engine(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `mmsrarec-edge export`."),
-    fp16: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Engine precision (default: the bundle profile's)."),
-    workspace: Optional[int] = typer.Option(None, "--workspace", help="TensorRT workspace in MB (default: profile's)."),
+    fp16: Optional[bool] = typer.Option(None, "--fp16/--fp32",
+                                        help="Engine precision (default: the bundle profile's)."),
+    workspace: Optional[int] = typer.Option(None, "--workspace",
+                                            help="TensorRT workspace in MB (default: the bundle profile's)."),
     graph: Optional[list[str]] = typer.Option(None, "--graph", help="Only these graphs (repeatable)."),
 ):
     """Build TensorRT engines for a bundle's graphs into BUNDLE/engines/ (needs TensorRT on this machine)."""
@@ -64,5 +120,5 @@ def build_engine(
 
 
 def register(apps) -> None:
-    apps["app"].command("export")(export)
-    apps["app"].command("build-engine")(build_engine)
+    apps["app"].command("export", cls=config_command(ExportOptions), rich_help_panel=EXPORT)(export)
+    apps["app"].command("build-engine", rich_help_panel=EXPORT)(build_engine)

@@ -11,48 +11,16 @@ from pathlib import Path
 
 import typer
 
-PROVIDER_HELP = "Execution provider: cpu, cuda or tensorrt (default: the fastest available)."
-PRECISION_HELP = "Graph variant: fp32, fp16 or int8 (default: the bundle's export-profile precision)."
+from .common import PRECISION_HELP, PROVIDER_HELP, RUNTIME, THREADS_HELP, Precision, Provider, threads, value, warn
+
 VERIFY_HELP = "Check every file's SHA-256 against the manifest (--no-verify: sizes and file types only, faster)."
 
 
 def _console():
+    """A console on stdout: the table is the result."""
     from rich.console import Console
 
     return Console()
-
-
-def _warn(messages) -> None:
-    for m in messages:
-        typer.echo(f"warning: {m}", err=True)
-
-
-def _parse_ids(text: str, what: str) -> list[int]:
-    from ..core.errors import UserError
-
-    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        return [int(p) for p in parts]
-    except ValueError as exc:
-        raise UserError(f"{what} must be comma-separated integer item ids, got {text!r}") from exc
-
-
-def parse_candidates(text: str | None):
-    """--candidates: None/"" (first stage + LLM rescoring), "all", "sampled:N", or "ID,ID,...". """
-    from ..core.errors import UserError
-
-    if text is None or not text.strip():
-        return None
-    t = text.strip().lower()
-    if t == "all":
-        return "all"
-    if t.startswith("sampled:"):
-        try:
-            n = int(t.split(":", 1)[1])
-        except ValueError as exc:
-            raise UserError(f"--candidates sampled:N needs an integer N, got {text!r}") from exc
-        return f"sampled:{n}"
-    return _parse_ids(text, "--candidates")
 
 
 def recommend(
@@ -61,34 +29,41 @@ def recommend(
     history: str = typer.Option(None, "--history", help="Ad-hoc history: comma-separated item ids, oldest first."),
     candidates: str = typer.Option(None, "--candidates",
                                    help="ID,ID,... | sampled:N (random non-interacted items) | all. Default: every "
-                                        "catalog item ranked by the first stage, the top --rescore rescored by the LLM."),
+                                        "catalog item ranked by the first stage, the top --rescore rescored by the "
+                                        "LLM."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="How many recommendations to return."),
-    rescore: int = typer.Option(None, "--rescore", help="How many first-stage items the LLM rescores (default: bundle's)."),
+    rescore: int = typer.Option(None, "--rescore",
+                                help="How many first-stage items the LLM rescores (default: the bundle's, set by "
+                                     "`train recommender --rescore`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampled:N candidates."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    provider: str = typer.Option(None, "--provider", help=PROVIDER_HELP),
-    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
-    threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
+    provider: Provider = typer.Option(None, "--provider", case_sensitive=False, help=PROVIDER_HELP),
+    precision: Precision = typer.Option(None, "--precision", case_sensitive=False, help=PRECISION_HELP),
+    threads_: int = typer.Option(None, "--threads", help=THREADS_HELP),
     verify: bool = typer.Option(True, "--verify/--no-verify", help=VERIFY_HELP),
 ):
     """Recommend items for a known user or an ad-hoc history, with scores and explanation keywords."""
+    from ..core.candidates import CandidateSpec, parse_item_ids
     from ..core.errors import UserError
     from ..runtime.recommender import Recommender
 
     if (user is None) == (history is None):
         raise UserError("pass exactly one of --user ID or --history ID,ID,...")
-    rec = Recommender(bundle, provider=provider, precision=precision, threads=threads, verify=verify)
-    result = rec.recommend(user=user, history=_parse_ids(history, "--history") if history is not None else None,
-                           candidates=parse_candidates(candidates), top_k=top_k, n_rescore=rescore, seed=seed)
-    _warn(result.warnings)
+    hist = parse_item_ids(history, "--history") if history is not None else None
+    spec = CandidateSpec.parse(candidates, "--candidates")
+    rec = Recommender(bundle, provider=value(provider), precision=value(precision), threads=threads(threads_),
+                      verify=verify)
+    result = rec.recommend(user=user, history=hist, candidates=spec, top_k=top_k, n_rescore=rescore, seed=seed)
+    for message in result.warnings:
+        warn(message)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     from rich.table import Table
 
     who = f"user {user}" if user is not None else "ad-hoc history"
-    precision = result.variants.get("recommender.decoder", "?")
-    table = Table(title=f"Top {len(result.items)} for {who} ({result.provider} {precision}, {result.candidate_mode}, "
+    variant = result.variants.get("recommender.decoder", "?")
+    table = Table(title=f"Top {len(result.items)} for {who} ({result.provider} {variant}, {result.candidate_mode}, "
                         f"{len(result.scored)} scored by the LLM)")
     for col, kw in (("#", {"justify": "right"}), ("item", {"justify": "right"}), ("title", {}),
                     ("score", {"justify": "right"}), ("why (keywords)", {})):
@@ -106,9 +81,9 @@ def summarize_item(
     item_id: int = typer.Option(None, "--item-id", help="Id of the new item (with --add-to-catalog)."),
     title: str = typer.Option(None, "--title", help="Title of the new item (default: the text's first 60 chars)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    provider: str = typer.Option(None, "--provider", help=PROVIDER_HELP),
-    precision: str = typer.Option(None, "--precision", help=PRECISION_HELP),
-    threads: int = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
+    provider: Provider = typer.Option(None, "--provider", case_sensitive=False, help=PROVIDER_HELP),
+    precision: Precision = typer.Option(None, "--precision", case_sensitive=False, help=PRECISION_HELP),
+    threads_: int = typer.Option(None, "--threads", help=THREADS_HELP),
 ):
     """Summarize a new (cold-start) item into image and text keywords with the bundle's summarizer."""
     from ..core.bundle import load_manifest
@@ -125,7 +100,7 @@ def summarize_item(
         raise UserError("--add-to-catalog needs --item-id", "choose an id not yet in the catalog")
     if not add_to_catalog and (item_id is not None or title is not None):
         raise UserError("--item-id and --title only apply with --add-to-catalog")
-    cfg = SessionConfig.resolve(provider, precision, threads)
+    cfg = SessionConfig.resolve(value(provider), value(precision), threads(threads_))
     manifest = load_manifest(bundle, verify=True)
     summary = load_item_summarizer(manifest, cfg).summarize(image, text)
     out = {"image": str(image) if image is not None else None, **summary.to_dict()}
@@ -149,5 +124,5 @@ def summarize_item(
 
 
 def register(apps) -> None:
-    apps["app"].command("recommend")(recommend)
-    apps["app"].command("summarize-item")(summarize_item)
+    apps["app"].command("recommend", rich_help_panel=RUNTIME)(recommend)
+    apps["app"].command("summarize-item", rich_help_panel=RUNTIME)(summarize_item)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from .common import PRECISION_HELP, RUNTIME, Precision, threads, value
+
 
 def summarize_catalog(
     bundle: Path = typer.Argument(..., help="Bundle directory (from `mmsrarec-edge export`)."),
@@ -19,15 +21,17 @@ def summarize_catalog(
                                                         "address for ray.init ('auto', 'ray://host:10001')."),
     workers: int = typer.Option(2, "--workers", help="Ray actors, one summarizer each (with --ray)."),
     part_size: int = typer.Option(32, "--part-size", help="Items per part (the unit of work and of resuming)."),
-    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads per summarizer."),
-    precision: str = typer.Option(None, "--precision", help="Graph variant: fp32, fp16 or int8."),
+    threads_: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads per summarizer (at most the CPU "
+                                                       "count)."),
+    precision: Precision = typer.Option(None, "--precision", case_sensitive=False, help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the run's figures as JSON."),
 ):
     """Summarize every item of a table into image/text keywords (a keyword store), resumable, optionally on Ray."""
     from ..core.progress import progress_bar
     from ..scale.catalog_summarize import CatalogJob, read_item_rows, run_local
 
-    job = CatalogJob(bundle=bundle, items=items, out=out, part_size=part_size, threads=threads, precision=precision)
+    job = CatalogJob(bundle=bundle, items=items, out=out, part_size=part_size, threads=threads(threads_),
+                     precision=value(precision))
     total = len(read_item_rows(items))
     with progress_bar("summarizing catalog", total) as advance:
         if ray_address:
@@ -45,4 +49,4 @@ def summarize_catalog(
 
 
 def register(apps) -> None:
-    apps["app"].command("summarize-catalog")(summarize_catalog)
+    apps["app"].command("summarize-catalog", rich_help_panel=RUNTIME)(summarize_catalog)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from .common import CONFIG_HELP, TRAIN, config_command, renamed, status, threads
+
 
 class Stage(str, Enum):
     rl = "rl"
@@ -17,28 +19,29 @@ class Stage(str, Enum):
 
 def _quiet_openmp() -> None:
     """Before torch loads: idle OpenMP threads sleep instead of spinning, which on shared cores slowed every step
-    of this stage by 2-10x (measured: GRPO step 30 s -> 4.5 s under load 6 on 2 cores)."""
+    of this stage severalfold."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _load_config(path: Path | None, overrides: dict):
-    from ..core.errors import UserError
+class Targets(str, Enum):
+    auto = "auto"
+    attributes = "attributes"
+    tfidf = "tfidf"
+
+
+def default_config():
     from ..summarize.config import SummarizerConfig
 
-    base: dict = {}
-    if path is not None:
-        import tomllib
+    return SummarizerConfig()
 
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise UserError(f"config file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from exc
-        base = data.get("summarizer", data)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return SummarizerConfig.from_dict(base)
+
+def build_config(config: Path | None = None, **options):
+    """The SummarizerConfig `train summarizer` trains with: the defaults <- `config`'s [summarizer] settings <- the
+    options given (SummarizerConfig field names; None: not given). Without arguments it equals SummarizerConfig()."""
+    from ..core.config import build
+
+    return build(default_config(), config, "summarizer", options)
 
 
 def _row(name: str, d: dict) -> str:
@@ -49,38 +52,55 @@ def _row(name: str, d: dict) -> str:
 
 def train_summarizer(
     dataset: Path = typer.Argument(..., help="Canonical dataset directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (sft/, rl/, reconstructor/, train_log.json)."),
-    steps: int = typer.Option(None, "--steps", help="GRPO steps."),
-    sft_steps: int = typer.Option(None, "--sft-steps", help="SFT steps."),
-    recon_steps: int = typer.Option(None, "--recon-steps", help="Training steps of the reference LM for R_recon."),
-    a: float = typer.Option(None, "--a", help="Weight of R_info (cosine of keywords and text)."),
-    b: float = typer.Option(None, "--b", help="Weight of R_recon (-perplexity of the text given the keywords)."),
-    c: float = typer.Option(None, "--c", help="Weight of R_len (-number of keywords)."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Directory to write (sft/, rl/, reconstructor/, train_log.json)."),
+    steps: int = typer.Option(None, "--steps", help="GRPO steps @grpo_steps"),
+    sft_steps: int = typer.Option(None, "--sft-steps", help="SFT steps @sft_steps"),
+    recon_steps: int = typer.Option(None, "--recon-steps", help="Training steps of the reference LM for R_recon "
+                                                                "@recon_steps"),
+    info_weight: float = typer.Option(None, "--info-weight",
+                                      help="Weight of R_info, the cosine of keywords and text @a"),
+    recon_weight: float = typer.Option(None, "--recon-weight",
+                                       help="Weight of R_recon, -perplexity of the text given the keywords @b"),
+    len_weight: float = typer.Option(None, "--len-weight", help="Weight of R_len, -number of keywords @c"),
     base: Path = typer.Option(None, "--base", help="Start from your own local LLaVA checkpoint (Llama/Qwen2 decoder)."),
     sft_only: bool = typer.Option(False, "--sft-only", help="Stop after SFT (writes sft/ only)."),
-    targets: str = typer.Option(None, "--targets", help="SFT targets: auto, attributes or tfidf."),
-    max_train_items: int = typer.Option(None, "--max-train-items", help="Subsample training items (0 = all)."),
-    seed: int = typer.Option(None, "--seed"),
-    threads: int = typer.Option(None, "--threads", help="Torch threads."),
-    config: Path = typer.Option(None, "--config", help="TOML file of SummarizerConfig fields ([summarizer] table)."),
+    targets: Targets = typer.Option(None, "--targets", help="SFT targets; auto: attributes when every item has them, "
+                                                            "else tfidf @targets"),
+    max_train_items: int = typer.Option(None, "--max-train-items", help="Subsample training items; 0 = all "
+                                                                        "@max_train_items"),
+    seed: int = typer.Option(None, "--seed", help="Seed of the item split, the models and the sampling @seed"),
+    threads_: int = typer.Option(None, "--threads", help="Torch threads, at most the CPU count @threads"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    a_old: float = typer.Option(None, "--a", hidden=True, help="Old name of --info-weight."),
+    b_old: float = typer.Option(None, "--b", hidden=True, help="Old name of --recon-weight."),
+    c_old: float = typer.Option(None, "--c", hidden=True, help="Old name of --len-weight."),
 ):
-    """Train the item summarizer: SFT warm start on pseudo-keywords, then GRPO on R = a R_info + b R_recon + c R_len."""
+    """Train the item summarizer: SFT warm start on pseudo-keywords, then GRPO on the reward
+    R = info-weight R_info + recon-weight R_recon + len-weight R_len.
+
+    Defaults: SummarizerConfig; `mmsrarec-edge config summarizer` prints them."""
     _quiet_openmp()
     from ..data.schema import load_dataset
     from ..summarize.pipeline import train_summarizer as run
 
-    cfg = _load_config(config, {"grpo_steps": steps, "sft_steps": sft_steps, "recon_steps": recon_steps, "a": a,
-                                "b": b, "c": c, "targets": targets, "max_train_items": max_train_items, "seed": seed,
-                                "threads": threads})
+    cfg = build_config(config, grpo_steps=steps, sft_steps=sft_steps, recon_steps=recon_steps,
+                       a=renamed(info_weight, a_old, "--info-weight", "--a"),
+                       b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
+                       c=renamed(len_weight, c_old, "--len-weight", "--c"),
+                       targets=targets.value if targets else None, max_train_items=max_train_items, seed=seed,
+                       threads=threads_)
+    cfg.threads = threads(cfg.threads)
     ds = load_dataset(dataset)
-    log = run(ds, out, cfg, base=base, sft_only=sft_only, echo=typer.echo)
+    log = run(ds, out, cfg, base=base, sft_only=sft_only, echo=status)
     typer.echo("held-out items, greedy decoding (both tasks):")
-    typer.echo("| model | R | R_info | R_recon | R_len | keywords | gold P | gold R |\n|---|---|---|---|---|---|---|---|")
+    typer.echo("| model | R | R_info | R_recon | R_len | keywords | gold P | gold R |\n"
+               "|---|---|---|---|---|---|---|---|")
     for name in ("targets", "sft", "rl"):
         if name in log["eval"]:
             typer.echo(_row(name, log["eval"][name]["all"]))
     typer.echo(json.dumps({"timings_s": log["timings_s"]}))
-    typer.echo(f"wrote {out}")
+    status(f"wrote {out}")
 
 
 def summarize(
@@ -88,7 +108,7 @@ def summarize(
     model: Path = typer.Option(..., "--model", "-m", help="A summarizer checkpoint or a `train summarizer` output."),
     out: Path = typer.Option(..., "--out", "-o", help="Keyword store to write (Parquet)."),
     stage: Stage = typer.Option(Stage.rl, "--stage", help="With a training output directory: rl (default) or sft."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Items summarized per batch."),
     rewards: bool = typer.Option(True, "--rewards/--no-rewards", help="Score every item's keywords (R_info, ...)."),
     reconstructor: Path = typer.Option(None, "--reconstructor",
                                        help="Reference LM for R_recon (default: next to the model)."),
@@ -102,13 +122,13 @@ def summarize(
     model_dir = resolve_model_dir(model, stage.value)
     ds = load_dataset(dataset)
     summarize_dataset(ds, model_dir, out, batch_size=batch_size, reconstructor=reconstructor, rewards=rewards,
-                      echo=typer.echo)
+                      echo=status)
     store = read_keyword_store(out)
     n_img = sum(1 for r in store.values() if r.image_keywords)
     typer.echo(json.dumps({"items": len(store), "with_image_keywords": n_img, "model": str(model_dir)}))
-    typer.echo(f"wrote {out}")
+    status(f"wrote {out}")
 
 
 def register(apps) -> None:
-    apps["train"].command("summarizer")(train_summarizer)
-    apps["app"].command("summarize")(summarize)
+    apps["train"].command("summarizer", cls=config_command(default_config), rich_help_panel=TRAIN)(train_summarizer)
+    apps["app"].command("summarize", rich_help_panel=TRAIN)(summarize)

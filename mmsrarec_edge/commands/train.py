@@ -1,68 +1,125 @@
-"""`mmsrarec-edge data protocol` and `mmsrarec-edge train sasrec`."""
+"""`mmsrarec-edge data protocol` and `mmsrarec-edge train sasrec`.
+
+Defaults live in ProtocolConfig (data/protocol.py) and SASRecConfig/SASRecTrainConfig (models/): an option left out
+keeps the dataclass's value (or the `--config` file's), so the CLI and Python train the same model.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+
+from .common import CONFIG_HELP, DATA, TRAIN, config_command, renamed, status
 
 
 def protocol(
     dataset: Path = typer.Argument(..., help="Canonical dataset directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Protocol directory to write."),
-    seed: int = typer.Option(42, help="Seed of the user split and the negative sampling."),
-    kcore: int = typer.Option(5, help="k-core filter on users and items."),
-    history: int = typer.Option(5, help="History length n (targets need at least n items before them)."),
-    negatives: int = typer.Option(20, help="Sampled negatives per case."),
-    max_cases_per_user: int = typer.Option(10, help="Cap on evaluation windows per validation/test user."),
+    seed: int = typer.Option(None, help="Seed of the user split and the negative sampling @seed"),
+    kcore: int = typer.Option(None, help="k-core filter on users and items @kcore"),
+    history_len: int = typer.Option(None, "--history-len",
+                                    help="History length n: targets need at least n items before them @history_len"),
+    negatives_per_case: int = typer.Option(None, "--negatives-per-case",
+                                           help="Sampled negative candidates per evaluation case @n_negatives"),
+    max_cases_per_user: int = typer.Option(None, help="Cap on evaluation windows per validation/test user "
+                                                      "@max_cases_per_user"),
+    history_old: int = typer.Option(None, "--history", hidden=True, help="Old name of --history-len."),
+    negatives_old: int = typer.Option(None, "--negatives", hidden=True, help="Old name of --negatives-per-case."),
 ):
     """Split users 8:1:1, build evaluation windows and save the candidates (the paper's protocol)."""
+    from ..core.config import apply
     from ..data.protocol import ProtocolConfig, build_protocol, save_protocol
     from ..data.schema import load_dataset
 
-    cfg = ProtocolConfig(seed=seed, kcore=kcore, history_len=history, n_negatives=negatives,
-                         max_cases_per_user=max_cases_per_user)
+    history_len = renamed(history_len, history_old, "--history-len", "--history")
+    negatives_per_case = renamed(negatives_per_case, negatives_old, "--negatives-per-case", "--negatives")
+    cfg = apply(ProtocolConfig(), {"seed": seed, "kcore": kcore, "history_len": history_len,
+                                   "n_negatives": negatives_per_case, "max_cases_per_user": max_cases_per_user})
     p = build_protocol(load_dataset(dataset), cfg)
     save_protocol(p, out)
     typer.echo(json.dumps({"train_users": len(p.train_users), "val_users": len(p.val_users),
                            "test_users": len(p.test_users), "val_cases": len(p.val), "test_cases": len(p.test),
-                           "items": len(p.items)}))
-    typer.echo(f"wrote {out}")
+                           "items": len(p.items), "history_len": p.config.history_len}))
+    status(f"wrote {out}")
+
+
+@dataclass
+class SASRecRun:
+    """`train sasrec`'s settings: the model (SASRecConfig, `[model]` in a config file) and its training
+    (SASRecTrainConfig, `[train]`)."""
+
+    model: object
+    train: object
+
+
+def default_sasrec() -> SASRecRun:
+    from ..models.sasrec import SASRecConfig
+    from ..models.sasrec_train import SASRecTrainConfig
+
+    return SASRecRun(SASRecConfig(), SASRecTrainConfig())
+
+
+def build_config(config: Path | None = None, *, hidden=None, layers=None, heads=None, max_len=None, dropout=None,
+                 epochs=None, patience=None, lr=None, batch_size=None, seed=None) -> SASRecRun:
+    """What `train sasrec` trains with: the dataclass defaults <- `config`'s [sasrec] settings <- the options given
+    (None: not given). Without arguments it equals `default_sasrec()`."""
+    from ..core.config import build
+
+    return build(default_sasrec(), config, "sasrec", {
+        "model.hidden": hidden, "model.layers": layers, "model.heads": heads, "model.max_len": max_len,
+        "model.dropout": dropout, "model.seed": seed, "train.epochs": epochs, "train.patience": patience,
+        "train.lr": lr, "train.batch_size": batch_size, "train.seed": seed})
 
 
 def sasrec(
     protocol_dir: Path = typer.Argument(..., help="Protocol directory (from `data protocol`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
-    hidden: int = typer.Option(64), layers: int = typer.Option(2), heads: int = typer.Option(2),
-    max_len: int = typer.Option(50), dropout: float = typer.Option(0.2),
-    epochs: int = typer.Option(200, help="Upper bound; early stopping on validation NDCG@5 usually ends sooner."),
-    patience: int = typer.Option(10), lr: float = typer.Option(1e-3), batch_size: int = typer.Option(128),
-    seed: int = typer.Option(0),
+    hidden: int = typer.Option(None, help="Embedding and hidden size @model.hidden"),
+    layers: int = typer.Option(None, help="Transformer blocks @model.layers"),
+    heads: int = typer.Option(None, help="Attention heads @model.heads"),
+    max_len: int = typer.Option(None, help="Longest history read; older items are dropped @model.max_len"),
+    dropout: float = typer.Option(None, help="Dropout rate @model.dropout"),
+    epochs: int = typer.Option(None, help="Upper bound; early stopping on validation NDCG@5 usually ends sooner "
+                                          "@train.epochs"),
+    patience: int = typer.Option(None, help="Epochs without validation improvement before stopping @train.patience"),
+    lr: float = typer.Option(None, help="Adam learning rate @train.lr"),
+    batch_size: int = typer.Option(None, help="Training sequences per step @train.batch_size"),
+    seed: int = typer.Option(None, help="Seed of the weights and the batches @model.seed,train.seed"),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " Tables: model, train."),
 ):
-    """Train SASRec on the training users (PyTorch), early-stopped on validation."""
+    """Train SASRec on the training users (PyTorch), early-stopped on validation.
+
+    Defaults: SASRecConfig and SASRecTrainConfig; `mmsrarec-edge config sasrec` prints them."""
     from ..core.io_utils import atomic_dir, check_replaceable, ensure_writable_dir, write_json
     from ..data.protocol import load_protocol
 
+    run = build_config(config, hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout,
+                       epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, seed=seed)
     p = load_protocol(protocol_dir)
     check_replaceable(out, "model.safetensors")  # before training, not after
     ensure_writable_dir(out.parent)
 
     from ..core.progress import progress_bar
-    from ..models.sasrec import SASRecConfig  # torch: only once the inputs are known to be good
-    from ..models.sasrec_train import SASRecTrainConfig, train_sasrec
+    from ..models.sasrec_train import train_sasrec
 
-    cfg = SASRecConfig(hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout, seed=seed)
-    tcfg = SASRecTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
-    with progress_bar("training SASRec (epochs)", epochs) as adv:
-        model, log = train_sasrec(p, cfg, tcfg, progress=adv)
+    with progress_bar("training SASRec (epochs)", run.train.epochs) as adv:
+        model, log = train_sasrec(p, run.model, run.train, progress=adv)
     with atomic_dir(out, marker="model.safetensors") as tmp:
         model.save(tmp)
         write_json(tmp / "train_log.json", log)
     typer.echo(f"best epoch {log['best_epoch']} of {log['epochs_run']}, val NDCG@5 {log['best_val_NDCG@5']:.4f}")
-    typer.echo(f"wrote {out}")
+    status(f"wrote {out}")
+
+
+def _protocol_defaults():
+    from ..data.protocol import ProtocolConfig
+
+    return ProtocolConfig()
 
 
 def register(apps) -> None:
-    apps["data"].command("protocol")(protocol)
-    apps["train"].command("sasrec")(sasrec)
+    apps["data"].command("protocol", cls=config_command(_protocol_defaults), rich_help_panel=DATA)(protocol)
+    apps["train"].command("sasrec", cls=config_command(default_sasrec), rich_help_panel=TRAIN)(sasrec)

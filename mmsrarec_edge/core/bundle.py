@@ -103,7 +103,8 @@ class Manifest:
 
 def _read_manifest(root: Path) -> dict:
     if not root.is_dir():
-        raise BundleError(f"bundle {root} not found (not a directory)", "pass the directory `mmsrarec-edge export` wrote")
+        raise BundleError(f"bundle {root} not found (not a directory)",
+                          "pass the directory `mmsrarec-edge export` wrote")
     path = root / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: missing", "this is not a bundle, or its export was interrupted; re-export it")
@@ -112,7 +113,8 @@ def _read_manifest(root: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})", "the manifest is corrupt; re-export the bundle") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise BundleError(f"{path}: not an mmsrarec bundle manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+        raise BundleError(f"{path}: not an mmsrarec bundle manifest "
+                          f"(format {data.get('format') if isinstance(data, dict) else None!r})")
     version = data.get("format_version")
     if version not in SUPPORTED_VERSIONS:
         raise BundleError(f"{path}: unknown bundle format version {version!r} (this code reads version "
@@ -149,7 +151,8 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
             raise BundleError(f"{path}: size {size} bytes, manifest says {meta.get('bytes')} (truncated or modified)",
                               "re-export the bundle")
         if verify and sha256_file(path) != meta.get("sha256"):
-            raise BundleError(f"{path}: SHA-256 does not match the manifest (corrupt or tampered)", "re-export the bundle")
+            raise BundleError(f"{path}: SHA-256 does not match the manifest (corrupt or tampered)",
+                              "re-export the bundle")
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if rel == MANIFEST or path.is_dir() and not path.is_symlink():

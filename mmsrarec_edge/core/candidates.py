@@ -16,6 +16,10 @@ from .errors import UserError
 
 RESCORE, ALL, SAMPLED, IDS = "rescore", "all", "sampled", "ids"
 HINT = "use ID,ID,... (catalog item ids), sampled:N or all"
+# First-stage items the LLM rescores per request by default: RecommenderConfig.n_rescore's default, which `train
+# recommender` writes into recommender.json and the export copies into the bundle (config.json recommender.n_rescore);
+# the runtime falls back to it for a bundle without one.
+DEFAULT_RESCORE = 50
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,13 @@ class CandidateSpec:
 
     def __str__(self) -> str:
         return ",".join(map(str, self.ids)) if self.kind == IDS else self.mode
+
+
+def parse_item_ids(text: str, what: str = "--history") -> list[int]:
+    """Comma- (or semicolon-) separated integer item ids, as the CLI's --history and the Triton client take them; a
+    non-integer is one UserError naming `what`. Whether the ids exist is the runtime's check."""
+    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integer item ids, got {text!r}") from None

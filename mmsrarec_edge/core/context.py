@@ -25,7 +25,8 @@ class ItemText:
 
 
 def item_texts(titles: dict[int, str], keywords: dict, has_image: dict[int, bool] | None = None) -> dict[int, ItemText]:
-    """Titles + keyword store (item id -> ItemKeywords or list of keywords) -> ItemText per item (missing keywords: [])."""
+    """Titles + keyword store (item id -> ItemKeywords or list of keywords) -> ItemText per item
+    (missing keywords: [])."""
     out = {}
     for i, title in titles.items():
         kw = keywords.get(i)

@@ -47,7 +47,8 @@ def load_image(path: Path) -> Image.Image:
         raise UserError(f"image {path} is too large ({size.group(1) if size else 'too many'} pixels, limit "
                         f"{MAX_PIXELS})", "downscale it first") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})", "is it a valid PNG/JPEG file?") from exc
+        raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc})",
+                        "is it a valid PNG/JPEG file?") from exc
 
 
 def preprocess(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
@@ -56,8 +57,3 @@ def preprocess(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> n
     x = np.asarray(im, dtype=np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def blank_image(size: int) -> np.ndarray:
-    """What an item without an image is shown as: a mid-grey square (zero after normalisation is not grey)."""
-    return preprocess(Image.new("RGB", (size, size), (128, 128, 128)), size)

@@ -31,7 +31,8 @@ def ensure_writable_dir(path: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create output directory {path}: {exc.strerror}", "choose a writable location") from exc
     if not os.access(path, os.W_OK):
-        raise UserError(f"cannot write to {path}: permission denied", "choose a writable location or fix its permissions")
+        raise UserError(f"cannot write to {path}: permission denied",
+                        "choose a writable location or fix its permissions")
     fd, probe = _temp_in(path, lambda: tempfile.mkstemp(prefix=".write-test.", dir=path))
     os.close(fd)
     os.unlink(probe)

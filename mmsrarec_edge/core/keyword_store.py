@@ -91,7 +91,8 @@ def read_store_meta(path: Path) -> dict:
     except Exception as exc:
         raise DataError(path, f"not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if META_KEY not in md:
-        raise DataError(path, "not a keyword store (no mmsrarec metadata)", hint="create it with `mmsrarec-edge summarize`")
+        raise DataError(path, "not a keyword store (no mmsrarec metadata)",
+                        hint="create it with `mmsrarec-edge summarize`")
     meta = json.loads(md[META_KEY])
     if meta.get("format") != FORMAT:
         raise DataError(path, f"format is {meta.get('format')!r}, expected {FORMAT!r}")

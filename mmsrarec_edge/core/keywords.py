@@ -79,7 +79,8 @@ def _contains(words: Sequence[str], phrase: Sequence[str]) -> bool:
     return n > 0 and any(list(words[i:i + n]) == list(phrase) for i in range(len(words) - n + 1))
 
 
-def match_counts(keywords: Sequence[str], gold: Iterable[str], synonyms: dict[str, str] | None = None) -> tuple[int, int, int, int]:
+def match_counts(keywords: Sequence[str], gold: Iterable[str],
+                 synonyms: dict[str, str] | None = None) -> tuple[int, int, int, int]:
     """(correct keywords, keywords, recalled gold values, gold values) for micro-averaged precision and recall.
 
     A keyword is correct when it contains a gold value as a whole word or phrase ("blue lamp" is correct for "blue");

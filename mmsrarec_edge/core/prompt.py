@@ -20,7 +20,6 @@ The auxiliary training tasks' templates live here too, so all prompt text is in 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 IMAGE_TOKEN = "<image>"
@@ -31,23 +30,34 @@ Encode = Callable[[str], list[int]]
 
 @dataclass
 class PromptConfig:
-    history_len: int = 5  # the paper's n
+    """The defaults are what `train recommender` trains with (one source: the CLI only overrides them)."""
+
+    history_len: int = 5  # the paper's n; `train recommender` takes it from the protocol
     item_keywords: int = 6  # keywords shown per history item
     candidate_keywords: int = 6
     collab_items: int = 9  # keyword groups of the collaborative context (k neighbours x items per neighbour)
-    collab_item_keywords: int = 4
+    collab_item_keywords: int = 6
     candidate_title: bool = True
     candidate_image: bool = False  # splice the candidate's image features into its suffix
-    rank_hint: bool = False  # SASRec-derived: the candidate's catalog rank, rounded
-    rank_digits: int = 1  # significant digits of the rank hint
+    # SASRec-derived: the candidate's catalog rank, rounded. On: without it the tiny default model stayed near chance
+    # on validation (benchmarks/results/recommender/NOTES.md).
+    rank_hint: bool = True
+    rank_digits: int = 2  # significant digits of the rank hint
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PromptConfig":
-        d = d or {}
+        """A stored prompt config (recommender.json, a bundle's config.json). A key it lacks takes STORED_DEFAULTS's
+        value, what a config written without it meant (the rank hint did not exist, or was off), then the default."""
+        d = {**STORED_DEFAULTS, **(d or {})}
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+# Values of settings a stored config may lack: the defaults before they became the CLI's, so a config written then
+# (every config is written whole by to_dict; hand-written ones may not be) reads as it did.
+STORED_DEFAULTS = {"rank_hint": False, "rank_digits": 1, "collab_item_keywords": 4}
 
 
 def _clean(s: str) -> str:
@@ -96,12 +106,6 @@ def suffix_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0, ra
     return candidate_text(title, keywords, n_image_tokens, rank, cfg) + " . will the user choose it ? answer :"
 
 
-def build_prompt(history_keywords, collab_keywords, title: str, keywords: Sequence[str], n_image_tokens: int = 0,
-                 rank: int | None = None, cfg: PromptConfig | None = None) -> tuple[str, str]:
-    """(prefix, suffix) text of one candidate's yes/no prompt."""
-    return prefix_text(history_keywords, collab_keywords, cfg), suffix_text(title, keywords, n_image_tokens, rank, cfg)
-
-
 def prefix_ids(encode: Encode, bos_id: int | None, history_keywords, collab_keywords,
                cfg: PromptConfig | None = None) -> list[int]:
     return ([int(bos_id)] if bos_id is not None else []) + list(encode(prefix_text(history_keywords, collab_keywords,
@@ -148,28 +152,3 @@ def keywords_target(keywords: Sequence[str], limit: int) -> str:
 
 def title_target(title: str) -> str:
     return " " + _clean(title)
-
-
-class TokenizerCodec:
-    """A model's tokenizer.json through the `tokenizers` library (no transformers), with the training side's
-    conventions: no special tokens added, no post-processor, no padding or truncation. Gives the same ids as the
-    transformers tokenizer with `add_special_tokens=False` (tested)."""
-
-    def __init__(self, path: Path):
-        from tokenizers import Tokenizer
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} not found")
-        self.tk = Tokenizer.from_file(str(path))
-        self.tk.post_processor = None
-        self.tk.no_padding()
-        self.tk.no_truncation()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tk.encode(text, add_special_tokens=False).ids
-
-    def token_id(self, token: str) -> int | None:
-        return self.tk.token_to_id(token)

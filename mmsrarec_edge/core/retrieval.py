@@ -164,7 +164,8 @@ class RetrievalIndex:
         self.next_items = [list(x) for x in collab["next_items"]]
         self.next_keywords = [[list(k or []) for k in x] for x in collab["next_keywords"]]
         if not (len(self.row_user) == len(self.next_items) == int(self.meta["rows"])):
-            raise BundleError(f"{index_dir}: users.parquet, collab.parquet and retrieval.json disagree on the row count")
+            raise BundleError(f"{index_dir}: users.parquet, collab.parquet and retrieval.json "
+                              "disagree on the row count")
         self.histories: dict[int, list[int]] = {}
         if (index_dir / "histories.parquet").is_file():
             h = pq.read_table(index_dir / "histories.parquet").to_pydict()

@@ -44,7 +44,8 @@ def amazon_files(source: Path) -> tuple[Path, Path, str]:
     named = [n for n in others if _stem(n) == category]
     reviews = named or others
     if len(reviews) != 1:
-        raise UserError(f"expected one reviews file {category}.jsonl next to {metas[0]} in {source}, found {len(reviews)}",
+        raise UserError(f"expected one reviews file {category}.jsonl next to {metas[0]} in {source}, "
+                        f"found {len(reviews)}",
                         "keep one category per directory")
     return files[metas[0]], files[reviews[0]], category
 

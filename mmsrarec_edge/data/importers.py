@@ -32,7 +32,8 @@ INT64_MAX = 2**63 - 1
 
 
 class SourceLineError(DataError):
-    """A malformed line of a source file. `row` is the 1-based line number; the message says "line" to be unambiguous."""
+    """A malformed line of a source file. `row` is the 1-based line number; the message says "line" to be
+    unambiguous."""
 
     def __init__(self, path, line: int, problem: str, hint: str | None = None):
         super().__init__(path, problem, row=line, hint=hint)
@@ -142,7 +143,8 @@ def parse_float(value: str, path: Path, line: int, what: str) -> float:
 def add_item(items: dict[int, Item], item_lines: dict[int, int], item: Item, path: Path, line: int) -> None:
     """Add `item`, refusing a duplicate id (the message names both lines)."""
     if item.item_id in items:
-        raise SourceLineError(path, line, f"duplicate item id {item.item_id} (first on line {item_lines[item.item_id]})",
+        raise SourceLineError(path, line,
+                              f"duplicate item id {item.item_id} (first on line {item_lines[item.item_id]})",
                               hint="item ids must be unique")
     items[item.item_id] = item
     item_lines[item.item_id] = line
@@ -154,7 +156,8 @@ def find_images(folder: Path | None, keys: dict[str, int]) -> dict[int, Path]:
         return {}
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist", "pass a folder of <item id>.jpg/.png files with --images")
+        raise UserError(f"image folder {folder} does not exist",
+                        "pass a folder of <item id>.jpg/.png files with --images")
     found: dict[int, Path] = {}
     for p in folder.iterdir():
         ext, iid = p.suffix.lower(), keys.get(p.stem)
@@ -249,12 +252,14 @@ def import_dataset(source: Path, out: Path, fmt: str | None = None, images: Path
     unknown = ~np.isin(item_ids, known)
     if unknown.any():
         k = int(np.argmax(unknown))
-        raise SourceLineError(raw.inter_path, raw.lines[k], f"item id {int(item_ids[k])} is not in {raw.items_path.name}",
+        raise SourceLineError(raw.inter_path, raw.lines[k],
+                              f"item id {int(item_ids[k])} is not in {raw.items_path.name}",
                               hint="every interacted item must be listed in the item file")
     meta = {"import_format": fmt, **raw.meta}
     if min_rating is not None:
         if raw.ratings is None:
-            raise UserError(f"{raw.inter_path} has no ratings, so --min-rating cannot be applied", "leave --min-rating out")
+            raise UserError(f"{raw.inter_path} has no ratings, so --min-rating cannot be applied",
+                            "leave --min-rating out")
         keep = np.asarray(raw.ratings, np.float64) >= min_rating
         users, item_ids, stamps = users[keep], item_ids[keep], stamps[keep]
         meta["min_rating"] = min_rating

@@ -1,4 +1,5 @@
-"""Readers for MovieLens-style sources: the ML-100K release, its multimodal variant (ml100k_mm), and RecBole atomic files.
+"""Readers for MovieLens-style sources: the ML-100K release, its multimodal variant (ml100k_mm), and RecBole
+atomic files.
 
 - ml100k: `u.data` (user, item, rating, timestamp; tab-separated) and `u.item` (pipe-separated, latin-1: id, title,
   release date, video release date, IMDb URL, 19 genre flags; genre names from `u.genre` when present).
@@ -35,7 +36,8 @@ from .importers import (
 from .schema import Item
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+                 "Western"]
 MAX_DIRECTORS, MAX_CAST = 2, 3
 _PLACEHOLDER_PLOTS = ("It looks like we don't have any Plot Summaries",)
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
@@ -167,7 +169,8 @@ def _literal_list(text: str, path: Path, n: int, column: str) -> list[str]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise SourceLineError(path, n, f"column '{column}' is not a list literal like ['A', 'B']: {text[:60]!r}") from None
+        raise SourceLineError(path, n,
+                              f"column '{column}' is not a list literal like ['A', 'B']: {text[:60]!r}") from None
     if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
         raise SourceLineError(path, n, f"column '{column}' must be a list of names, got {text[:60]!r}")
     return [x.strip() for x in value if x.strip() and x.strip().lower() != "nan"]

@@ -121,7 +121,7 @@ def _make_cases(users: list[int], seqs, times, universe: np.ndarray, cfg: Protoc
         pool = universe[~np.isin(universe, seq)]
         if len(pool) < cfg.n_negatives:
             raise UserError(f"user {u} has interacted with almost every item: only {len(pool)} possible negatives",
-                            "lower --negatives or use a larger catalog")
+                            "lower --negatives-per-case or use a larger catalog")
         cands[r, 0] = seq[t]
         cands[r, 1:] = rng.choice(pool, size=cfg.n_negatives, replace=False)
         prefixes.append(seq[max(0, t - MAX_PREFIX):t])
@@ -133,8 +133,9 @@ def _make_cases(users: list[int], seqs, times, universe: np.ndarray, cfg: Protoc
 
 def build_protocol(ds: Dataset, cfg: ProtocolConfig | None = None) -> Protocol:
     cfg = cfg or ProtocolConfig()
-    for flag, value, low in (("--kcore", cfg.kcore, 0), ("--history", cfg.history_len, 1),
-                             ("--negatives", cfg.n_negatives, 1), ("--max-cases-per-user", cfg.max_cases_per_user, 1)):
+    for flag, value, low in (("--kcore", cfg.kcore, 0), ("--history-len", cfg.history_len, 1),
+                             ("--negatives-per-case", cfg.n_negatives, 1),
+                             ("--max-cases-per-user", cfg.max_cases_per_user, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if min(cfg.split) < 0 or abs(sum(cfg.split) - 1.0) > 1e-6:
@@ -170,8 +171,10 @@ def _cases_table(c: Cases) -> pa.Table:
 
 def _cases_from_table(t: pa.Table) -> Cases:
     cands = t.column("candidates").to_pylist()
-    return Cases(np.asarray(t.column("case_id").to_pylist(), np.int64), np.asarray(t.column("user_id").to_pylist(), np.int64),
-                 np.asarray(t.column("position").to_pylist(), np.int64), np.asarray(t.column("target_ts").to_pylist(), np.int64),
+    return Cases(np.asarray(t.column("case_id").to_pylist(), np.int64),
+                 np.asarray(t.column("user_id").to_pylist(), np.int64),
+                 np.asarray(t.column("position").to_pylist(), np.int64),
+                 np.asarray(t.column("target_ts").to_pylist(), np.int64),
                  t.column("prefix").to_pylist(), np.asarray(cands, np.int64).reshape(len(cands), -1))
 
 

@@ -137,7 +137,8 @@ def save_dataset(ds: Dataset, out_dir: Path) -> Path:
 
 def _read_parquet(path: Path) -> pa.Table:
     if not path.exists():
-        raise DataError(path, "file is missing", hint="is this a dataset directory? create one with `mmsrarec-edge data synth` or `data import`")
+        raise DataError(path, "file is missing",
+                        hint="is this a dataset directory? create one with `mmsrarec-edge data synth` or `data import`")
     try:
         return pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
@@ -164,7 +165,8 @@ def load_dataset(root: Path) -> Dataset:
     """Load and validate a canonical dataset directory."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "dataset directory does not exist", hint="create one with `mmsrarec-edge data synth` or `data import`")
+        raise DataError(root, "dataset directory does not exist",
+                        hint="create one with `mmsrarec-edge data synth` or `data import`")
     meta_path = root / "dataset.json"
     meta: dict = {}
     if meta_path.exists():
@@ -175,7 +177,8 @@ def load_dataset(root: Path) -> Dataset:
         if meta.get("format") != FORMAT:
             raise DataError(meta_path, f"format is {meta.get('format')!r}, expected {FORMAT!r}")
         if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise DataError(meta_path, f"dataset format version {meta.get('version')} is newer than this toolkit supports ({FORMAT_VERSION})",
+            raise DataError(meta_path, f"dataset format version {meta.get('version')} is newer than this toolkit "
+                                       f"supports ({FORMAT_VERSION})",
                             hint="upgrade mmsrarec-edge")
 
     items_path = root / "items.parquet"

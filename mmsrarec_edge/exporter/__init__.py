@@ -1,12 +1,14 @@
 """Export: ONNX graphs with parity gates, precision variants, TensorRT profiles, and the self-describing bundle.
 
 This docstring is the bundle format's reference (format "mmsrarec-bundle", version 1); the runtime is built on it.
-The package import itself is torch-free; graphs.py, parity.py and bundle.py need torch (the `train` extra).
+The package import itself is torch-free; graphs.py, kinds.py, parity.py and bundle.py need torch (the `train` extra).
 
-Modules: profile (export/*.toml -> ExportProfile), graphs (torch wrappers + torch.onnx.export), suffix_graph (the
-recommender's candidate scorer: shared-prefix attention, last layer at the read slots), variants (int8/fp16),
-parity (ONNX Runtime vs PyTorch gate), tensorrt (profiles, build-engine), catalog (items, keywords, index copies),
-inputs (training dirs -> ExportInputs), bundle (the writer). The verifier is runtime/bundle.py (torch-free).
+Modules: profile (profiles/*.toml -> ExportProfile), graphs (torch wrappers + torch.onnx.export), suffix_graph (the
+recommender's candidate scorer: shared-prefix attention, last layer at the read slots), kinds (one class per graph kind:
+spec, dummy inputs, runtime object, parity check; subclasses of the torch-free kinds in core/graph_kinds.py, which hold
+names, dynamic axes, TensorRT ranges, batch limits and Triton shapes), variants (int8/fp16), parity (the gate's harness:
+the runtime's code in ONNX Runtime vs PyTorch), tensorrt (profiles, build-engine), catalog (items, keywords, index
+copies), inputs (training dirs -> ExportInputs), bundle (the writer). The verifier is core/bundle.py (torch-free).
 
 Layout
 ------
@@ -85,7 +87,8 @@ manifest.json
     packages {python, mmsrarec-edge, torch, transformers, onnx, onnxruntime, numpy, tokenizers},
     profile (the ExportProfile as a dict + source path), sources {summarizer, recommender dirs},
     files {relative path: {sha256, bytes}} for every file but manifest.json,
-    graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|decoder_scorer|user_encoder), default_variant,
+    graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|decoder_scorer|user_encoder: core/graph_kinds.py),
+                   default_variant,
                    variants {precision: {file, parity {precision, passed, cases, real_cases, metrics,
                                                  tolerances, info},
                                          quantized_nodes | fp32_nodes_kept}},

@@ -22,14 +22,13 @@ from ..core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file, write_
 from ..core.errors import UserError
 from ..core.io_utils import atomic_dir, sha256_file, write_json
 from . import catalog as catalog_mod
-from .graphs import decoder_spec, embed_spec, export_graph, kv_shape, user_encoder_spec, vision_spec
+from .graphs import export_graph, kv_shape
+from .kinds import ExportKind, plan_graph
 from .parity import check, gate
 from .profile import ExportProfile
-from .suffix_graph import scorer_spec, supports
 from .variants import FP32_OPS, make_variant, onnx_files
 
 META_EXCLUDED = ("inputs", "training", "ablations")
-REAL_PROMPTS_OF = {"recommender.scorer": "recommender.decoder"}  # graphs checked on another graph's real prompts
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
 
 
@@ -74,41 +73,18 @@ def _versions() -> dict:
 
 
 def _graph_plan(inputs: ExportInputs, profile: ExportProfile,
-                skipped: dict | None = None) -> list[tuple[str, str, object, object]]:
-    """(graph name, parity kind, GraphSpec factory, torch object) for every graph the profile asks for. Optional
-    graphs the model cannot have (recommender.scorer for an unsupported decoder) go into `skipped` with the reason."""
+                skipped: dict | None = None) -> list[tuple[str, ExportKind, object]]:
+    """(graph name, its kind (exporter/kinds.py), the PyTorch object it is exported from) for every graph the profile
+    asks for. Optional graphs the model cannot have (recommender.scorer for an unsupported decoder) go into `skipped`
+    with the reason."""
     plan = []
     skipped = {} if skipped is None else skipped
     for graph in profile.graphs:
-        stage, part = graph.split(".")
-        if stage == "sasrec":
-            if inputs.sasrec is None:
-                raise UserError(f"profile asks for graph {graph} but no SASRec model was given",
-                                "pass --sasrec DIR, or drop the graph from the profile's `graphs`")
-            net = inputs.sasrec.net
-            plan.append((graph, "user_encoder", lambda g=graph, n=net: user_encoder_spec(n, g), net))
+        kind, model, why = plan_graph(graph, inputs)
+        if kind is None:
+            skipped[graph] = why
             continue
-        mllm = getattr(inputs, stage)
-        if mllm is None:
-            raise UserError(f"profile asks for graph {graph} but no {stage} model was given",
-                            f"pass --{stage} DIR, or drop the graph from the profile's `graphs`")
-        m = mllm.model
-        if part == "vision":
-            plan.append((graph, "vision", lambda g=graph, m=m: vision_spec(m, g), m))
-        elif part == "embed":
-            plan.append((graph, "embed", lambda g=graph, m=m: embed_spec(m, g), m))
-        elif stage == "summarizer":
-            plan.append((graph, "decoder_last", lambda g=graph, m=m: decoder_spec(m, g, "last"), m))
-        elif part == "scorer":
-            why = supports(m)
-            if why:  # an optimisation only: the runtime scores with the merged decoder instead
-                skipped[graph] = why
-                continue
-            ids = inputs.yes_no_ids
-            plan.append((graph, "decoder_scorer", lambda g=graph, m=m, ids=ids: scorer_spec(m, g, ids), m))
-        else:
-            ids = inputs.yes_no_ids
-            plan.append((graph, "decoder_yes_no", lambda g=graph, m=m, ids=ids: decoder_spec(m, g, "yes_no", ids), m))
+        plan.append((graph, kind, model))
     return plan
 
 
@@ -116,12 +92,10 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
                   skipped: dict | None = None) -> dict:
     """Export, convert and gate every graph into `root`; returns the manifest's `graphs` section (optional graphs
     the model cannot have are named in `skipped` with the reason)."""
-    from .tensorrt import compute_profiles
-
     graphs = {}
-    for graph, kind, make_spec, obj in _graph_plan(inputs, profile, skipped):
+    for graph, kind, obj in _graph_plan(inputs, profile, skipped):
         stage, part = graph.split(".")
-        spec = make_spec()
+        spec = kind.spec(obj, inputs.yes_no_ids)
         # Same base name as in the bundle: an external-data graph refers to its .onnx.data file by name.
         fp32 = export_graph(spec, scratch / stage / f"{part}.onnx", profile.exporter)
         model = onnx.load(str(fp32), load_external_data=False)
@@ -139,7 +113,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
                 extra = make_variant(fp32, precision, dst)
             res = check(graph, kind, dst, precision, obj, cases=profile.parity.cases, seed=profile.parity.seed,
                         tol_overrides=profile.parity, yes_no_ids=inputs.yes_no_ids,
-                        real=inputs.real_prompts.get(graph, inputs.real_prompts.get(REAL_PROMPTS_OF.get(graph))))
+                        real=kind.real_inputs(inputs.real_prompts))
             results.append(res)
             variants[precision] = {"file": rel, **extra, "parity": res.to_dict()}
             if progress:
@@ -147,9 +121,9 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
         gate(results)  # fail at the first graph that misses, before spending time on the rest
         fp32_nodes = sorted(n.name for n in model.graph.node if n.op_type in FP32_OPS and n.name)
         graphs[graph] = {
-            "kind": kind, "default_variant": profile.default_variant(graph), "variants": variants,
+            "kind": kind.name, "default_variant": profile.default_variant(graph), "variants": variants,
             "inputs": ins, "outputs": outs,
-            "tensorrt": {"profiles": compute_profiles(graph, kind, ins, profile.limits), "fp32_nodes": fp32_nodes},
+            "tensorrt": {"profiles": kind.tensorrt_profiles(ins, profile.limits), "fp32_nodes": fp32_nodes},
         }
     return graphs
 

@@ -4,17 +4,20 @@ A LLaVA model splits into three graphs so the runtime can run each piece when it
 - vision:  pixel_values [N,3,S,S] -> image_features [N, n_img, H] (tower + feature select + projector);
 - embed:   input_ids [B,T] -> inputs_embeds [B,T,H]; the runtime splices image features over `<image>` slots;
 - decoder: one *merged* graph (inputs_embeds, attention_mask [B, past+q], position_ids [B,q], past_key_values.{i}.key/
-  value [B, kv_heads, past, head_dim]) -> logits + present.{i}.key/value [B, kv_heads, past+q, head_dim]. The past length
-  may be 0, so the same graph does prefill, the batched candidate suffixes over an expanded shared prefix, and single-token
-  decoding. Why merged and not a prefill/decode pair: the recommender's suffix call is neither (q > 1 *and* past > 0),
-  so a pair would need a third graph; a pair also stores the decoder weights twice (or needs shared external data that
-  TensorRT and the fp16/int8 converters handle badly). ONNX Runtime and TensorRT both accept zero-length dimensions.
+  value [B, kv_heads, past, head_dim]) -> logits + present.{i}.key/value [B, kv_heads, past+q, head_dim]. The past
+  length may be 0, so the same graph does prefill, the batched candidate suffixes over an expanded shared prefix, and
+  single-token decoding. Why merged and not a prefill/decode pair: the recommender's suffix call is neither (q > 1
+  *and* past > 0), so a pair would need a third graph; a pair also stores the decoder weights twice (or needs shared
+  external data that TensorRT and the fp16/int8 converters handle badly). ONNX Runtime and TensorRT both accept
+  zero-length dimensions.
+
+The graphs' names, dynamic axes and example inputs are their kinds' (core/graph_kinds.py, exporter/kinds.py).
 
 Two heads: `last` (summarizer) returns full-vocabulary logits [B, V] of the last position only (prompts are left-padded,
 so the last slot is always real; greedy decoding needs nothing else). `yes_no` (recommender) takes logits_index [B, K]
 and returns yes_no_logits [B, K, 2]: the runtime only needs p(yes)/(p(yes)+p(no)) = sigmoid(l_yes - l_no), which the
-softmax normaliser cancels out of, so the two lm_head rows give the exact score while skipping the [H x V] projection per
-candidate (for the tiny default V = 30.5k, that projection costs more than the whole 2-layer decoder).
+softmax normaliser cancels out of, so the two lm_head rows give the exact score while skipping the [H x V] projection
+per candidate (for the tiny default V = 30.5k, that projection costs more than the whole 2-layer decoder).
 
 The decoder gets a prepared 4D additive mask (causal over slot order AND the 2D padding mask), which makes transformers
 skip its vmap-based mask builders: both the legacy TorchScript exporter and the dynamo exporter trace it.
@@ -128,7 +131,7 @@ class UserEncoderGraph(nn.Module):
 
 @dataclass
 class GraphSpec:
-    """Names, dynamic axes and example inputs of one graph; what export_graph needs."""
+    """Names, dynamic axes and example inputs of one graph; what export_graph needs (built by exporter/kinds.py)."""
 
     name: str  # bundle key, e.g. "recommender.decoder"
     module: nn.Module
@@ -142,57 +145,6 @@ def kv_shape(llava) -> tuple[int, int, int]:
     tc = llava.config.text_config
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
     return tc.num_hidden_layers, tc.num_key_value_heads, head_dim
-
-
-def kv_names(num_layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def vision_spec(llava, name: str) -> GraphSpec:
-    s = int(llava.config.vision_config.image_size)
-    # Two example images keep the image count dynamic in the traced graph.
-    return GraphSpec(name, VisionGraph(llava).eval(), ["pixel_values"], ["image_features"],
-                     {"pixel_values": {0: "images"}, "image_features": {0: "images"}},
-                     (torch.zeros(2, 3, s, s),))
-
-
-def embed_spec(llava, name: str) -> GraphSpec:
-    return GraphSpec(name, EmbedGraph(llava).eval(), ["input_ids"], ["inputs_embeds"],
-                     {"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}},
-                     (torch.ones(2, 5, dtype=torch.long),))
-
-
-def decoder_spec(llava, name: str, head: str = "last", yes_no_ids: tuple[int, int] | None = None) -> GraphSpec:
-    layers, kv_heads, head_dim = kv_shape(llava)
-    hidden = llava.config.text_config.hidden_size
-    B, q, past = 2, 3, 4
-    past_names, present_names = kv_names(layers, "past_key_values"), kv_names(layers, "present")
-    inputs = ["inputs_embeds", "attention_mask", "position_ids", *past_names]
-    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": {0: "batch", 1: "sequence"}}
-    axes.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
-    axes.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
-    example = [torch.zeros(B, q, hidden), torch.ones(B, past + q, dtype=torch.long),
-               torch.arange(past, past + q).repeat(B, 1)]
-    example += [torch.zeros(B, kv_heads, past, head_dim) for _ in past_names]
-    if head == "yes_no":
-        inputs.append("logits_index")
-        axes["logits_index"] = {0: "batch", 1: "positions"}
-        axes["yes_no_logits"] = {0: "batch", 1: "positions"}
-        example.append(torch.full((B, 1), q - 1, dtype=torch.long))
-        outputs = ["yes_no_logits", *present_names]
-    else:
-        axes["logits"] = {0: "batch"}
-        outputs = ["logits", *present_names]
-    return GraphSpec(name, DecoderGraph(llava, head, yes_no_ids).eval(), inputs, outputs, axes, tuple(example))
-
-
-def user_encoder_spec(sasrec_net, name: str = "sasrec.user_encoder") -> GraphSpec:
-    L = sasrec_net.cfg.max_len
-    example = torch.zeros(2, L, dtype=torch.long)
-    example[:, -3:] = 1
-    return GraphSpec(name, UserEncoderGraph(sasrec_net).eval(), ["history"], ["user_embedding"],
-                     {"history": {0: "batch"}, "user_embedding": {0: "batch"}}, (example,))
 
 
 # ---------------------------------------------------------------- export

@@ -1,4 +1,4 @@
-"""Export profiles: the small declarative TOML files in the top-level `export/` folder, parsed into a dataclass.
+"""Export profiles: small declarative TOML files (packaged ones in mmsrarec_edge/profiles/), parsed into a dataclass.
 
 A profile says which graphs go into a bundle, at which precision, for which execution providers, the shape limits that
 size TensorRT optimization profiles, parity tolerances, and TensorRT build settings. Unknown keys and bad values are
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.graph_kinds import known_graphs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,6 +20,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRECISIONS = ("fp32", "int8", "fp16")
+# every graph a bundle can hold, in export order (each has a kind in core/graph_kinds.py): the default `graphs`
 ALL_GRAPHS = ("summarizer.vision", "summarizer.embed", "summarizer.decoder",
               "recommender.vision", "recommender.embed", "recommender.decoder", "recommender.scorer",
               "sasrec.user_encoder")
@@ -116,8 +118,8 @@ def _build(cls, data: dict, path, prefix: str = ""):
         where = f"{prefix}{key}"
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise UserError(f"{path}: unknown key {where!r}", f"allowed {('in [' + prefix[:-1] + ']') if prefix else 'keys'}: "
-                                                              f"{allowed}")
+            section = ("in [" + prefix[:-1] + "]") if prefix else "keys"
+            raise UserError(f"{path}: unknown key {where!r}", f"allowed {section}: {allowed}")
         default = getattr(obj, key)
         if key in _SECTIONS and cls is ExportProfile:
             if not isinstance(value, dict):
@@ -139,10 +141,11 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
     bad = [v for v in prof.variants if v not in PRECISIONS]
     if bad:
         raise UserError(f"{path}: unknown variant {bad[0]!r}", f"variants are among {', '.join(PRECISIONS)}")
+    known = list(dict.fromkeys([*ALL_GRAPHS, *known_graphs()]))  # a registered kind's graphs are known too
     for key in ("graphs", "fp32_graphs"):
-        bad = [g for g in getattr(prof, key) if g not in ALL_GRAPHS]
+        bad = [g for g in getattr(prof, key) if g not in known]
         if bad:
-            raise UserError(f"{path}: unknown graph {bad[0]!r} in {key}", f"known graphs: {', '.join(ALL_GRAPHS)}")
+            raise UserError(f"{path}: unknown graph {bad[0]!r} in {key}", f"known graphs: {', '.join(known)}")
     bad = [p for p in prof.providers if p not in PROVIDERS]
     if bad or not prof.providers:
         raise UserError(f"{path}: unknown execution provider {bad[0] if bad else '(none given)'!r}",
@@ -160,7 +163,8 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
 def load_profile(path: Path) -> ExportProfile:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"export profile {path} not found", "pass one of the files in export/ (e.g. export/cpu-int8.toml)")
+        raise UserError(f"export profile {path} not found",
+                        "pass a packaged profile by name (e.g. cpu-int8) or an existing TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -190,22 +190,3 @@ class SuffixScorerGraph(nn.Module):
         logits = out @ self.answer_rows.to(dt).T + self.answer_bias.to(dt)  # [C*K, 2]
         return (logits.view(C, -1, 2), *presents)
 
-
-def scorer_spec(llava, name: str, yes_no_ids: tuple[int, int]):
-    """GraphSpec of the suffix scorer (I/O in the module docstring)."""
-    from .graphs import GraphSpec, kv_names, kv_shape
-
-    layers, kv_heads, head_dim = kv_shape(llava)
-    hidden = llava.config.text_config.hidden_size
-    C, S, Pn, P0 = 3, 4, 5, 2
-    past, present = kv_names(layers, "past_key_values"), kv_names(layers, "present")
-    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "suffix_mask": {0: "batch", 1: "sequence"},
-            "logits_index": {0: "batch", 1: "positions"}, "yes_no_logits": {0: "batch", 1: "positions"},
-            "prefix_embeds": {1: "prefix_sequence"}}
-    axes.update({n: {2: "past_sequence"} for n in past})  # batch 1: the prefix is never copied
-    axes.update({n: {2: "total_prefix_sequence"} for n in present})
-    example = (torch.zeros(C, S, hidden), torch.ones(C, S, dtype=torch.long), torch.full((C, 1), S - 1),
-               torch.zeros(1, Pn, hidden), *[torch.zeros(1, kv_heads, P0, head_dim) for _ in past])
-    return GraphSpec(name, SuffixScorerGraph(llava, yes_no_ids).eval(),
-                     ["inputs_embeds", "suffix_mask", "logits_index", "prefix_embeds", *past],
-                     ["yes_no_logits", *present], axes, example)

@@ -2,16 +2,8 @@
 
 Profiles are derived from the export profile's [limits] and written into the manifest, so an engine built on the device
 (here with the TensorRT Python API, or by ONNX Runtime's TensorRT EP through runtime.tensorrt.tensorrt_provider_options)
-covers exactly the shapes the runtime will feed. Graphs whose use has two regimes get two profiles:
-- recommender.decoder: `prefix` (batch 1, the shared prefix, past 0) and `suffix` (batch = candidates, the candidate
-  part, past = the prefix);
-- summarizer.decoder: `prefill` (the prompt, past 0) and `decode` (one token, past up to prompt + new tokens);
-- recommender.scorer: `first` (prefix tokens, past 0, a chunk of candidates) and `next` (one re-fed prefix token
-  over the returned prefix KV, the next chunk); its prefix inputs keep batch 1;
-- recommender.embed: `prefix` and `suffix` likewise; the others have one.
-opt = the largest batch (the runtime scores every candidate in one call) and half the largest length.
-Dims: `batch`, `sequence` (q), `past_sequence`, `total_sequence` (= past + q), `positions` (K logits per row, 1),
-`images`. Fixed dims (hidden size, heads, image size) are taken from the graph's own input shapes.
+covers exactly the shapes the runtime will feed. Each graph kind owns its ranges (core/graph_kinds.py, which lists
+every kind's profiles and dims); `dim_ranges` and `compute_profiles` below look the kind up.
 
 Precision constraints for fp16 engines: layers computing normalisation statistics and softmax stay fp32 -- the ONNX
 nodes listed under `fp32_nodes` (the ops in variants.FP32_OPS) and TensorRT layers of the types in FP32_LAYER_TYPES --
@@ -24,74 +16,20 @@ import json
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.graph_kinds import graph_kind
 
 FP32_LAYER_TYPES = ["NORMALIZATION", "SOFTMAX", "REDUCE"]
 
 
-def _rng(lo: int, opt: int, hi: int) -> dict:
-    return {"min": int(lo), "opt": int(opt), "max": int(hi)}
-
-
 def dim_ranges(graph: str, kind: str, limits) -> list[tuple[str, dict[str, dict]]]:
     """(profile name, {dim name: {min, opt, max}}) for one graph, from Limits (dataclass or dict)."""
-    L = limits if isinstance(limits, dict) else limits.__dict__
-    C, pre, suf = L["max_candidates"], L["max_prefix_tokens"], L["max_suffix_tokens"]
-    Bs, prompt, new = L["summarizer_batch"], L["max_prompt_tokens"], L["max_new_tokens"]
-    half = lambda n: max(1, n // 2)  # noqa: E731
-    one = _rng(1, 1, 1)
-    if kind == "vision":
-        return [("images", {"images": _rng(1, 1, L["images_batch"])})]
-    if kind == "user_encoder":
-        return [("users", {"batch": _rng(1, L["user_batch"], L["user_batch"])})]
-    if kind == "embed" and graph.startswith("recommender"):
-        return [("prefix", {"batch": one, "sequence": _rng(1, half(pre), pre)}),
-                ("suffix", {"batch": _rng(1, C, C), "sequence": _rng(1, half(suf), suf)})]
-    if kind == "embed":
-        return [("prompt", {"batch": _rng(1, Bs, Bs), "sequence": _rng(1, half(prompt), prompt)})]
-    if kind == "decoder_yes_no":
-        profs = [("prefix", {"batch": one, "sequence": _rng(1, half(pre), pre), "past_sequence": _rng(0, 0, 0),
-                             "positions": one}),
-                 ("suffix", {"batch": _rng(1, C, C), "sequence": _rng(1, half(suf), suf),
-                             "past_sequence": _rng(1, half(pre), pre), "positions": one})]
-    elif kind == "decoder_scorer":  # prefix at batch 1 (fixed in the graph), then chunks re-feeding its last token
-        cand = {"batch": _rng(1, C, C), "sequence": _rng(1, half(suf), suf), "positions": one}
-        return [("first", {**cand, "prefix_sequence": _rng(1, half(pre), pre), "past_sequence": _rng(0, 0, 0)}),
-                ("next", {**cand, "prefix_sequence": one, "past_sequence": _rng(1, half(pre), max(1, pre - 1))})]
-    elif kind == "decoder_last":
-        profs = [("prefill", {"batch": _rng(1, Bs, Bs), "sequence": _rng(1, half(prompt), prompt),
-                              "past_sequence": _rng(0, 0, 0)}),
-                 ("decode", {"batch": _rng(1, Bs, Bs), "sequence": one,
-                             "past_sequence": _rng(1, half(prompt + new), prompt + new - 1)})]
-    else:
-        raise ValueError(f"unknown graph kind {kind!r}")
-    for _, d in profs:
-        d["total_sequence"] = {k: d["past_sequence"][k] + d["sequence"][k] for k in ("min", "opt", "max")}
-    return profs
+    return graph_kind(kind, graph).dim_ranges(limits)
 
 
 def compute_profiles(graph: str, kind: str, inputs: list[dict], limits) -> list[dict]:
-    """TensorRT optimization profiles for a graph: [{"name", "shapes": {input: {"min": dims, "opt": dims, "max": dims}}}].
-
-    `inputs`: the graph's inputs as in the manifest ([{"name", "shape": [int | dim name]}]). A symbolic dim this code
-    does not know is an error: a profile that silently fixed it would reject real inputs at run time.
-    """
-    out = []
-    for name, ranges in dim_ranges(graph, kind, limits):
-        shapes = {}
-        for inp in inputs:
-            dims = {"min": [], "opt": [], "max": []}
-            for d in inp["shape"]:
-                if isinstance(d, int):
-                    for k in dims:
-                        dims[k].append(d)
-                elif d in ranges:
-                    for k in dims:
-                        dims[k].append(ranges[d][k])
-                else:
-                    raise ValueError(f"{graph}: input {inp['name']} has dim {d!r} with no TensorRT range")
-            shapes[inp["name"]] = dims
-        out.append({"name": name, "shapes": shapes})
-    return out
+    """TensorRT optimization profiles for a graph, [{"name", "shapes": {input: {"min": dims, "opt": dims, "max":
+    dims}}}] (GraphKind.tensorrt_profiles; `inputs` as in the manifest)."""
+    return graph_kind(kind, graph).tensorrt_profiles(inputs, limits)
 
 
 # ---------------------------------------------------------------- engine building (needs TensorRT)
@@ -122,7 +60,8 @@ def build_engine(onnx_path: Path, profiles: list[dict], out_path: Path, fp16: bo
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT cannot parse {onnx_path}: {errors[:500]}", "check the TensorRT version's ONNX opset support")
+        raise UserError(f"TensorRT cannot parse {onnx_path}: {errors[:500]}",
+                        "check the TensorRT version's ONNX opset support")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if hasattr(config, "builder_optimization_level"):

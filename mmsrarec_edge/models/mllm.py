@@ -126,7 +126,8 @@ def check_supported(config) -> None:
         raise UserError(f"unsupported model type {getattr(config, 'model_type', None)!r}",
                         "supported: LLaVA-family checkpoints (llava) with a Llama or Qwen2 decoder")
     if config.text_config.model_type not in SUPPORTED_TEXT:
-        raise UserError(f"unsupported decoder {config.text_config.model_type!r}", f"supported: {sorted(SUPPORTED_TEXT)}")
+        raise UserError(f"unsupported decoder {config.text_config.model_type!r}",
+                        f"supported: {sorted(SUPPORTED_TEXT)}")
     if config.vision_config.model_type not in SUPPORTED_VISION:
         raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}",
                         f"supported: {sorted(SUPPORTED_VISION)}")

@@ -3,12 +3,12 @@
 Each epoch takes, for every training user, a random crop of at most max_len + 1 items and predicts every next item
 (cross-entropy over all items; the catalogs here are small enough that sampled negatives would only add noise).
 After every epoch the model ranks the saved validation candidates; the best validation NDCG@5 wins and training stops
-after `patience` epochs without improvement.
+after `patience` epochs without improvement. Adam at a constant LR, no gradient clipping, through the shared loop
+(training.py).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..core import metrics
 from ..data.protocol import Protocol
 from .sasrec import SASRec, SASRecConfig, SASRecModel
+from .training import OptimConfig, fit
 
 
 @dataclass
@@ -47,13 +48,10 @@ def _batches(seqs: list[list[int]], index: dict[int, int], L: int, bs: int, rng:
         yield torch.from_numpy(inp), torch.from_numpy(tgt)
 
 
-def evaluate_sasrec(model: SASRecModel, cases) -> dict:
-    scores = model.score(cases.prefixes, cases.candidates)
-    return metrics.summarize(scores, cases.user_id, n_boot=200)
-
-
 def train_sasrec(protocol: Protocol, cfg: SASRecConfig | None = None, tcfg: SASRecTrainConfig | None = None,
                  progress=None) -> tuple[SASRecModel, dict]:
+    """Train a SASRec on `protocol`'s training users; returns (the best epoch's model, in eval mode, and its log).
+    `progress(1, loss=..., val_ndcg5=...)` is called after every epoch."""
     cfg = cfg or SASRecConfig()
     tcfg = tcfg or SASRecTrainConfig()
     if tcfg.threads:
@@ -64,32 +62,29 @@ def train_sasrec(protocol: Protocol, cfg: SASRecConfig | None = None, tcfg: SASR
     net = SASRec(len(item_ids), cfg)
     model = SASRecModel(net, item_ids)
     train = [s for s in protocol.train_sequences().values() if len(s) >= 2]
-    opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     val = protocol.val
-    best, best_state, best_epoch, history = -1.0, None, 0, []
-    for epoch in range(1, tcfg.epochs + 1):
-        net.train()
-        losses = []
-        for inp, tgt in _batches(train, model.index, cfg.max_len, tcfg.batch_size, rng):
-            h = net.encode(inp)
-            logits = h @ net.item_emb.weight[1:].T  # index k+1 -> column k
-            mask = tgt > 0
-            loss = F.cross_entropy(logits[mask], tgt[mask] - 1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        net.eval()
+
+    def loss_fn(batch) -> torch.Tensor:
+        inp, tgt = batch
+        logits = net.encode(inp) @ net.item_emb.weight[1:].T  # index k+1 -> column k
+        mask = tgt > 0
+        return F.cross_entropy(logits[mask], tgt[mask] - 1)
+
+    def validate(_net) -> dict:
         m = metrics.per_case(model.score(val.prefixes, val.candidates))
-        ndcg = float(m["NDCG@5"].mean())
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_NDCG@5": ndcg,
-                        "val_HR@5": float(m["HR@5"].mean())})
+        return {"NDCG@5": float(m["NDCG@5"].mean()), "HR@5": float(m["HR@5"].mean())}
+
+    history: list[dict] = []
+
+    def on_epoch(rec: dict) -> None:
+        loss = float(np.mean(rec["losses"]))
+        history.append({"epoch": rec["epoch"], "loss": loss, "val_NDCG@5": rec["val"]["NDCG@5"],
+                        "val_HR@5": rec["val"]["HR@5"]})
         if progress:
-            progress(1, loss=float(np.mean(losses)), val_ndcg5=ndcg)
-        if ndcg > best:
-            best, best_state, best_epoch = ndcg, copy.deepcopy(net.state_dict()), epoch
-        elif epoch - best_epoch >= tcfg.patience:
-            break
-    net.load_state_dict(best_state)
-    net.eval()
-    return model, {"best_epoch": best_epoch, "best_val_NDCG@5": best, "epochs_run": len(history), "history": history}
+            progress(1, loss=loss, val_ndcg5=rec["val"]["NDCG@5"])
+
+    res = fit(net, net.parameters(), lambda _: _batches(train, model.index, cfg.max_len, tcfg.batch_size, rng),
+              loss_fn, OptimConfig(lr=tcfg.lr, weight_decay=tcfg.weight_decay, decoupled=False, clip=None),
+              epochs=tcfg.epochs, validate=validate, metric="NDCG@5", patience=tcfg.patience, on_epoch=on_epoch)
+    return model, {"best_epoch": res.best_epoch, "best_val_NDCG@5": res.best, "epochs_run": len(history),
+                   "history": history}

@@ -1,11 +1,11 @@
 """Cross-fitted SASRec models for the rank hint's training windows (PyTorch).
 
-SASRec ranks its own training users' next items far better than unseen users' (measured on the synthetic set: HR@5
-0.88 on training windows vs 0.74 on validation). A recommender trained on in-sample ranks would learn to trust the hint
-more than it deserves on test users. So the training users are split into `k` folds and one SASRec per fold is
-trained on the OTHER folds (same architecture as the main SASRec, early-stopped on validation); a training window's
-hint comes from the model that never saw its user. Evaluation and the runtime keep using the main SASRec, trained on
-all training users, exactly like the SASRec baseline.
+SASRec ranks its own training users' next items far better than unseen users' (it has seen them), so a recommender
+trained on in-sample ranks would learn to trust the hint more than it deserves on test users. So the training users
+are split into `k` folds and one SASRec per fold is trained on the OTHER folds (same architecture as the main SASRec,
+early-stopped on validation); a training window's hint comes from the model that never saw its user. Evaluation and
+the runtime keep using the main SASRec, trained on all training users, exactly like the SASRec baseline. Whether this
+pays off is measured in benchmarks/results/recommender/NOTES.md (it is off by default).
 
 Directory: fold{i}/ (SASRecModel.save) + folds.json {"k", "seed", "held_out": [[user ids of fold i], ...]}.
 """

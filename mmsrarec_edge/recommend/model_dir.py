@@ -77,7 +77,8 @@ class RecommenderDir:
         if leaked:
             raise UserError(f"{self.root} was trained on {len(leaked)} of this protocol's validation/test users "
                             f"(e.g. user {min(leaked)})",
-                            f"evaluate with the protocol it was trained with ({self.meta['inputs']['protocol']['path']})")
+                            "evaluate with the protocol it was trained with "
+                            f"({self.meta['inputs']['protocol']['path']})")
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

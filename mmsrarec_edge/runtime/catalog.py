@@ -7,11 +7,11 @@ projected image features, computed at export time). Both are read once when a Re
 Write (`add_item`, behind `summarize-item --add-to-catalog`): the new item's row -- keywords from the runtime
 summarizer, token ids of its candidate part when the catalog stores them, image features from the bundle's
 recommender.vision graph when the catalog caches them -- is added to items.parquet (and image_features.safetensors,
-and the bundle's copy of the keyword store), config.json's counts are updated, and the manifest gets the new files' SHA-256 and sizes. The whole bundle is
-swapped in one step: a sibling temporary directory receives hard links to every unchanged file (a copy where links
-are not possible) plus the rewritten files and manifest, and replaces the bundle by rename (io_utils.atomic_dir). A
-crash leaves the old bundle intact; the new one verifies (`load_manifest(verify=True)`) before the call returns.
-Torch-free.
+and the bundle's copy of the keyword store), config.json's counts are updated, and the manifest gets the new files'
+SHA-256 and sizes. The whole bundle is swapped in one step: a sibling temporary directory receives hard links to
+every unchanged file (a copy where links are not possible) plus the rewritten files and manifest, and replaces the
+bundle by rename (io_utils.atomic_dir). A crash leaves the old bundle intact; the new one verifies
+(`load_manifest(verify=True)`) before the call returns. Torch-free.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The exported LLaVA graphs as numpy functions: image features, token embeddings with image slots, decoder steps.
+"""The exported graphs as numpy functions: image features, token embeddings with image slots, decoder steps, the
+suffix scorer and the SASRec user encoder.
 
 The graphs are those of `exporter/graphs.py` (read its docstring): `vision` (pixel_values -> image_features),
 `embed` (input_ids -> inputs_embeds) and one merged `decoder` with flat KV inputs `past_key_values.{i}.key/value`
 [B, kv_heads, past, head_dim], a 2D 0/1 `attention_mask` [B, past+q] (the graph makes it causal over slot order),
 `position_ids` [B, q], and either a `logits` head (last position, full vocabulary) or a `yes_no_logits` head read at
-`logits_index` [B, K]. Everything about the decoder's layout (layers, KV heads, head size, head kind, float type) is read
-from the session's own input/output metadata, so nothing here depends on the model size. Torch-free.
+`logits_index` [B, K]. Everything about the decoder's layout (layers, KV heads, head size, head kind, float type) is
+read from the session's own input/output metadata, so nothing here depends on the model size. Torch-free.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ class ImageEncoder:
         if pixels.ndim == 3:
             pixels = pixels[None]
         return _run(self.sess, {"pixel_values": pixels})["image_features"].astype(np.float32, copy=False)
+
+
+class UserEncoder:
+    """user_encoder graph: history int64 [N, max_len] (SASRec indices, left-padded with 0) -> user_embedding [N, d]."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        shape = sess.get_inputs()[0].shape
+        self.max_len = int(shape[-1]) if isinstance(shape[-1], int) else None
+
+    def __call__(self, history: np.ndarray) -> np.ndarray:
+        out = _run(self.sess, {"history": np.ascontiguousarray(history, dtype=np.int64)}, ["user_embedding"])
+        return out["user_embedding"].astype(np.float32, copy=False)
 
 
 class Embedder:

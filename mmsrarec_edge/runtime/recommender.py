@@ -12,17 +12,9 @@ Candidate images: when the recommender was trained with them (prompt.candidate_i
 image slots and the catalog's cached image features (PyTorch fp32, computed at export). A bundle holds no images, so an
 item without cached features is shown without an image.
 
-Candidates:
-- an explicit list of item ids: all of them are scored by the LLM (items already in the history allowed: asked for);
-- "sampled:N": N items drawn (seeded, without replacement) from the catalog items not in the history;
-- "all": every catalog item not in the history, all scored by the LLM (C / max_candidates decoder calls);
-- default (None): a cheap first stage ranks every catalog item not in the history and the top `n_rescore` (default
-  the bundle's `recommender.n_rescore`, else 50) are rescored by the LLM. The first stage is the SASRec dot product
-  with the item embeddings when the bundle ships them (config sasrec.item_embeddings, safetensors), else popularity
-  among the known users' histories, else catalog order. Items the first stage cannot rank (no SASRec embedding:
-  cold-start items added with `summarize-item --add-to-catalog`) are always rescored: the LLM reads their keywords
-  and image, which is the point of summarizing them. Why a first stage: the LLM costs one batched decoder call per
-  `max_candidates` items, the dot product costs microseconds for the whole catalog.
+Candidates (runtime/first_stage.py): an explicit list of item ids, "sampled:N", "all", or by default the cheap first
+stage (SASRec dot product, else popularity, else catalog order) picks `n_rescore` items (the bundle's
+`recommender.n_rescore`) for the LLM to rescore; any accepted form is parsed by core.candidates.CandidateSpec.
 
 Histories: every id must be in the catalog, without duplicates, and not empty (UserError otherwise). A history longer
 than SASRec's max_len is truncated to its last max_len items (older items cannot reach the encoder, and the prompt
@@ -44,17 +36,16 @@ import numpy as np
 
 from ..core import prompt as rp
 from ..core.bundle import load_manifest, read_safetensors
-from ..core.candidates import ALL, IDS, SAMPLED, CandidateSpec
+from ..core.candidates import DEFAULT_RESCORE
 from ..core.context import PromptMaker, SASRecRanks, item_texts
 from ..core.errors import BundleError, UserError
 from ..core.retrieval import RetrievalIndex
 from .catalog import Catalog
+from .first_stage import FirstStage, popularity_scores
 from .llm import Decoder, Embedder, SuffixScorer
 from .scorer import CandidateScorer
 from .sessions import SessionConfig, bundle_graph_variant, open_bundle_graph
 from .tokenizer import Codec
-
-DEFAULT_RESCORE = 50
 
 
 @dataclass
@@ -148,7 +139,10 @@ class Recommender:
             raise BundleError(f"bundle {self.manifest.root}: the recommender's prompt uses the SASRec rank hint but "
                               "the bundle has no SASRec item embeddings (config sasrec.item_embeddings)",
                               "re-export the bundle with them")
-        self._popularity = self._popularity_scores()
+        popularity = (popularity_scores(self.retrieval.histories, self.catalog.ids)
+                      if self.retrieval is not None else None)
+        self.first_stage = FirstStage(self.catalog, self.sasrec_index, self.item_embeddings, popularity,
+                                      self.n_rescore)
         # A candidate shows its image only when the catalog caches its features: a bundle holds no images.
         cat = self.catalog.items
         # Titles are free text: one holding the literal image token would add an image slot with no features (a
@@ -185,15 +179,6 @@ class Recommender:
         section = self.config.get("retrieval")
         if section and self.user_encoder is not None:
             self.retrieval = RetrievalIndex(self.manifest.root / section.get("dir", "index"))
-
-    def _popularity_scores(self) -> np.ndarray | None:
-        if self.retrieval is None:
-            return None
-        counts: dict[int, int] = {}
-        for h in self.retrieval.histories.values():
-            for i in h:
-                counts[i] = counts.get(i, 0) + 1
-        return np.array([counts.get(int(i), 0) for i in self.catalog.ids], np.float64)
 
     @property
     def provider(self) -> str:
@@ -242,45 +227,6 @@ class Recommender:
             row[0, self.max_len - len(idx):] = idx
         return self.user_encoder.run(None, {"history": row})[0][0]
 
-    def _candidates(self, candidates, hist: list[int], emb, n_rescore: int | None, seed: int):
-        """(candidate ids, first-stage scores or None, mode)."""
-        seen = set(hist)
-        pool = [int(i) for i in self.catalog.ids if int(i) not in seen]
-        spec = CandidateSpec.parse(candidates)
-        if spec.kind == ALL:
-            return pool, None, "all"
-        if spec.kind == SAMPLED:
-            if spec.n > len(pool):
-                raise UserError(f"sampled:{spec.n} asks for {spec.n} candidates; {len(pool)} items are not in the "
-                                "history", f"choose 1 <= N <= {len(pool)}")
-            pick = np.random.default_rng(seed).choice(len(pool), size=spec.n, replace=False)
-            return [pool[k] for k in sorted(pick)], None, spec.mode
-        if spec.kind == IDS:
-            unknown = [i for i in spec.ids if i not in self.catalog]
-            if unknown:
-                raise UserError(f"unknown candidate item id {unknown[0]} (not in the bundle's catalog)")
-            return list(spec.ids), None, "list"
-        n = self.n_rescore if n_rescore is None else int(n_rescore)
-        if n < 1:
-            raise UserError(f"n_rescore must be >= 1, got {n}")
-        pos = {int(i): r for r, i in enumerate(self.catalog.ids)}
-        if self.item_embeddings is not None and emb is not None:
-            rankable = [i for i in pool if i in self.sasrec_index]
-            scores = self.item_embeddings[[self.sasrec_index[i] - 1 for i in rankable]] @ emb
-            mode = "sasrec"
-        elif self._popularity is not None:
-            rankable = [i for i in pool if i in self.sasrec_index or not self.sasrec_index]
-            scores = self._popularity[[pos[i] for i in rankable]]
-            mode = "popularity"
-        else:
-            rankable, scores, mode = pool, -np.arange(len(pool), dtype=np.float64), "catalog-order"
-        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:n]
-        chosen = [rankable[k] for k in order]
-        first = [float(scores[k]) for k in order]
-        ranked = set(rankable)
-        cold = [i for i in pool if i not in ranked]
-        return chosen + cold, first + [None] * len(cold), f"{mode}+llm"
-
     def _context(self, emb, user: int | None) -> tuple[list[int], list[int], list[list[str]]]:
         """(neighbour user ids, their next items, keyword groups) of the collaborative context."""
         if self.retrieval is None or emb is None:
@@ -305,7 +251,8 @@ class Recommender:
             raise UserError(f"prompt of {len(prefix) + longest} tokens exceeds the model's {max_pos} positions",
                             "use a shorter history")
         if self.provider == "tensorrt":
-            for what, n, key in (("prefix", len(prefix), "max_prefix_tokens"), ("suffix", longest, "max_suffix_tokens")):
+            for what, n, key in (("prefix", len(prefix), "max_prefix_tokens"),
+                                 ("suffix", longest, "max_suffix_tokens")):
                 if key in self.limits and n > int(self.limits[key]):
                     raise UserError(f"{what} of {n} tokens exceeds the TensorRT profile's {key} "
                                     f"({self.limits[key]})", "re-export with larger [limits] or run on cuda/cpu")
@@ -327,7 +274,7 @@ class Recommender:
         t1 = time.perf_counter()
         neighbours, _, groups = self._context(emb, user)
         t2 = time.perf_counter()
-        cands, first, mode = self._candidates(candidates, hist, emb, n_rescore, seed)
+        cands, first, mode = self.first_stage.candidates(candidates, hist, emb, n_rescore, seed)
         prefix, suffixes, feats = self._prompts(hist, groups, cands, emb)
         self._check_lengths(prefix, suffixes)
         t3 = time.perf_counter()

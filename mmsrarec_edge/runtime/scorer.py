@@ -62,10 +62,27 @@ class _Clock:
 
 @dataclass(frozen=True)
 class PrefixState:
-    """The shared prefix's KV cache at batch 1 and its length in tokens."""
+    """The shared prefix's KV cache at batch 1 and its length in tokens; `logits`: the yes/no logits [2] at the
+    prefix's own last token when the merged decoder computed them (its prefill reads that slot), else None."""
 
     past: dict[str, np.ndarray]
     length: int
+    logits: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CandidateLogits:
+    """The yes/no logits of each candidate at its read slots ([C, K, 2] float32, input order) and the prefix state the
+    call computed: the decoder path's prefill, or the scorer graph's prefix KV when a later chunk needed it (the
+    full prefix, as its first call returned it); None when the call kept none."""
+
+    logits: np.ndarray
+    prefix: PrefixState | None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """p(yes) at each candidate's first read slot (float64 [C])."""
+        return yes_probability(self.logits[:, 0, 0], self.logits[:, 0, 1])
 
 
 def expand_kv(past: dict[str, np.ndarray], batch: int, how: str = "view") -> dict[str, np.ndarray]:
@@ -80,12 +97,16 @@ def expand_kv(past: dict[str, np.ndarray], batch: int, how: str = "view") -> dic
 
 
 class CandidateScorer:
-    """Scores candidate suffixes after a shared prefix with a `yes_no` decoder. Stateless between calls, so one
-    instance serves many threads (onnxruntime's `run` is thread-safe)."""
+    """Scores candidate suffixes after a shared prefix with a `yes_no` decoder, or with the suffix-scorer graph.
+    Stateless between calls, so one instance serves many threads (onnxruntime's `run` is thread-safe). `decoder` may
+    be None when a `suffix_scorer` is given (then an empty prefix, `prefill`, `score_suffixes` and `score_naive`,
+    which need the merged decoder, raise ValueError)."""
 
-    def __init__(self, decoder: Decoder, embedder: Embedder, pad_id: int, max_batch: int = 32, expand: str = "view",
-                 suffix_scorer: SuffixScorer | None = None):
-        if decoder.layout.head != "yes_no":
+    def __init__(self, decoder: Decoder | None, embedder: Embedder, pad_id: int, max_batch: int = 32,
+                 expand: str = "view", suffix_scorer: SuffixScorer | None = None):
+        if decoder is None and suffix_scorer is None:
+            raise ValueError("candidate scoring needs a yes_no decoder or a suffix-scorer graph")
+        if decoder is not None and decoder.layout.head != "yes_no":
             raise ValueError("candidate scoring needs a decoder exported with the yes_no head")
         if expand not in EXPANSIONS:
             raise ValueError(f"unknown KV expansion {expand!r} (expected one of {EXPANSIONS})")
@@ -100,40 +121,70 @@ class CandidateScorer:
         """Which suffix call scores candidates: "suffix-scorer" (shared-prefix attention) or "expanded-kv"."""
         return "suffix-scorer" if self.suffix_scorer is not None else "expanded-kv"
 
+    def _need_decoder(self) -> Decoder:
+        if self.decoder is None:
+            raise ValueError("this needs the merged yes_no decoder; the scorer was built with the suffix-scorer graph "
+                             "only")
+        return self.decoder
+
     def prefill(self, prefix: Sequence[int], features: Sequence[np.ndarray] | None = None) -> PrefixState:
-        """Run the prefix once (batch 1, past length 0) and keep its KV cache."""
+        """Run the prefix once (batch 1, past length 0) and keep its KV cache (and its last token's yes/no logits)."""
+        decoder = self._need_decoder()
         P = len(prefix)
         if P == 0:
-            return PrefixState(self.decoder.empty_past(1), 0)
+            return PrefixState(decoder.empty_past(1), 0)
         embeds, mask = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[features])
-        _, present = self.decoder.run(embeds, mask, np.arange(P, dtype=np.int64)[None], None,
+        yes_no, present = decoder.run(embeds, mask, np.arange(P, dtype=np.int64)[None], None,
                                       logits_index=np.array([[P - 1]], np.int64))
-        return PrefixState(present, P)
+        return PrefixState(present, P, yes_no[0, 0])
+
+    @staticmethod
+    def _read_slots(chunk: list[list[int]], slots) -> np.ndarray:
+        """logits_index of a chunk: each suffix's last real token, or the given slots (one row per suffix)."""
+        if slots is None:
+            return np.array([[len(s) - 1] for s in chunk], np.int64)
+        index = np.asarray(slots, np.int64)
+        if index.ndim != 2 or len(index) != len(chunk) or any((r < 0).any() or (r >= len(s)).any()
+                                                              for r, s in zip(index, chunk)):
+            raise ValueError("slots: one row of in-range slot indices per suffix, the same count for every suffix")
+        return index
+
+    def suffix_logits(self, state: PrefixState, suffixes: Sequence[Sequence[int]],
+                      features: Sequence[Sequence[np.ndarray] | None] | None = None, timings: dict | None = None,
+                      slots: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Yes/no logits [C, K, 2] of each suffix after the prefix in `state` (expanded-KV path), read at each suffix's
+        last real token (K = 1) or at `slots` (per suffix, K slot indices within it); chunks of at most `max_batch`
+        suffixes per call. `timings` (optional dict) gets the milliseconds of "embed" and "candidates" added."""
+        decoder = self._need_decoder()
+        tm = _Clock(timings)
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("every candidate suffix needs at least one token")
+        parts = []
+        P = state.length
+        for start in range(0, len(suffixes), self.max_batch):
+            chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
+            feats = features[start:start + self.max_batch] if features is not None else None
+            index = self._read_slots(chunk, None if slots is None else slots[start:start + self.max_batch])
+            C, S = len(chunk), max(len(s) for s in chunk)
+            with tm("embed"):
+                embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
+            mask = np.concatenate([np.ones((C, P), np.int64), smask], axis=1)
+            positions = np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (C, S))
+            with tm("candidates"):
+                yes_no, _ = decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
+                                        logits_index=index, want_present=False)
+            parts.append(yes_no)
+        return np.concatenate(parts) if parts else np.zeros((0, 1, 2), np.float32)
 
     def score_suffixes(self, state: PrefixState, suffixes: Sequence[Sequence[int]],
                        features: Sequence[Sequence[np.ndarray] | None] | None = None,
                        timings: dict | None = None) -> np.ndarray:
         """p(yes) of each suffix after the prefix in `state`; chunks of at most `max_batch` suffixes per call.
         `timings` (optional dict) gets the milliseconds of "embed" and "candidates" added."""
-        tm = _Clock(timings)
-        if any(len(s) == 0 for s in suffixes):
-            raise ValueError("every candidate suffix needs at least one token")
-        out = np.empty(len(suffixes), np.float64)
-        P = state.length
-        for start in range(0, len(suffixes), self.max_batch):
-            chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
-            feats = features[start:start + self.max_batch] if features is not None else None
-            C, S = len(chunk), max(len(s) for s in chunk)
-            with tm("embed"):
-                embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
-            mask = np.concatenate([np.ones((C, P), np.int64), smask], axis=1)
-            positions = np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (C, S))
-            index = np.array([[len(s) - 1] for s in chunk], np.int64)
-            with tm("candidates"):
-                yes_no, _ = self.decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
-                                             logits_index=index, want_present=False)
-            out[start:start + C] = yes_probability(yes_no[:, 0, 0], yes_no[:, 0, 1])
-        return out
+        if not len(suffixes):
+            return np.zeros(0, np.float64)
+        yes_no = self.suffix_logits(state, suffixes, features, timings)
+        return yes_probability(yes_no[:, 0, 0], yes_no[:, 0, 1])
 
     def score(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
               prefix_features: Sequence[np.ndarray] | None = None,
@@ -145,48 +196,60 @@ class CandidateScorer:
         path: one call does both)."""
         if not len(suffixes):
             return np.zeros(0, np.float64)
+        return self.candidate_logits(prefix, suffixes, prefix_features, suffix_features, timings).scores
+
+    def candidate_logits(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
+                         prefix_features: Sequence[np.ndarray] | None = None,
+                         suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None,
+                         timings: dict | None = None, slots: Sequence[Sequence[int]] | None = None
+                         ) -> CandidateLogits:
+        """What `score` computes, before the score: the yes/no logits of every candidate at its last real token (or
+        at `slots`, K per suffix) and the prefix state, on this scorer's path. Same `timings` parts as `score`."""
         if self.suffix_scorer is not None and len(prefix):
-            return self._score_one_call(prefix, suffixes, prefix_features, suffix_features, timings)
+            return self._scorer_graph_logits(prefix, suffixes, prefix_features, suffix_features, timings, slots)
         with _Clock(timings)("prefill"):
             state = self.prefill(prefix, prefix_features)
-        return self.score_suffixes(state, suffixes, suffix_features, timings)
+        return CandidateLogits(self.suffix_logits(state, suffixes, suffix_features, timings, slots), state)
 
-    def _score_one_call(self, prefix, suffixes, prefix_features, suffix_features, timings=None) -> np.ndarray:
+    def _scorer_graph_logits(self, prefix, suffixes, prefix_features, suffix_features, timings=None,
+                             slots=None) -> CandidateLogits:
         """Suffix-scorer path: prefix and the first `max_batch` candidates in one call; later chunks reuse the
         returned prefix KV. They re-feed the prefix's last token over the KV of the others rather than an empty
         prefix: a zero-length query axis breaks the graph's reshapes (ONNX Reshape reads a 0 in a target shape as
         "copy that input dim"), and one token costs nothing."""
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("every candidate suffix needs at least one token")
-        out = np.empty(len(suffixes), np.float64)
+        parts = []
         tm = _Clock(timings)
         with tm("embed"):
             pre, _ = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[prefix_features])
-        past = None
+        past, state = None, None
         for start in range(0, len(suffixes), self.max_batch):
             chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
             feats = suffix_features[start:start + self.max_batch] if suffix_features is not None else None
+            index = self._read_slots(chunk, None if slots is None else slots[start:start + self.max_batch])
             with tm("embed"):
                 embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
-            index = np.array([[len(s) - 1] for s in chunk], np.int64)
             more = start + self.max_batch < len(suffixes)
             with tm("prefill+candidates"):
                 yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
-            out[start:start + len(chunk)] = yes_probability(yes_no[:, 0, 0], yes_no[:, 0, 1])
+            parts.append(yes_no)
             if more and past is None:
+                state = PrefixState(present, len(prefix))
                 pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in present.items()}
-        return out
+        return CandidateLogits(np.concatenate(parts) if parts else np.zeros((0, 1, 2), np.float32), state)
 
     def score_naive(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
                     prefix_features: Sequence[np.ndarray] | None = None,
                     suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None) -> np.ndarray:
         """Reference: one full prompt per candidate, batch 1, past length 0 (what the paper does)."""
+        decoder = self._need_decoder()
         out = np.empty(len(suffixes), np.float64)
         for c, suffix in enumerate(suffixes):
             row = list(prefix) + list(suffix)
             feats = list(prefix_features or []) + list((suffix_features[c] if suffix_features else None) or [])
             embeds, mask = self.embedder.embed_rows([row], self.pad_id, left=False, features=[feats])
-            yes_no, _ = self.decoder.run(embeds, mask, np.arange(len(row), dtype=np.int64)[None], None,
-                                         logits_index=np.array([[len(row) - 1]], np.int64), want_present=False)
+            yes_no, _ = decoder.run(embeds, mask, np.arange(len(row), dtype=np.int64)[None], None,
+                                    logits_index=np.array([[len(row) - 1]], np.int64), want_present=False)
             out[c] = yes_probability(yes_no[0, 0, 0], yes_no[0, 0, 1])
         return out

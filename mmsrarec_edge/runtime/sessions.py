@@ -15,9 +15,14 @@ UserError naming what the bundle has. Two provider-specific rules:
 - int8 variants are dynamic-quantization graphs (MatMulInteger, DynamicQuantizeLinear): CPU kernels. They run on GPU
   providers only by falling back to the CPU, which is accepted but slow.
 
-TensorRT options come from the bundle manifest (runtime/tensorrt.py: optimization profiles from the export limits, engine
-and timing caches under a user cache directory -- `$MMSRAREC_CACHE_DIR`, else `$XDG_CACHE_HOME/mmsrarec-edge`, else
-`~/.cache/mmsrarec-edge` -- keyed by the graph's SHA-256): never inside the bundle, which is verified read-only.
+Optimization level: ORT_ENABLE_ALL, except for fp16 graphs on the CPU provider, which open at ORT_ENABLE_EXTENDED:
+ONNX Runtime 1.32's level-ALL layout optimizations crash (segfault) while building the session of some fp16 graphs on
+the CPU (reproduced with the SASRec user encoder; the decoders happened to pass). The export's parity gate opens every
+graph through `open_session` with the variant it checks, so it measures these same options.
+
+TensorRT options come from the bundle manifest (runtime/tensorrt.py: optimization profiles from the export limits,
+engine and timing caches under a user cache directory -- `$MMSRAREC_CACHE_DIR`, else `$XDG_CACHE_HOME/mmsrarec-edge`,
+else `~/.cache/mmsrarec-edge` -- keyed by the graph's SHA-256): never inside the bundle, which is verified read-only.
 """
 
 from __future__ import annotations
@@ -96,10 +101,15 @@ class SessionConfig:
         return cls(p, resolve_precision(precision), threads, **kw)
 
 
-def session_options(threads: int | None = None):
+def optimization_level(provider: str = "cpu", variant: str | None = None) -> str:
+    """The GraphOptimizationLevel name for a graph variant on a provider (module docstring: fp16 on the CPU)."""
+    return "ORT_ENABLE_EXTENDED" if variant == "fp16" and provider == "cpu" else "ORT_ENABLE_ALL"
+
+
+def session_options(threads: int | None = None, level: str = "ORT_ENABLE_ALL"):
     ort = _ort()
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1  # the decoder is one chain of ops: parallel branches would only contend for cores
@@ -142,14 +152,15 @@ def graph_precision_for(cfg: SessionConfig, variants: list[str], default: str | 
                     "pass another --precision or re-export with a profile that writes it")
 
 
-def open_session(path: Path, cfg: SessionConfig, trt_options: dict | None = None):
-    """An InferenceSession for one graph file; a graph onnxruntime cannot load is a BundleError."""
+def open_session(path: Path, cfg: SessionConfig, trt_options: dict | None = None, variant: str | None = None):
+    """An InferenceSession for one graph file; a graph onnxruntime cannot load is a BundleError. `variant`: the
+    file's precision variant (fp32, fp16, int8) when known; it picks the optimization level (module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"graph {path} is missing", "re-export the bundle")
     ort = _ort()
     try:
-        return ort.InferenceSession(str(path), session_options(cfg.threads),
+        return ort.InferenceSession(str(path), session_options(cfg.threads, optimization_level(cfg.provider, variant)),
                                     providers=provider_chain(cfg, trt_options))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise BundleError(f"onnxruntime cannot load {path.name}: {type(exc).__name__}: {str(exc).strip()[:300]}",
@@ -168,8 +179,9 @@ def open_bundle_graph(manifest, graph: str, cfg: SessionConfig):
     profiles and an engine cache outside the bundle when running on TensorRT."""
     from .tensorrt import tensorrt_provider_options
 
-    path = manifest.graph_file(graph, bundle_graph_variant(manifest, graph, cfg))
+    variant = bundle_graph_variant(manifest, graph, cfg)
+    path = manifest.graph_file(graph, variant)
     trt = None
     if cfg.provider == "tensorrt":
         trt = tensorrt_provider_options(manifest, graph, fp16=cfg.precision == "fp16")
-    return open_session(path, cfg, trt)
+    return open_session(path, cfg, trt, variant)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -57,34 +57,53 @@ class ItemSummary:
                 "keywords": self.keywords, "image_output": self.image_output, "text_output": self.text_output}
 
 
-def greedy_generate(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequence[int]], spec: PromptSpec,
-                    max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None) -> list[list[int]]:
-    """Greedy completions, one per prompt, up to and including eos when one was generated (the format of the
-    PyTorch side's summarize.generation.generate)."""
+@dataclass(frozen=True)
+class GreedyStep:
+    """One step of greedy decoding: the decoder's logits [B, V] as it returned them (before suppression), the rows
+    still generating (whose logits pick a token) and the token each row emits (pad for finished rows)."""
+
+    logits: np.ndarray
+    live: np.ndarray
+    tokens: np.ndarray
+
+
+def greedy_steps(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequence[int]], spec: PromptSpec,
+                 max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None
+                 ) -> Iterator[GreedyStep]:
+    """The greedy loop (module docstring), one GreedyStep per generated position: what `greedy_generate` collects,
+    and what the export's parity gate compares with PyTorch step by step."""
     if decoder.layout.head != "last":
         raise ValueError("generation needs a decoder exported with the `last` head")
     B = len(prompts)
     if B == 0:
-        return []
+        return
     embeds, mask = embedder.embed_rows([list(p) for p in prompts], spec.pad_id, left=True, features=features)
     positions = np.where(mask == 1, mask.cumsum(-1) - 1, 1)
     logits, past = decoder.run(embeds, mask, positions)
     suppressed = np.asarray(suppressed_token_ids(spec), np.int64)
-    out: list[list[int]] = [[] for _ in range(B)]
     done = np.zeros(B, bool)
     for step in range(max_new_tokens):
-        logits = np.array(logits, np.float32)
-        logits[:, suppressed] = -np.inf
-        nxt = logits.argmax(-1)
-        nxt = np.where(done, spec.pad_id, nxt)
-        for r in np.flatnonzero(~done):
-            out[r].append(int(nxt[r]))
+        masked = np.array(logits, np.float32)
+        masked[:, suppressed] = -np.inf
+        nxt = np.where(done, spec.pad_id, masked.argmax(-1))
+        yield GreedyStep(logits, ~done, nxt)
         done |= nxt == spec.eos_id
         if done.all() or step == max_new_tokens - 1:
             break
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
         positions = mask.sum(-1, keepdims=True) - 1
         logits, past = decoder.run(embedder(nxt[:, None]), mask, positions, past)
+
+
+def greedy_generate(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequence[int]], spec: PromptSpec,
+                    max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None
+                    ) -> list[list[int]]:
+    """Greedy completions, one per prompt, up to and including eos when one was generated (the format of the
+    PyTorch side's summarize.generation.generate)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in greedy_steps(decoder, embedder, prompts, spec, max_new_tokens, features):
+        for r in np.flatnonzero(step.live):
+            out[r].append(int(step.tokens[r]))
     return out
 
 
@@ -98,7 +117,8 @@ class ItemSummarizer:
         self.spec, self.image_size, self.mean, self.std = spec, int(image_size), tuple(mean), tuple(std)
         self.max_new_tokens, self.max_keywords = int(max_new_tokens), int(max_keywords)
         if vision is not None and vision.tokens is not None and vision.tokens != spec.num_image_tokens:
-            raise ValueError(f"vision graph gives {vision.tokens} image tokens, prompt spec says {spec.num_image_tokens}")
+            raise ValueError(f"vision graph gives {vision.tokens} image tokens, prompt spec says "
+                             f"{spec.num_image_tokens}")
 
     def pixels(self, image) -> np.ndarray:
         """A path, a PIL image or an already preprocessed float32 [3, S, S] array -> [3, S, S]."""

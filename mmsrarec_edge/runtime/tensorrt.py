@@ -18,7 +18,8 @@ def provider_shape_strings(profiles: list[dict]) -> dict[str, str]:
     """ORT TensorRT EP options trt_profile_{min,opt,max}_shapes; an input named again starts the next profile."""
     out = {}
     for key in ("min", "opt", "max"):
-        parts = [f"{name}:{'x'.join(str(d) for d in dims[key])}" for p in profiles for name, dims in p["shapes"].items()]
+        parts = [f"{name}:{'x'.join(str(d) for d in dims[key])}"
+                 for p in profiles for name, dims in p["shapes"].items()]
         out[f"trt_profile_{key}_shapes"] = ",".join(parts)
     return out
 

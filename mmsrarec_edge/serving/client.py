@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from ..core.candidates import IDS, CandidateSpec, parse_item_ids
+from ..core.errors import UserError
 from . import protocol
 
 
@@ -64,8 +66,11 @@ class RecommendClient:
         self._client.close()
 
 
-def _ids(text: str | None):
-    return [int(x) for x in text.split(",") if x.strip()] if text else None
+def _request(a) -> tuple[list[int] | None, list[int] | None, str]:
+    """(history ids, candidate ids, candidate mode) from the command line, parsed as the CLI parses them."""
+    history = parse_item_ids(a.history, "--history") if a.history else None
+    spec = CandidateSpec.parse(a.candidates, "--candidates")
+    return history, list(spec.ids) if spec.kind == IDS else None, spec.mode
 
 
 def main(argv=None) -> int:
@@ -75,12 +80,17 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=protocol.MODEL_NAME)
     p.add_argument("--user", type=int)
     p.add_argument("--history")
-    p.add_argument("--candidates", help="ID,ID,... or all or sampled:N")
+    p.add_argument("--candidates", help="ID,ID,... | sampled:N | all (as `mmsrarec-edge recommend --candidates`)")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--wait", type=float, default=0, help="wait up to this many seconds for the model to be ready")
     p.add_argument("--requests", help="JSON file: a list of {user|history, candidates, candidate_mode, top_k}; "
                                       "prints a list of {items} or {error}")
     a = p.parse_args(argv)
+    try:
+        history, cands, mode = _request(a)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     client = RecommendClient(a.url, a.protocol, a.model)
     if a.wait:
         client.wait_ready(a.wait)
@@ -96,12 +106,7 @@ def main(argv=None) -> int:
         sys.stdout.write("\n")
         client.close()
         return 0
-    mode, cands = "", None
-    if a.candidates and (a.candidates == "all" or a.candidates.startswith("sampled:")):
-        mode = a.candidates
-    else:
-        cands = _ids(a.candidates)
-    items = client.recommend(a.user, _ids(a.history), cands, mode, a.top_k)
+    items = client.recommend(a.user, history, cands, mode, a.top_k)
     json.dump({"items": items}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     client.close()

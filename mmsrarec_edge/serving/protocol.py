@@ -7,7 +7,8 @@ One request row (Triton adds the batch axis; the dynamic batcher merges rows of 
   inputs   user            INT64 [1]    a known user id, or -1 for none
            history         INT64 [-1]   item ids oldest first; -1 entries are padding (all -1 or empty: none)
            candidates      INT64 [-1]   explicit candidate ids; -1 padding; none: `candidate_mode` decides
-           candidate_mode  BYTES [1]    "" (ids when given, else the first stage + LLM rescoring), "all", "sampled:N"
+           candidate_mode  BYTES [1]    "" (ids when given, else the first stage + LLM rescoring), "all",
+                                        "sampled:N" (core.candidates.CandidateSpec, as the CLI's --candidates)
            top_k           INT64 [1]
   outputs  item_ids        INT64 [-1]   ranked; rows of a batch are padded with -1 to the longest
            scores          FP64  [-1]   the runtime's p(yes)/(p(yes)+p(no)); FP64 so answers equal the CLI's exactly
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.candidates import IDS, RESCORE, CandidateSpec
 from ..core.errors import UserError
 
 MODEL_NAME = "recommend"
@@ -67,23 +69,20 @@ def _text(value) -> str:
 
 
 def decode_row(user, history, candidates, candidate_mode, top_k) -> dict:
-    """One row's tensors -> keyword arguments of runtime.recommender.Recommender.recommend."""
+    """One row's tensors -> keyword arguments of runtime.recommender.Recommender.recommend. `candidate_mode` takes
+    what the CLI's --candidates takes (core.candidates.CandidateSpec: "", "all", "sampled:N" or ids, with the same
+    error text); ids in the `candidates` tensor go with an empty mode."""
     users, hist, cands = _ids(user), _ids(history), _ids(candidates)
     if bool(users) == bool(hist):
         raise UserError("pass exactly one of user (>= 0) or history (item ids)")
-    mode = _text(candidate_mode).strip().lower()
-    if mode in ("", "ids"):
-        cand = cands or None
-    elif mode == "all" or mode.startswith("sampled:"):
-        if cands:
-            raise UserError(f"candidate_mode {mode!r} takes no candidate ids")
-        if mode.startswith("sampled:") and not mode.split(":", 1)[1].isdigit():
-            raise UserError(f"candidate_mode sampled:N needs an integer N, got {mode!r}")
-        cand = mode
-    else:
-        raise UserError(f"unknown candidate_mode {mode!r}", 'use "", "all" or "sampled:N"')
+    mode = _text(candidate_mode)
+    spec = CandidateSpec.parse("" if mode.strip().lower() == IDS else mode, "candidate_mode")
+    if cands:
+        if spec.kind != RESCORE:
+            raise UserError(f"candidate_mode {mode!r} takes no candidate ids", 'send ids with candidate_mode ""')
+        spec = CandidateSpec.parse(cands, "candidates")
     k = _ids(top_k)
-    return {"user": users[0] if users else None, "history": hist or None, "candidates": cand,
+    return {"user": users[0] if users else None, "history": hist or None, "candidates": spec,
             "top_k": k[0] if k else 10}
 
 
@@ -111,7 +110,8 @@ def encode_batch(results: list) -> dict[str, np.ndarray]:
             ids[r, j], scores[r, j] = it.item_id, it.score
             titles[r, j] = it.title.encode("utf-8")
             expl[r, j] = json.dumps(it.explanation).encode("utf-8")
-    return {"item_ids": ids, "scores": scores, "titles": titles.astype(np.bytes_), "explanations": expl.astype(np.bytes_)}
+    return {"item_ids": ids, "scores": scores, "titles": titles.astype(np.bytes_),
+            "explanations": expl.astype(np.bytes_)}
 
 
 def request_arrays(user: int | None = None, history=None, candidates=None, candidate_mode: str = "",

@@ -48,7 +48,8 @@ def require_pytriton():
     try:
         import pytriton.triton  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"PyTriton is not installed in this environment ({sys.executable}): {exc}", INSTALL_HINT) from exc
+        raise UserError(f"PyTriton is not installed in this environment ({sys.executable}): {exc}",
+                        INSTALL_HINT) from exc
 
 
 @dataclass

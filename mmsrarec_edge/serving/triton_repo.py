@@ -12,11 +12,13 @@
 
 Each config has instance groups (KIND_GPU or KIND_CPU), dynamic batching, and on gpu ONNX models the TensorRT
 execution accelerator (FP16 when the bundle's profile asks for it). Tensor names, types and shapes come from the
-bundle manifest, which the exporter wrote from the graphs; a graph whose every input and output starts with the same
-symbolic axis gets that axis as Triton's batch axis (max_batch_size > 0, dims without it), others max_batch_size 0.
-max_batch_size is the larger of the requested one and the bundle's own per-graph limit (the runtime's scorer sends up
-to `limits.max_candidates` rows per decoder call). The Python model's stub must find `mmsrarec_edge` and its runtime
-dependencies (`pip install mmsrarec-edge[cpu]` in the serving image, or an EXECUTION_ENV_PATH environment).
+bundle manifest, which the exporter wrote from the graphs; the graph's kind (manifest `kind`, core/graph_kinds.py)
+says which axis is Triton's batch axis (max_batch_size > 0, dims without it; a kind without one, e.g. the scorer
+whose prefix inputs keep batch 1, gets max_batch_size 0) and which of the bundle's limits bounds it: max_batch_size is
+the larger of the requested one and that limit (the runtime's scorer sends up to `limits.max_candidates` rows per
+decoder call). A kind this code does not know falls back to the shapes: a symbolic axis that every input and output
+starts with is the batch axis, with no limit of its own. The Python model's stub must find `mmsrarec_edge` and its
+runtime dependencies (`pip install mmsrarec-edge[cpu]` in the serving image, or an EXECUTION_ENV_PATH environment).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from ..core.bundle import load_manifest
 from ..core.errors import UserError
+from ..core.graph_kinds import GRAPH_KINDS, TritonIO, shared_batch_axis, triton_io
 from ..core.io_utils import atomic_dir, link_or_copy
 from . import protocol
 
@@ -35,12 +38,6 @@ MARKER = "mmsrarec_repo.json"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-# which of the bundle's limits bounds a graph's batch axis
-GRAPH_LIMITS = {"recommender.decoder": "max_candidates", "recommender.embed": "max_candidates",
-                "recommender.scorer": "max_candidates",
-                "summarizer.decoder": "summarizer_batch", "summarizer.embed": "summarizer_batch",
-                "summarizer.vision": "images_batch", "recommender.vision": "images_batch",
-                "sasrec.user_encoder": "user_batch"}
 
 
 @dataclass
@@ -71,15 +68,13 @@ def _tensor(name: str, dtype: str, dims) -> str:
     return f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {', '.join(str(d) for d in dims)} ] }}"
 
 
-def _dims(shape, batched: bool) -> list[int]:
-    dims = [d if isinstance(d, int) else -1 for d in shape]
-    return dims[1:] if batched else dims
-
-
-def batch_axis(entry: dict) -> bool:
-    """True when every input and output of a graph starts with one shared symbolic axis (Triton's batch axis)."""
-    firsts = {t["shape"][0] if t["shape"] else None for t in [*entry["inputs"], *entry["outputs"]]}
-    return len(firsts) == 1 and isinstance(next(iter(firsts)), str)
+def graph_tensors(graph: str, entry: dict, limits: dict) -> tuple[TritonIO, int]:
+    """(Triton's tensors of a manifest graph entry, the bundle's limit on its batch axis), from the graph's kind."""
+    cls = GRAPH_KINDS.get(entry.get("kind", ""))
+    if cls is None:  # a kind this code does not know: the shapes alone decide
+        return triton_io(entry, shared_batch_axis(entry)), 0
+    kind = cls(graph)
+    return kind.triton_io(entry), kind.max_batch(limits)
 
 
 def _common(name: str, cfg: RepoConfig, max_batch: int, kind: str, extra: str = "") -> list[str]:
@@ -88,15 +83,14 @@ def _common(name: str, cfg: RepoConfig, max_batch: int, kind: str, extra: str = 
         ([f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}"] if max_batch > 0 else [])
 
 
-def graph_config(name: str, entry: dict, cfg: RepoConfig, limit: int, platform: str, fp16: bool,
+def graph_config(name: str, tensors: TritonIO, cfg: RepoConfig, limit: int, platform: str, fp16: bool,
                  workspace_mb: int) -> str:
-    """config.pbtxt of one graph model."""
-    batched = batch_axis(entry)
-    max_batch = max(cfg.max_batch_size, limit) if batched else 0
+    """config.pbtxt of one graph model (`tensors`, `limit`: graph_tensors)."""
+    max_batch = max(cfg.max_batch_size, limit) if tensors.batched else 0
     kind = "KIND_GPU" if cfg.device == "gpu" else "KIND_CPU"
     lines = _common(name, cfg, max_batch, kind, f"platform: {_q(platform)}")
-    for key, specs in (("input", entry["inputs"]), ("output", entry["outputs"])):
-        body = ",\n".join(_tensor(t["name"], TRITON_TYPES[t["dtype"]], _dims(t["shape"], batched)) for t in specs)
+    for key, specs in (("input", tensors.inputs), ("output", tensors.outputs)):
+        body = ",\n".join(_tensor(n, TRITON_TYPES[dtype], dims) for n, dtype, dims in specs)
         lines.append(f"{key} [\n{body}\n]")
     if platform == "onnxruntime_onnx" and cfg.device == "gpu":
         params = {"precision_mode": "FP16" if fp16 else "FP32", "max_workspace_size_bytes": str(workspace_mb << 20),
@@ -144,9 +138,9 @@ def write_model_repository(bundle: Path, out: Path, cfg: RepoConfig | None = Non
                 rel_data = str(src.relative_to(man.root)) + ".data"
                 if rel_data in man.files:  # external weights keep the file name the graph refers to
                     link_or_copy(man.path(rel_data), vdir / Path(rel_data).name)
-            limit = int(limits.get(GRAPH_LIMITS.get(graph, ""), 0) or 0)
+            tensors, limit = graph_tensors(graph, entry, limits)
             (tmp / name / "config.pbtxt").write_text(
-                graph_config(name, entry, cfg, limit, platform, fp16, int(trt.get("workspace_mb", 2048))))
+                graph_config(name, tensors, cfg, limit, platform, fp16, int(trt.get("workspace_mb", 2048))))
             graph_models[graph] = name
             written.append(name)
         pdir = tmp / protocol.MODEL_NAME / "1"

@@ -10,7 +10,6 @@ costs milliseconds. SFT then starts from image tokens that already point at the 
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Sequence
 
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.training import OptimConfig, fit
 from .embeddings import image_tokens
-from .sft import optimizer_step
 
 
 def keyword_targets(model, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -31,7 +30,8 @@ def keyword_targets(model, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
 
 def align_vision(model, pixels: np.ndarray, token_ids: Sequence[Sequence[int]], steps: int, batch_size: int = 64,
                  lr: float = 3e-3, temperature: float = 0.1, seed: int = 0, progress=None) -> list[float]:
-    """Train the vision tower + projector with InfoNCE against keyword embeddings; returns the loss curve."""
+    """Train the vision tower + projector with InfoNCE against keyword embeddings (AdamW, cosine LR, gradient norm
+    clipped at 1, through the shared loop models/training.py); returns the loss curve."""
     if steps == 0 or len(pixels) < 2:
         return []
     rng = random.Random(seed)
@@ -42,20 +42,18 @@ def align_vision(model, pixels: np.ndarray, token_ids: Sequence[Sequence[int]], 
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in learning)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     pix = torch.from_numpy(np.ascontiguousarray(pixels))
     n = len(pix)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        rows = rng.sample(range(n), min(batch_size, n))
+
+    def loss_fn(rows: list[int]) -> torch.Tensor:
         f = F.normalize(image_tokens(model, pix[rows]).mean(1), dim=-1)
         logits = f @ targets[rows].T / temperature
         labels = torch.arange(len(rows))
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        optimizer_step(loss, opt, sched, params, losses, progress)
-    model.eval()
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+    res = fit(model, params, lambda _: (rng.sample(range(n), min(batch_size, n)) for _ in range(steps)), loss_fn,
+              OptimConfig(lr=lr, weight_decay=0.01, schedule="cosine", warmup=0, clip=1.0), total_steps=steps,
+              progress=progress)
     for name, p in model.named_parameters():
         p.requires_grad_(saved[name])
-    return losses
+    return res.losses

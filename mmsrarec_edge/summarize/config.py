@@ -69,7 +69,8 @@ class SummarizerConfig:
         if not 0.0 <= self.held_out_fraction < 1.0:
             raise UserError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         for name in ("sft_batch_size", "recon_batch_size", "grpo_batch_size", "max_new_tokens", "max_keywords",
-                     "max_text_tokens", "tfidf_k", "lora_r", "grpo_iterations", "threads", "recon_hidden", "recon_layers"):
+                     "max_text_tokens", "tfidf_k", "lora_r", "grpo_iterations", "threads", "recon_hidden",
+                     "recon_layers"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_generations < 2:

@@ -14,7 +14,8 @@ and every piece is tested against hand-computed values:
     loss = mean over samples of (mean over that sample's completion tokens)
 
 The reference is the SFT model itself: the adapter disabled (no second copy). The adapter is merged at the end, so the
-saved model is a plain LLaVA checkpoint.
+saved model is a plain LLaVA checkpoint. Optimizer step (AdamW, constant LR, gradient norm clipped at 1) and adapter
+come from the shared training module (models/training.py: `Stepper`, `add_lora`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ import numpy as np
 import torch
 
 from ..core.summary_prompts import PromptSpec
+from ..models.training import OptimConfig, Stepper, add_lora
 from .generation import Prompt, completion_logps, decode_keywords, generate
-
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> np.ndarray:
@@ -58,13 +58,6 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
                   "clip_frac": float((((ratio - 1).abs() > clip_eps).float() * mask).sum() / tokens)}
 
 
-def add_lora(model, r: int, alpha: int, dropout: float):
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none")
-    return get_peft_model(model, cfg)
-
-
 def _balanced_batch(pools: dict[str, list[Prompt]], size: int, rng: random.Random) -> list[Prompt]:
     tasks = [t for t in ("image", "text") if pools.get(t)]
     out: list[Prompt] = []
@@ -81,7 +74,7 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
     pools = {t: [p for p in prompts if p.task == t] for t in ("image", "text")}
     policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.grpo_lr, weight_decay=0.0)
+    stepper = Stepper(params, OptimConfig(lr=cfg.grpo_lr, weight_decay=0.0, schedule="constant", clip=1.0))
     G = cfg.num_generations
     log: list[dict] = []
     for step in range(cfg.grpo_steps):
@@ -107,10 +100,7 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
             logp, mask = completion_logps(policy, rep, comps, spec, cfg.temperature)
             loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, mask, adv,
                                     cfg.beta, cfg.clip_eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            stepper(loss)
         groups = rb.total.reshape(-1, G)
         entry = {"step": step + 1, **rb.mean(), "loss": loss.item(), **stats,
                  "flat_groups": float(np.mean(groups.std(axis=1) == 0)), "seconds": time.perf_counter() - t0}

@@ -2,10 +2,12 @@
 
 `train_summarizer` writes one directory:
 
-    OUT/sft/            the SFT-only summarizer (LLaVA safetensors + tokenizer + summarizer.json): the "without RL" ablation
+    OUT/sft/            the SFT-only summarizer (LLaVA safetensors + tokenizer + summarizer.json): the "without RL"
+                        ablation
     OUT/rl/             the GRPO summarizer (LoRA merged), absent with sft_only
     OUT/reconstructor/  the frozen reference LM behind R_recon
-    OUT/train_log.json  config, item split, loss curves, the per-step GRPO reward curve, held-out figures before/after RL
+    OUT/train_log.json  config, item split, loss curves, the per-step GRPO reward curve, held-out figures before/after
+                        RL
 
 Held-out items (cfg.held_out_fraction, drawn with cfg.seed) are never trained on, by the summarizer or by the reference
 LM; the before/after-RL comparison is made on them with greedy decoding.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -172,6 +175,134 @@ def load_summarizer(path: Path):
     return model, tok, PromptSpec.from_dict(meta["prompt_spec"]), meta
 
 
+@dataclass
+class ItemSplit:
+    """Which items train, which are held out (and which of those are evaluated), and every item's SFT targets."""
+
+    mode: str  # "attributes" or "tfidf"
+    train_ids: list[int]
+    held_ids: list[int]
+    eval_ids: list[int]
+    targets: dict[int, dict[str, list[str]]]
+
+
+def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None, base: Path | None = None,
+                     sft_only: bool = False, echo=print) -> dict:
+    """SFT then GRPO on `ds`; writes OUT (see module doc) atomically and returns the training log."""
+    import torch
+
+    from ..models.mllm import image_size
+
+    cfg = cfg or SummarizerConfig()
+    torch.set_num_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    split = split_dataset(ds, cfg)
+    echo(f"targets: {split.mode}; items: {len(split.train_ids)} train, {len(split.held_ids)} held out "
+         f"({len(split.eval_ids)} evaluated)")
+    model, tok, spec = init_summarizer(base, cfg)
+    encode = encoder_of(tok)
+    pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_size(model))
+    warm, trainable = warm_start(model, split, pixels, encode, base, cfg)
+    timings["setup"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    recon, recon_losses = train_reference_lm(ds, split, cfg)
+    rewards = reward_model(ds, split, recon, cfg)
+    timings["reference_lm"] = time.perf_counter() - t
+    echo(f"reference LM: {timings['reference_lm']:.0f} s, final loss {np.mean(recon_losses[-20:] or [0]):.3f}")
+
+    gold = split.mode == "attributes"
+    eval_prompts = make_prompts(ds, split.eval_ids, encode, spec, pixels)
+    evals = {"targets": score_keywords(ds, eval_prompts, [split.targets[p.item_id][p.task] for p in eval_prompts],
+                                       rewards, cfg, gold)}
+
+    t = time.perf_counter()
+    train_prompts = make_prompts(ds, split.train_ids, encode, spec, pixels)
+    sft_losses = sft_warm_start(model, train_prompts, split, spec, encode, trainable, cfg)
+    timings["sft"] = time.perf_counter() - t
+    echo(f"SFT: {timings['sft']:.0f} s, final loss {np.mean(sft_losses[-20:] or [0]):.3f}")
+
+    def evaluate(m, label):
+        kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
+                                label=f"held-out keywords ({label})")
+        return score_keywords(ds, eval_prompts, kws, rewards, cfg, gold), kws
+
+    evals["sft"], sft_kws = evaluate(model, "SFT")
+    kws = {"sft": sft_kws}
+    grpo_log: list[dict] = []
+    with atomic_dir(out) as tmp:
+        save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
+        recon.save(tmp / "reconstructor")
+        if not sft_only and cfg.grpo_steps:
+            t = time.perf_counter()
+            model, grpo_log = reinforce(model, tok, spec, train_prompts, rewards, cfg)
+            timings["grpo"] = time.perf_counter() - t
+            first, last = (np.mean([e["total"] for e in g]) for g in (grpo_log[:10], grpo_log[-10:]))
+            echo(f"GRPO: {timings['grpo']:.0f} s, mean reward first/last 10 steps {first:.4f} / {last:.4f}")
+            evals["rl"], kws["rl"] = evaluate(model, "RL")
+            save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
+        timings["total"] = time.perf_counter() - t0
+        log = training_log(ds, split, cfg, base, warm, timings, recon_losses, sft_losses, grpo_log, evals,
+                           eval_prompts, kws)
+        write_json(tmp / "train_log.json", log)
+    return log
+
+
+def split_dataset(ds: Dataset, cfg: SummarizerConfig) -> ItemSplit:
+    """Hold out cfg.held_out_fraction of the items (then subsample training items to cfg.max_train_items, evaluate
+    at most cfg.max_eval_items held-out ones) and pick the SFT targets."""
+    mode = choose_targets(ds, cfg)
+    train_ids, held_ids = split_items(ds.items, cfg.held_out_fraction, cfg.seed)
+    if cfg.max_train_items and len(train_ids) > cfg.max_train_items:
+        rng = np.random.default_rng(cfg.seed + 1)
+        train_ids = sorted(rng.choice(train_ids, cfg.max_train_items, replace=False).tolist())
+    eval_ids = held_ids[: cfg.max_eval_items] if cfg.max_eval_items else held_ids
+    if len(train_ids) < 2:
+        raise UserError(f"only {len(train_ids)} training item(s) after holding out {len(held_ids)}",
+                        "use a larger dataset or a smaller held_out_fraction")
+    return ItemSplit(mode, train_ids, held_ids, eval_ids, pseudo_keywords(ds, cfg, mode))
+
+
+def init_summarizer(base: Path | None, cfg: SummarizerConfig):
+    """The MLLM to train: `base` (a user's LLaVA checkpoint) or the embedded default, fresh. Returns (model,
+    tokenizer, PromptSpec)."""
+    from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, load_mllm
+
+    if base is not None:
+        model, tok = load_mllm(base)
+    else:
+        tok = build_tokenizer()
+        model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
+    return model, tok, prompt_spec(model, tok, cfg)
+
+
+def warm_start(model, split: ItemSplit, pixels: dict, encode, base: Path | None, cfg: SummarizerConfig):
+    """The embedded default only (nothing for a `base` checkpoint): MiniLM token embeddings and the projector's
+    scale (embeddings.py), then, with cfg.align_steps, vision-keyword alignment (align.py). Returns (the warm start's
+    log, the SFT's `trainable(name)` filter: None = every parameter, else frozen token embeddings)."""
+    import torch
+
+    from .align import align_vision
+    from .embeddings import warm_start_default
+
+    if base is not None:
+        return {}, None
+    trainable = None
+    with_img = [i for i in split.train_ids if i in pixels]
+    train_pix = np.stack([pixels[i] for i in with_img]) if with_img else None
+    warm = warm_start_default(model, torch.from_numpy(train_pix[:64]) if with_img else None, cfg.seed)
+    if cfg.freeze_embeddings:
+        def trainable(name: str) -> bool:  # tied: the LM head is the same tensor
+            return "embed_tokens" not in name and "lm_head" not in name
+    if cfg.align_steps and len(with_img) > 1:
+        with progress_bar("aligning vision to keywords", cfg.align_steps) as adv:
+            warm["align_loss"] = align_vision(
+                model, train_pix, [encode(" ".join(split.targets[i]["image"])) for i in with_img], cfg.align_steps,
+                seed=cfg.seed, progress=adv)
+    return warm, trainable
+
+
 def _recon_pools(ds: Dataset, ids, targets: dict, k: int) -> list[list[str]]:
     tf = TfidfKeywords(ds.items[i].text for i in ids)
     pools = []
@@ -182,118 +313,64 @@ def _recon_pools(ds: Dataset, ids, targets: dict, k: int) -> list[list[str]]:
     return pools
 
 
-def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None, base: Path | None = None,
-                     sft_only: bool = False, echo=print) -> dict:
-    """SFT then GRPO on `ds`; writes OUT (see module doc) atomically and returns the training log."""
-    import torch
-
-    from ..models.mllm import MLLMConfig, build_mllm, build_tokenizer, image_size, load_mllm
-    from .align import align_vision
-    from .embeddings import warm_start_default
-    from .grpo import train_grpo
+def train_reference_lm(ds: Dataset, split: ItemSplit, cfg: SummarizerConfig):
+    """The frozen reference LM behind R_recon (reconstructor.py), trained on the training items only. Returns
+    (Reconstructor, loss curve)."""
+    from ..models.mllm import build_tokenizer
     from .reconstructor import Reconstructor, compact_vocab, train_reconstructor
-    from .rewards import RewardModel, SentenceEncoder
-    from .sft import SFTExample, train_sft
 
-    cfg = cfg or SummarizerConfig()
-    torch.set_num_threads(cfg.threads)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    mode = choose_targets(ds, cfg)
-    train_ids, held_ids = split_items(ds.items, cfg.held_out_fraction, cfg.seed)
-    if cfg.max_train_items and len(train_ids) > cfg.max_train_items:
-        rng = np.random.default_rng(cfg.seed + 1)
-        train_ids = sorted(rng.choice(train_ids, cfg.max_train_items, replace=False).tolist())
-    eval_ids = held_ids[: cfg.max_eval_items] if cfg.max_eval_items else held_ids
-    if len(train_ids) < 2:
-        raise UserError(f"only {len(train_ids)} training item(s) after holding out {len(held_ids)}",
-                        "use a larger dataset or a smaller held_out_fraction")
-    targets = pseudo_keywords(ds, cfg, mode)
-    echo(f"targets: {mode}; items: {len(train_ids)} train, {len(held_ids)} held out ({len(eval_ids)} evaluated)")
-
-    if base is not None:
-        model, tok = load_mllm(base)
-    else:
-        tok = build_tokenizer()
-        model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
-    spec = prompt_spec(model, tok, cfg)
-    encode = encoder_of(tok)
-    pixels = load_pixels(ds, [*train_ids, *eval_ids], image_size(model))
-    warm: dict = {}
-    trainable = None
-    if base is None:
-        with_img = [i for i in train_ids if i in pixels]
-        train_pix = np.stack([pixels[i] for i in with_img]) if with_img else None
-        warm = warm_start_default(model, torch.from_numpy(train_pix[:64]) if with_img else None, cfg.seed)
-        if cfg.freeze_embeddings:
-            def trainable(name: str) -> bool:  # tied: the LM head is the same tensor
-                return "embed_tokens" not in name and "lm_head" not in name
-        if cfg.align_steps and len(with_img) > 1:
-            with progress_bar("aligning vision to keywords", cfg.align_steps) as adv:
-                warm["align_loss"] = align_vision(
-                    model, train_pix,
-                    [encode(" ".join(targets[i]["image"])) for i in with_img], cfg.align_steps, seed=cfg.seed,
-                    progress=adv)
-    timings["setup"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
     rtok = build_tokenizer()
     recon = Reconstructor.build(rtok, compact_vocab(rtok, [it.text for it in ds.items.values()], cfg.recon_vocab),
                                 cfg.recon_hidden, cfg.recon_layers, cfg.max_text_tokens, cfg.seed)
     with progress_bar("training reference LM (R_recon)", cfg.recon_steps) as adv:
-        recon_losses = train_reconstructor(recon, [ds.items[i].text for i in train_ids],
-                                           _recon_pools(ds, train_ids, targets, cfg.tfidf_k), cfg.recon_steps,
-                                           cfg.recon_batch_size, cfg.recon_lr, cfg.max_keywords, cfg.seed, adv)
-    encoder = SentenceEncoder()
-    rewards = RewardModel(encoder, recon, {i: ds.items[i].text for i in [*train_ids, *eval_ids]}, cfg.a, cfg.b, cfg.c)
-    timings["reference_lm"] = time.perf_counter() - t
-    echo(f"reference LM: {timings['reference_lm']:.0f} s, final loss {np.mean(recon_losses[-20:] or [0]):.3f}")
+        losses = train_reconstructor(recon, [ds.items[i].text for i in split.train_ids],
+                                     _recon_pools(ds, split.train_ids, split.targets, cfg.tfidf_k), cfg.recon_steps,
+                                     cfg.recon_batch_size, cfg.recon_lr, cfg.max_keywords, cfg.seed, adv)
+    return recon, losses
 
-    gold = mode == "attributes"
-    eval_prompts = make_prompts(ds, eval_ids, encode, spec, pixels)
-    evals = {"targets": score_keywords(ds, eval_prompts, [targets[p.item_id][p.task] for p in eval_prompts],
-                                       rewards, cfg, gold)}
 
-    t = time.perf_counter()
-    train_prompts = make_prompts(ds, train_ids, encode, spec, pixels)
-    examples = [SFTExample(p, target_ids(encode, spec, targets[p.item_id][p.task])) for p in train_prompts]
+def reward_model(ds: Dataset, split: ItemSplit, recon, cfg: SummarizerConfig):
+    """R = a R_info + b R_recon + c R_len over the training and evaluated items' texts (rewards.py)."""
+    from .rewards import RewardModel, SentenceEncoder
+
+    texts = {i: ds.items[i].text for i in [*split.train_ids, *split.eval_ids]}
+    return RewardModel(SentenceEncoder(), recon, texts, cfg.a, cfg.b, cfg.c)
+
+
+def sft_warm_start(model, train_prompts: list[Prompt], split: ItemSplit, spec: PromptSpec, encode, trainable,
+                   cfg: SummarizerConfig) -> list[float]:
+    """SFT on the pseudo-keywords of every training prompt (sft.py); returns the loss curve."""
+    from .sft import SFTExample, train_sft
+
+    examples = [SFTExample(p, target_ids(encode, spec, split.targets[p.item_id][p.task])) for p in train_prompts]
     with progress_bar("SFT warm start", cfg.sft_steps) as adv:
-        sft_losses = train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
-                               cfg.seed, adv, trainable=trainable)
-    timings["sft"] = time.perf_counter() - t
-    echo(f"SFT: {timings['sft']:.0f} s, final loss {np.mean(sft_losses[-20:] or [0]):.3f}")
+        return train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
+                         cfg.seed, adv, trainable=trainable)
 
-    def evaluate(m, label):
-        kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
-                                label=f"held-out keywords ({label})")
-        return score_keywords(ds, eval_prompts, kws, rewards, cfg, gold), kws
 
-    evals["sft"], sft_kws = evaluate(model, "SFT")
-    grpo_log: list[dict] = []
-    with atomic_dir(out) as tmp:
-        save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
-        recon.save(tmp / "reconstructor")
-        if not sft_only and cfg.grpo_steps:
-            t = time.perf_counter()
-            with progress_bar("GRPO", cfg.grpo_steps) as adv:
-                model, grpo_log = train_grpo(model, tok, spec, train_prompts, rewards, cfg, adv)
-            timings["grpo"] = time.perf_counter() - t
-            echo(f"GRPO: {timings['grpo']:.0f} s, mean reward first/last 10 steps "
-                 f"{np.mean([e['total'] for e in grpo_log[:10]]):.4f} / {np.mean([e['total'] for e in grpo_log[-10:]]):.4f}")
-            evals["rl"], rl_kws = evaluate(model, "RL")
-            save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
-        timings["total"] = time.perf_counter() - t0
-        samples = [{"item_id": p.item_id, "task": p.task, "target": targets[p.item_id][p.task], "sft": sft_kws[k],
-                    **({"rl": rl_kws[k]} if "rl" in evals else {})} for k, p in enumerate(eval_prompts[:40])]
-        log = {"format": "mmsrarec-summarizer-train-log", "config": cfg.to_dict(), "base": str(base) if base else None,
-               "dataset": {"name": ds.name, "items": len(ds.items), "train_items": len(train_ids),
-                           "held_out_items": len(held_ids), "evaluated_items": len(eval_ids), "targets": mode},
-               "held_out_ids": held_ids, "warm_start": warm,
-               "timings_s": {k: round(v, 2) for k, v in timings.items()},
-               "reference_lm_loss": recon_losses, "sft_loss": sft_losses, "grpo": grpo_log, "eval": evals,
-               "samples": samples}
-        write_json(tmp / "train_log.json", log)
-    return log
+def reinforce(model, tok, spec: PromptSpec, train_prompts: list[Prompt], rewards, cfg: SummarizerConfig):
+    """GRPO with LoRA on the training prompts (grpo.py). Returns (the merged model, per-step log)."""
+    from .grpo import train_grpo
+
+    with progress_bar("GRPO", cfg.grpo_steps) as adv:
+        return train_grpo(model, tok, spec, train_prompts, rewards, cfg, adv)
+
+
+def training_log(ds: Dataset, split: ItemSplit, cfg: SummarizerConfig, base: Path | None, warm: dict,
+                 timings: dict, recon_losses: list, sft_losses: list, grpo_log: list, evals: dict,
+                 eval_prompts: list[Prompt], kws: dict) -> dict:
+    """train_log.json: config, item split, loss and reward curves, held-out evaluations, 40 sample keyword sets."""
+    samples = [{"item_id": p.item_id, "task": p.task, "target": split.targets[p.item_id][p.task],
+                "sft": kws["sft"][k], **({"rl": kws["rl"][k]} if "rl" in evals else {})}
+               for k, p in enumerate(eval_prompts[:40])]
+    return {"format": "mmsrarec-summarizer-train-log", "config": cfg.to_dict(), "base": str(base) if base else None,
+            "dataset": {"name": ds.name, "items": len(ds.items), "train_items": len(split.train_ids),
+                        "held_out_items": len(split.held_ids), "evaluated_items": len(split.eval_ids),
+                        "targets": split.mode},
+            "held_out_ids": split.held_ids, "warm_start": warm,
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            "reference_lm_loss": recon_losses, "sft_loss": sft_losses, "grpo": grpo_log, "eval": evals,
+            "samples": samples}
 
 
 def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int = 32, reconstructor: Path | None = None,

@@ -17,7 +17,6 @@ over all 30k ids would cost more than the rest of the model together.
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,6 +28,7 @@ from torch import nn
 from ..core.errors import UserError
 from ..core.io_utils import write_json
 from ..core.summary_prompts import format_keywords
+from ..models.training import OptimConfig, fit
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3  # compact ids of the special tokens
 
@@ -93,7 +93,8 @@ class Reconstructor:
         return nll * valid, valid
 
     @torch.no_grad()
-    def mean_nll(self, keyword_lists: Sequence[Sequence[str]], texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def mean_nll(self, keyword_lists: Sequence[Sequence[str]], texts: Sequence[str],
+                 batch_size: int = 64) -> np.ndarray:
         """Per pair, the mean negative log-likelihood (nats per token) of the text given the keywords."""
         out = np.zeros(len(texts), np.float64)
         seqs = [self.sequence(k, t) for k, t in zip(keyword_lists, texts)]
@@ -127,7 +128,8 @@ class Reconstructor:
 
 
 def keyword_samples(pools: list[list[str]], rng: random.Random, max_keywords: int, wrong_p: float = 0.2) -> Callable:
-    """A sampler of (item index, keyword set): random subsets of the item's pool, sometimes with another item's words."""
+    """A sampler of (item index, keyword set): random subsets of the item's pool, sometimes with another item's
+    words."""
 
     def sample(i: int) -> list[str]:
         pool = pools[i]
@@ -144,31 +146,28 @@ def keyword_samples(pools: list[list[str]], rng: random.Random, max_keywords: in
 
 def train_reconstructor(recon: Reconstructor, texts: list[str], pools: list[list[str]], steps: int, batch_size: int,
                         lr: float, max_keywords: int = 8, seed: int = 0, progress=None) -> list[float]:
-    """Teach the reference LM p(text | keywords) on training items; returns the loss curve. Frozen afterwards."""
+    """Teach the reference LM p(text | keywords) on training items (AdamW, warm-up over the first 5% of steps x cosine,
+    gradient norm clipped at 1, through the shared loop models/training.py); returns the loss curve. Frozen
+    afterwards."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     sample = keyword_samples(pools, rng, max_keywords)
-    model = recon.model.train()
+    model = recon.model
     for p in model.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    losses = []
-    for _ in range(steps):
-        rows = [rng.randrange(len(texts)) for _ in range(batch_size)]
-        nll, valid = recon._token_nll(*recon._batch([recon.sequence(sample(i), texts[i]) for i in rows]))
-        loss = nll.sum() / valid.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if progress:
-            progress(1, loss=losses[-1])
-    recon.model.eval()
+
+    def batches(_epoch: int):
+        for _ in range(steps):
+            rows = [rng.randrange(len(texts)) for _ in range(batch_size)]
+            yield recon._batch([recon.sequence(sample(i), texts[i]) for i in rows])
+
+    def loss_fn(batch) -> torch.Tensor:
+        nll, valid = recon._token_nll(*batch)
+        return nll.sum() / valid.sum()
+
+    res = fit(model, list(model.parameters()), batches, loss_fn,
+              OptimConfig(lr=lr, weight_decay=0.01, schedule="cosine", warmup=steps // 20, clip=1.0),
+              total_steps=steps, progress=progress)
     for p in model.parameters():
         p.requires_grad_(False)
-    return losses
+    return res.losses

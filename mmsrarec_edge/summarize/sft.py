@@ -6,7 +6,6 @@ so there is nothing for a low-rank adapter to adapt. Loss = cross-entropy on the
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.summary_prompts import PromptSpec
+from ..models.training import OptimConfig, fit
 from .generation import Prompt, collate_left, position_ids, stack_pixels
 
 
@@ -43,22 +43,23 @@ def sft_loss(model, examples: Sequence[SFTExample], spec: PromptSpec) -> torch.T
     return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, -n:], ignore_index=-100)
 
 
-def optimizer_step(loss, opt, sched, params, losses: list[float], progress=None, clip: float = 1.0) -> None:
-    """Backward, clip, step the optimizer and the schedule; record the loss and advance the progress bar."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    sched.step()
-    losses.append(loss.item())
-    if progress:
-        progress(1, loss=losses[-1])
+def _batches(examples: list[SFTExample], steps: int, batch_size: int, rng: random.Random):
+    """`steps` batches of shuffled epochs over the examples (a batch may span two epochs)."""
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
+        rows, order = order[:batch_size], order[batch_size:]
+        yield [examples[i] for i in rows]
 
 
 def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, batch_size: int, lr: float,
               warmup: int = 25, seed: int = 0, progress=None,
               trainable: Callable[[str], bool] | None = None) -> list[float]:
-    """Shuffled epochs over the examples for `steps` steps (AdamW, warmup + cosine). Returns the loss curve.
+    """Shuffled epochs over the examples for `steps` steps (AdamW, warm-up x cosine, gradient norm clipped at 1,
+    through the shared loop models/training.py). Returns the loss curve.
 
     `trainable(name)` picks the parameters that learn (default: all); the others stay frozen for this call.
     """
@@ -66,25 +67,15 @@ def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, b
         return []
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    model.train()
     params = []
     for n, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(n))
         if p.requires_grad:
             params.append(p)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    order: list[int] = []
-    losses = []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        rows, order = order[:batch_size], order[batch_size:]
-        optimizer_step(sft_loss(model, [examples[i] for i in rows], spec), opt, sched, params, losses, progress)
-    model.eval()
+    res = fit(model, params, lambda _: _batches(examples, steps, batch_size, rng),
+              lambda batch: sft_loss(model, batch, spec),
+              OptimConfig(lr=lr, weight_decay=0.01, schedule="cosine", warmup=warmup, clip=1.0), total_steps=steps,
+              progress=progress)
     for p in model.parameters():
         p.requires_grad_(True)
-    return losses
+    return res.losses
