@@ -8,7 +8,7 @@ EXTRAS ?= cpu,train,dev,bench,scale
 # Triton serving has its own environment: nvidia-pytriton pins numpy<2, the training stack needs numpy 2.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install serve-env demo test test-fast clean
+.PHONY: install serve-env demo lint test test-fast clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,10 +32,15 @@ serve-env: $(SERVE_VENV)/.installed
 demo: install
 	$(VENV)/bin/mmsrarec-edge demo --out work/demo
 
-test: install serve-env
+# ruff (style, likely bugs) and the import-linter layering contracts in pyproject.toml (the runtime never imports torch)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint serve-env
 	$(VENV)/bin/pytest -q
 
-test-fast: install serve-env
+test-fast: lint serve-env
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:

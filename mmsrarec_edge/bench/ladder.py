@@ -64,6 +64,8 @@ class LadderSize:
 SIZES: dict[str, LadderSize] = {s.name: s for s in (
     LadderSize("toy", "qwen2", 128, 2, 4, 2, 256, vision="tiny", max_positions=512, rope_theta=10_000.0,
                note="the embedded default (models/mllm.py MLLMConfig)"),
+    LadderSize("toy-llama", "llama", 128, 2, 4, 2, 256, vision="tiny", max_positions=512, rope_theta=10_000.0,
+               rms_eps=1e-5, note="toy with a Llama decoder: checks the Llama paths (GGUF q/k permutation, genai)"),
     LadderSize("0.1b", "qwen2", 512, 12, 8, 2, 2048),
     LadderSize("0.5b", "qwen2", 896, 24, 14, 2, 4864, note="Qwen2-0.5B shape, tokenizer vocabulary"),
     LadderSize("0.5b-qwenvocab", "qwen2", 896, 24, 14, 2, 4864, vocab=QWEN_VOCAB,

@@ -113,10 +113,13 @@ def available_precisions(engine: str, d: SizeDirs, info: dict) -> list[str]:
     return list(ENGINES[engine])
 
 
-def prepare(size, d: SizeDirs, scaffold, engines: tuple[str, ...], threads: int, seed: int = 0) -> dict:
+def prepare(size, d: SizeDirs, scaffold, engines: tuple[str, ...], threads: int, seed: int = 0,
+            keep: bool = False) -> dict:
     """Everything a size's engines load: checkpoint -> recommender dir -> bundle, and the decoder's plain HF folder ->
     GGUF files (F32, Q8_0, Q4_0), onnxruntime-genai folders, the optimum export. Steps already done are skipped;
-    a failed step is recorded in info["errors"] and the engines that needed it are left out."""
+    a failed step is recorded in info["errors"] and the engines that needed it are left out. Without `keep`, the
+    checkpoint goes once the recommender directory (which holds the trained copy) exists, and the decoder folder
+    once the peers' files are built: the 1.5B rung needs ~15 GB less disk."""
     from . import ladder
 
     d.root.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,7 @@ def prepare(size, d: SizeDirs, scaffold, engines: tuple[str, ...], threads: int,
         if not f32.is_file():
             from transformers import AutoModelForCausalLM
 
-            lm = AutoModelForCausalLM.from_pretrained(d.decoder, torch_dtype="float32")
+            lm = AutoModelForCausalLM.from_pretrained(d.decoder, dtype="float32")
             write_gguf(lm, f32)
             del lm
             gc.collect()
@@ -192,16 +195,25 @@ def prepare(size, d: SizeDirs, scaffold, engines: tuple[str, ...], threads: int,
 
     step("checkpoint", checkpoint)
     step("train", train)
+    if (d.rec / "recommender.json").is_file():
+        info["artifact_bytes_checkpoint"] = info.get("artifact_bytes_checkpoint") or _dir_bytes(d.ckpt)
+        if not keep:
+            shutil.rmtree(d.ckpt, ignore_errors=True)
     if "ours" in engines:
         step("export", export)
-    peers = {"llama.cpp": gguf, "ort-genai": genai, "optimum": optimum}
-    if any(e in engines for e in peers) or "pytorch" in engines:
+    peers = {name: fn for name, fn in {"llama.cpp": gguf, "ort-genai": genai, "optimum": optimum}.items()
+             if name in engines and (name != "optimum" or info.get("decoder_params", 0) <= OPTIMUM_MAX_PARAMS)}
+    pending = [n for n in peers if n not in info["steps_s"] or n in info["errors"]]
+    if pending and not (d.decoder / "config.json").is_file():
+        info["steps_s"].pop("decoder", None)  # deleted after an earlier run's peers were built: extract it again
+    if pending:
         step("decoder", decoder)
     for name, fn in peers.items():
-        if name in engines and (name != "optimum" or info.get("decoder_params", 0) <= OPTIMUM_MAX_PARAMS):
-            step(name, fn)
+        step(name, fn)
+    if not keep:
+        shutil.rmtree(d.decoder, ignore_errors=True)
     info["artifact_bytes"] = {
-        "checkpoint": _dir_bytes(d.ckpt), "bundle": _dir_bytes(d.bundle),
+        "checkpoint": info.get("artifact_bytes_checkpoint") or _dir_bytes(d.ckpt), "bundle": _dir_bytes(d.bundle),
         **{f"llama.cpp/{p}": _dir_bytes(d.gguf / f"{p}.gguf") for p in ENGINES["llama.cpp"]},
         **{f"ort-genai/{p}": _dir_bytes(d.genai / p) for p in ENGINES["ort-genai"]},
         "optimum/fp32": _dir_bytes(d.optimum)}
@@ -218,7 +230,7 @@ def engine_memory_mb(engine: str, precision: str, info: dict) -> float:
     per = {"fp32": 4.0, "f32": 4.0, "bf16": 2.0, "int8": 1.1, "q8_0": 1.07, "int4": 0.6, "q4_0": 0.57, "fp16": 2.0}
     b = per.get(precision, 4.0)
     if engine == "pytorch":
-        mb = 4.0 * T + (2.0 * T if precision == "bf16" else 0)  # bf16 is converted from an fp32 load
+        mb = (2.0 if precision == "bf16" else 4.0) * T
     elif engine == "ours":
         mb = 2 * b * D + 4.0 * E  # the merged decoder and the scorer graph each hold every weight
     elif engine == "optimum":
@@ -263,7 +275,7 @@ def build_cases(d: SizeDirs, n: int, seed: int = 0) -> list[dict]:
     from ..runtime.recommender import Recommender
     from .ladder import pick_history
 
-    rec = Recommender(d.bundle, precision="fp32", threads=1)
+    rec = Recommender(d.bundle, precision="fp32", threads=1, verify=False)
     cases = []
     users = sorted(u for u, h in rec.retrieval.histories.items() if len(h) >= HISTORY)
     rng = np.random.default_rng(seed)
@@ -324,7 +336,24 @@ def _yes_no_pad(d: SizeDirs) -> tuple[int, int, int]:
     return int(meta["yes_token_id"]), int(meta["no_token_id"]), int(meta["pad_id"])
 
 
-def load_engine(engine: str, precision: str, d: SizeDirs, threads: int, cases: list[dict], cache: dict):
+_IMPORTS = {"ours": ("onnxruntime", "tokenizers", "hnswlib"), "pytorch": ("torch", "transformers"),
+            "optimum": ("torch", "onnxruntime", "optimum.onnxruntime"), "llama.cpp": ("llama_cpp",),
+            "ort-genai": ("onnxruntime_genai",)}
+
+
+def _preimport(engine: str) -> None:
+    """Import an engine's libraries before its RSS is sampled: `rss_delta_mb` is then the engine's model and
+    sessions, not the first import of a shared library (which would be charged to whichever engine came first)."""
+    import importlib
+
+    for mod in _IMPORTS.get(engine, ()):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+def load_engine(engine: str, precision: str, d: SizeDirs, threads: int, cases: list[dict]):
     """-> score(prefix, suffixes) -> float64 [C]."""
     yes, no, pad = _yes_no_pad(d)
     n_tokens = max(len(c["prefix"]) + sum(len(s) for s in c["suffixes"]) for c in cases)
@@ -332,7 +361,7 @@ def load_engine(engine: str, precision: str, d: SizeDirs, threads: int, cases: l
     if engine == "ours":
         from ..runtime.recommender import Recommender
 
-        rec = Recommender(d.bundle, precision=precision, threads=threads)
+        rec = Recommender(d.bundle, precision=precision, threads=threads, verify=False)  # cold start verifies
         if rec.scorer.path != "suffix-scorer":
             log(f"note: {d.root.name} ours {precision} scores with the {rec.scorer.path} path")
         return lambda p, s, r=rec: r.scorer.score(p, s)
@@ -343,15 +372,14 @@ def load_engine(engine: str, precision: str, d: SizeDirs, threads: int, cases: l
         from ..recommend.scoring import TorchScorer
 
         torch.set_num_threads(threads)
-        if "torch_fp32" not in cache:
-            cache["torch_fp32"] = load_mllm(d.rec / "model")[0].float().eval()
-        model = cache["torch_fp32"]
-        if precision == "bf16":
-            import copy
+        if precision == "bf16":  # loaded as bf16 tensor by tensor: no transient fp32 copy of the whole model
+            from transformers import LlavaForConditionalGeneration
 
-            model = copy.deepcopy(model).to(torch.bfloat16).eval()
-            if "pytorch/fp32" not in cache.get("wanted", ()):
-                cache.pop("torch_fp32")
+            model = LlavaForConditionalGeneration.from_pretrained(d.rec / "model", local_files_only=True,
+                                                                  use_safetensors=True, dtype=torch.bfloat16)
+            model = model.eval()
+        else:
+            model = load_mllm(d.rec / "model")[0].float().eval()
         ts = TorchScorer(model, yes, no, pad, max_batch=CANDIDATES)
         return lambda p, s, t=ts: t.score_shared(p, s)
     if engine == "optimum":
@@ -452,15 +480,15 @@ def run_worker(spec: WorkerSpec) -> dict:
         cases = (build_cases if bundle else build_cases_from_recdir)(d, spec.n_cases, spec.seed)
         d.cases.write_text(json.dumps(cases) + "\n")
     out: dict = {"threads": spec.threads, "group": spec.group, "engines": {}, "errors": {}}
-    cache: dict = {"wanted": {f"{e}/{p}" for e, p in spec.engines}}
     fns = {}
     for engine, precision in spec.engines:
         key = f"{engine}/{precision}"
+        _preimport(engine)
         gc.collect()
         before = rss_mb()
         t0 = time.perf_counter()
         try:
-            fn = load_engine(engine, precision, d, spec.threads, cases, cache)
+            fn = load_engine(engine, precision, d, spec.threads, cases)
             scores = [np.asarray(fn(c["prefix"], c["suffixes"]), np.float64) for c in cases]
         except Exception as exc:
             out["errors"][key] = f"{type(exc).__name__}: {str(exc)[:400]}"
@@ -534,7 +562,7 @@ def measure_size(name: str, cfg: ScaleConfig, work: Path, scaffold, progress_jso
     size = ladder.get_size(name, cfg.layers)
     d = SizeDirs(Path(work) / size.name)
     t_size = time.perf_counter()
-    info = prepare(size, d, scaffold, cfg.engines, max(cfg.threads), cfg.seed)
+    info = prepare(size, d, scaffold, cfg.engines, max(cfg.threads), cfg.seed, cfg.keep_artifacts)
     entry: dict = {"size": size.name, "ladder": size.to_dict(), "status": "measuring",
                    **{k: info.get(k) for k in ("params", "decoder_params", "vision_params", "embedding_params")},
                    "export_s": (info.get("export") or {}).get("wall_s"),
@@ -781,13 +809,25 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+COLORS = {"ours": "#d62728", "pytorch": "#1f77b4", "optimum": "#8c564b", "llama.cpp": "#2ca02c",
+          "ort-genai": "#9467bd"}
+STYLES = {"fp32": ("o", "-"), "f32": ("o", "-"), "bf16": ("D", "-."), "int8": ("s", "--"), "q8_0": ("s", "--"),
+          "int4": ("^", ":"), "q4_0": ("^", ":"), "fp16": ("D", "-.")}
+
+
+def _style(engine: str, precision: str) -> dict:
+    marker, ls = STYLES.get(precision, ("o", "-"))
+    return {"color": COLORS.get(engine, "gray"), "marker": marker, "linestyle": ls,
+            "linewidth": 2.4 if engine == "ours" else 1.3}
+
+
 def plots(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.get("rows", []) if r.get("p50_ms") and r.get("params")]
+    rows = [r for r in report.get("rows", []) if r.get("p50_ms") and r.get("decoder_params")]
     sizes = report.get("sizes", {})
     written = []
     if rows:
@@ -796,17 +836,18 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
         for ax, t in zip(axes[0], threads):
             keys = sorted({(r["engine"], r["precision"]) for r in rows if r["threads"] == t})
             for eng, prec in keys:
-                pts = sorted((r["params"], r["p50_ms"]) for r in rows
+                pts = sorted((r["decoder_params"], r["p50_ms"]) for r in rows
                              if r["threads"] == t and (r["engine"], r["precision"]) == (eng, prec))
-                ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=f"{eng} {prec}",
-                        linewidth=2.2 if eng == "ours" else 1.2)
-            fl = sorted((e["params"], e["threads"][str(t)]["floor_fp32_ms"]) for e in sizes.values()
-                        if e.get("params") and e.get("threads", {}).get(str(t), {}).get("floor_fp32_ms"))
-            if fl:
-                ax.plot([p for p, _ in fl], [v for _, v in fl], "k--", label="FLOP floor (fp32 rate)")
+                ax.plot([p for p, _ in pts], [v for _, v in pts], label=f"{eng} {prec}", **_style(eng, prec))
+            for f, mk in (("fp32", "x"), ("int8", "+")):
+                fl = sorted((e["decoder_params"], e["threads"][str(t)][f"floor_{f}_ms"]) for e in sizes.values()
+                            if e.get("decoder_params") and e.get("threads", {}).get(str(t), {}).get(f"floor_{f}_ms"))
+                if fl:
+                    ax.plot([p for p, _ in fl], [v for _, v in fl], color="k", marker=mk, markersize=9,
+                            linestyle="--" if f == "fp32" else ":", label=f"FLOP floor ({f} GEMM rate)")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("parameters (LLaVA, total)")
+            ax.set_xlabel("decoder parameters (the vision tower is idle for these text prompts)")
             ax.set_ylabel("p50 ms per recommendation (21 candidates, n=5)")
             ax.set_title(f"latency vs parameters, {t} thread(s)")
             ax.grid(True, which="both", alpha=0.3)
@@ -819,15 +860,17 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
                  if e.get("params"))
     if pts:
         fig, ax = plt.subplots(figsize=(6.5, 5))
-        ax.plot([p for p, r, _ in pts if r], [r for _, r, _ in pts if r], marker="o", label="serving (recommend, fp32)")
-        ax.plot([p for p, _, x in pts if x], [x for _, _, x in pts if x], marker="s", label="export peak")
+        ax.plot([p for p, r, _ in pts if r], [r for _, r, _ in pts if r], color="k", marker="o", linewidth=2.4,
+                label="ours serving (recommend process peak, fp32)")
+        ax.plot([p for p, _, x in pts if x], [x for _, _, x in pts if x], color="gray", marker="s", linewidth=2.4,
+                label="ours export peak")
         t = str(max(report.get("config", {}).get("threads", [1]) or [1]))
         for key in sorted({(r["engine"], r["precision"]) for r in rows if str(r["threads"]) == t}):
             q = sorted((r["params"], r["rss_delta_mb"]) for r in rows if str(r["threads"]) == t
                        and (r["engine"], r["precision"]) == key and r.get("rss_delta_mb"))
             if q:
-                ax.plot([p for p, _ in q], [v for _, v in q], marker=".", linestyle=":", linewidth=1,
-                        label=f"+RSS {key[0]} {key[1]}")
+                st = {**_style(*key), "linewidth": 1}
+                ax.plot([p for p, _ in q], [v for _, v in q], label=f"+RSS {key[0]} {key[1]}", **st)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters")
@@ -850,7 +893,8 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
                     series.setdefault(k, []).append((e["params"], b / 2**20))
         for k, q in sorted(series.items()):
             q.sort()
-            ax.plot([p for p, _ in q], [v for _, v in q], marker="o", label=k, linewidth=2.2 if "bundle" in k else 1)
+            eng, prec = k.split("/", 1) if "/" in k else ("ours", k.split()[-1])
+            ax.plot([p for p, _ in q], [v for _, v in q], label=k, **_style(eng, prec))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters")

@@ -17,8 +17,7 @@ goes. This graph computes the same function differently:
   final hidden state at `logits_index` only, so the last layer computes keys/values everywhere (they are attended to)
   but queries, attention, MLP, final norm and the yes/no rows only at those slots. On the default 2-layer model that
   skips about 45% of the FLOPs.
-Measured on the synthetic report model (1 thread, 20 candidates, end-to-end medians in benchmarks/results/latency):
-one 5.4 ms call against a 1.8 ms prefill plus an 8.2 ms suffix call on the merged decoder.
+One call replaces the merged decoder's prefill plus suffix call; benchmarks/results/latency/report.md compares them.
 
 It is exact, not an approximation: the parity gate checks it against a plain forward of the language model over each
 full unpadded prompt, chained over two chunks and at two read slots per row. Written out for the decoder families whose
@@ -135,8 +134,8 @@ class SuffixScorerGraph(nn.Module):
         # finfo.min, not -inf (as graphs.additive_mask): every query sees at least its own slot anyway.
         neg = torch.finfo(dt).min
         # The masks are built directly in the attention layouts (query rows repeated per group member): broadcasting
-        # a trailing [.., 1] axis out to `group` with Expand cost ONNX Runtime 0.45 ms per call (measured), about as
-        # much as the attention's matmuls.
+        # a trailing [.., 1] axis out to `group` with Expand cost ONNX Runtime about as much per call as the
+        # attention's matmuls on the default model.
         # prefix tokens: positions P0.., causal over past + themselves; rotary tables [Pn, 1, d]
         pslots = torch.arange(Pn, device=dev) + P0
         pcos, psin = self.lm.rotary_emb(prefix_embeds, pslots[None])

@@ -1,10 +1,11 @@
 """Precision variants of an exported fp32 graph: int8 (dynamic quantization, CPU) and fp16 (GPU).
 
-int8: `quant_pre_process(..., skip_symbolic_shape=True)` first (FINDINGS: without it quantize_dynamic can quantize
-nothing), then `quantize_dynamic` with int8 weights; we then count the quantized nodes and refuse a "quantized" graph
-that has none. fp16: onnxruntime.transformers' float16 converter (no extra dependency) with the numerically fragile ops
-kept in fp32 -- normalisation statistics (LayerNorm, and RMSNorm's Pow/ReduceMean/Sqrt/Reciprocal as exported at
-opset 17), Softmax -- and graph inputs/outputs kept fp32, so the runtime feeds every precision the same arrays.
+int8: `quant_pre_process(..., skip_symbolic_shape=True)` first (without it, quantize_dynamic on a dynamo export can
+quantize nothing), then `quantize_dynamic` with int8 weights; we then count the quantized nodes and refuse a
+"quantized" graph that has none. fp16: onnxruntime.transformers' float16 converter (no extra dependency) with the
+numerically fragile ops kept in fp32 -- normalisation statistics (LayerNorm, and RMSNorm's
+Pow/ReduceMean/Sqrt/Reciprocal as exported at opset 17), Softmax -- and graph inputs/outputs kept fp32, so the
+runtime feeds every precision the same arrays.
 """
 
 from __future__ import annotations

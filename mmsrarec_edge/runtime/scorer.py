@@ -7,9 +7,8 @@ sigmoid(l_yes - l_no) from the yes/no logits at each suffix's last real token. T
   prefix embeddings and the right-padded suffixes of up to `max_batch` candidates. Inside, the prefix runs at batch 1
   and the suffixes attend to its KV through shared-prefix attention (all candidates' queries in one matmul per KV head;
   the KV is never copied per candidate), and the last layer runs at the read slots only. Later chunks reuse the
-  returned prefix KV. Measured on the synthetic report model (prefix 117 tokens, 20 candidates of ~29 tokens, 1
-  thread, benchmarks/results/latency): 5.4 ms per recommendation against 9.9 ms for the path below and 18.2 ms for
-  PyTorch eager with the same prefix sharing.
+  returned prefix KV. It is the faster path (one call instead of two, no KV copied per candidate, the last layer
+  at the read slots only); benchmarks/results/latency/report.md has the figures.
 - `expanded-kv` (bundles without the scorer graph, e.g. a decoder family suffix_graph.py does not cover): the prefix
   runs once through the merged decoder at batch 1 and past 0; its KV cache is expanded along the batch axis to the C
   candidates of a chunk and all suffixes run in one call: right-padded, the 2D mask covering the prefix plus each row's
@@ -18,12 +17,10 @@ sigmoid(l_yes - l_no) from the yes/no logits at each suffix's last real token. T
 Right padding is safe in both: pad slots come after every real token, so the causal mask already hides them from the
 real ones, and their own outputs are never read.
 
-KV expansion (`expand`, expanded-kv path), measured on the default tiny decoder (hidden 128, 2 layers, 2 KV heads x 32;
-prefix 300 tokens, 21 candidates x 20 tokens; 1 intra-op thread, 2 shared CPU cores, mean of 20 calls): `view` --
-np.broadcast_to, a zero-copy stride-0 view that onnxruntime's binding copies into its own buffer once -- 0.02 ms to
-expand, 16.9 ms per suffix call; `contiguous` (broadcast_to + ascontiguousarray) 5.7 ms + 18.4 ms; `repeat`
-(np.repeat) 5.7 ms + 19.2 ms. `view` is the default: it skips the numpy-side copy and leaves one. All three give
-bit-identical scores.
+KV expansion (`expand`, expanded-kv path): `view` (np.broadcast_to, a zero-copy stride-0 view that onnxruntime's
+binding copies into its own buffer once), `contiguous` (broadcast_to + ascontiguousarray) or `repeat` (np.repeat).
+`view` is the default: it skips the numpy-side copy and leaves only the binding's; it measured fastest of the three on
+the default model. All three give bit-identical scores.
 Torch-free.
 """
 

@@ -1,10 +1,10 @@
 """GRPO for the summarizer: a hand-written loop with a peft LoRA adapter on the decoder.
 
-Why not TRL's GRPOTrainer (which does run these tiny models on CPU, see FINDINGS.md): TRL 1.16 accepts images only
+Why not TRL's GRPOTrainer (which does run these tiny models on CPU): TRL 1.16 accepts images only
 through conversational prompts rendered by a chat template and pixels made by the HF image processor, so its prompts
 and pixels would come from a second code path, not the torch-free `prompts.py` ids and `imaging.preprocess` pixels that
 the ONNX runtime reuses; keeping the two in step would be a standing risk. It also cannot mix image and text prompts in
-one batch. The loop below is the textbook algorithm (DeepSeekMath GRPO) in ~100 lines, at TRL's speed (FINDINGS.md),
+one batch. The loop below is the textbook algorithm (DeepSeekMath GRPO) in ~100 lines, at about TRL's speed,
 and every piece is tested against hand-computed values:
 
     for each step: B prompts (half image task, half text task), G samples each (temperature sampling)
