@@ -298,3 +298,41 @@ def test_popularity_first_stage_without_item_embeddings(bundle, tmp_path):
     got = [counts.get(i, 0) for i, _ in res.scored]
     rest = [counts.get(i, 0) for i in bundle.dataset.items if i not in [3, 9, 4] + [j for j, _ in res.scored]]
     assert got == sorted(got, reverse=True) and min(got) >= max(rest)
+
+
+def test_cold_start_item_on_a_rank_hint_bundle(bundle, tmp_path):
+    """A recommender trained with the SASRec rank hint (the default) builds each candidate's suffix per request, so a
+    cold-start item is stored without cached suffix ids and is still scored (it used to fail with a TypeError)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from mmsrarec_edge.core.bundle import load_manifest
+    from mmsrarec_edge.runtime.catalog import rewrite_bundle
+    from mmsrarec_edge.runtime.cold_start import add_summarized_item
+    from mmsrarec_edge.runtime.sessions import SessionConfig
+    from mmsrarec_edge.runtime.summarizer import load_item_summarizer
+
+    d = copy_bundle(bundle, tmp_path / "b")
+    man = load_manifest(d)
+    config = man.config()
+    config["recommender"]["prompt"] = {**config["recommender"]["prompt"], "rank_hint": True, "rank_digits": 2}
+    items_rel = config["catalog"].get("items", "catalog/items.parquet")
+    items = pq.read_table(man.path(items_rel))
+    if "candidate_token_ids" in items.column_names:  # a rank-hint export caches no suffix ids
+        items = items.drop(["candidate_token_ids"])
+    rewrite_bundle(man, {"config.json": lambda p: p.write_text(json.dumps(config)),
+                         items_rel: lambda p: pq.write_table(items, p)})
+    man = load_manifest(d, verify=True)
+    cfg = SessionConfig.resolve("cpu", threads=1)
+    summary = load_item_summarizer(man, cfg).summarize(None, "Nova lamp. A green striped lamp.")
+    row = add_summarized_item(man, cfg, 5000, None, "Nova lamp. A green striped lamp.", summary)
+    assert row.title == "Nova lamp" and row.keywords == summary.keywords
+    rec = Recommender(d, provider="cpu", threads=1)
+    assert 5000 in rec.catalog
+    res = rec.recommend(user=_user(bundle), top_k=20)
+    assert 5000 in [i for i, _ in res.scored]
+    case = rec.build_case(user=_user(bundle), candidates=[5000, 3])
+    assert all("sequential rank" in rec.codec.decode(s) for s in case.suffixes)  # the hint, built per request
+    with pytest.raises(UserError, match="already in the catalog"):
+        add_summarized_item(load_manifest(d), cfg, 5000, "x", "x", summary)
