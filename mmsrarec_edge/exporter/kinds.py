@@ -329,9 +329,10 @@ class DecoderScorerExport(core.DecoderScorerKind, ExportKind):
                                                                       run.real)):
             K = 2 if n_case < run.cases else 1  # random cases: two read slots per row
             slots = [[len(s) - 1, (len(s) - 1) // 2][:K] for s in suffixes]
-            scorer = CandidateScorer(None, embedder, pad_id=0, max_batch=max(1, -(-len(suffixes) // 2)),
-                                     suffix_scorer=run.runtime)
-            out = scorer.candidate_logits(prefix, suffixes, slots=slots)
+            C = len(suffixes)
+            split = [c for c in (max(1, C // 2), C - max(1, C // 2)) if c]  # the prefix with C // 2, then the rest
+            scorer = CandidateScorer(None, embedder, pad_id=0, max_batch=max(split), suffix_scorer=run.runtime)
+            out = scorer.candidate_logits(prefix, suffixes, slots=slots, chunks=split)
             got = out.logits
             ref = np.stack([torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s[:j + 1]))
                                          for j in idx]).numpy() for s, idx in zip(suffixes, slots)])

@@ -148,20 +148,22 @@ class CandidateScorer:
 
     def suffix_logits(self, state: PrefixState, suffixes: Sequence[Sequence[int]],
                       features: Sequence[Sequence[np.ndarray] | None] | None = None, timings: dict | None = None,
-                      slots: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+                      slots: Sequence[Sequence[int]] | None = None, chunks: Sequence[int] | None = None
+                      ) -> np.ndarray:
         """Yes/no logits [C, K, 2] of each suffix after the prefix in `state` (expanded-KV path), read at each suffix's
         last real token (K = 1) or at `slots` (per suffix, K slot indices within it); chunks of at most `max_batch`
-        suffixes per call. `timings` (optional dict) gets the milliseconds of "embed" and "candidates" added."""
+        suffixes per call (or the sizes in `chunks`). `timings` (optional dict) gets the milliseconds of "embed" and
+        "candidates" added."""
         decoder = self._need_decoder()
         tm = _Clock(timings)
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("every candidate suffix needs at least one token")
         parts = []
         P = state.length
-        for start in range(0, len(suffixes), self.max_batch):
-            chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
-            feats = features[start:start + self.max_batch] if features is not None else None
-            index = self._read_slots(chunk, None if slots is None else slots[start:start + self.max_batch])
+        for start, end in self._chunk_bounds(len(suffixes), chunks):
+            chunk = [list(s) for s in suffixes[start:end]]
+            feats = features[start:end] if features is not None else None
+            index = self._read_slots(chunk, None if slots is None else slots[start:end])
             C, S = len(chunk), max(len(s) for s in chunk)
             with tm("embed"):
                 embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
@@ -198,18 +200,29 @@ class CandidateScorer:
     def candidate_logits(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
                          prefix_features: Sequence[np.ndarray] | None = None,
                          suffix_features: Sequence[Sequence[np.ndarray] | None] | None = None,
-                         timings: dict | None = None, slots: Sequence[Sequence[int]] | None = None
-                         ) -> CandidateLogits:
+                         timings: dict | None = None, slots: Sequence[Sequence[int]] | None = None,
+                         chunks: Sequence[int] | None = None) -> CandidateLogits:
         """What `score` computes, before the score: the yes/no logits of every candidate at its last real token (or
-        at `slots`, K per suffix) and the prefix state, on this scorer's path. Same `timings` parts as `score`."""
+        at `slots`, K per suffix) and the prefix state, on this scorer's path. Same `timings` parts as `score`.
+        `chunks`: the candidates per call, in order (default: `max_batch` each; the parity gate fixes the split)."""
         if self.suffix_scorer is not None and len(prefix):
-            return self._scorer_graph_logits(prefix, suffixes, prefix_features, suffix_features, timings, slots)
+            return self._scorer_graph_logits(prefix, suffixes, prefix_features, suffix_features, timings, slots,
+                                             chunks)
         with _Clock(timings)("prefill"):
             state = self.prefill(prefix, prefix_features)
-        return CandidateLogits(self.suffix_logits(state, suffixes, suffix_features, timings, slots), state)
+        return CandidateLogits(self.suffix_logits(state, suffixes, suffix_features, timings, slots, chunks), state)
+
+    def _chunk_bounds(self, n: int, chunks: Sequence[int] | None) -> list[tuple[int, int]]:
+        """(start, end) of each call's candidates: `max_batch` at a time, or the given sizes (each 1..max_batch)."""
+        if chunks is None:
+            return [(s, min(s + self.max_batch, n)) for s in range(0, n, self.max_batch)]
+        if sum(chunks) != n or any(not 1 <= c <= self.max_batch for c in chunks):
+            raise ValueError(f"chunks {list(chunks)} must be sizes in 1..{self.max_batch} summing to {n}")
+        ends = np.cumsum(chunks).tolist()
+        return list(zip([0, *ends[:-1]], ends))
 
     def _scorer_graph_logits(self, prefix, suffixes, prefix_features, suffix_features, timings=None,
-                             slots=None) -> CandidateLogits:
+                             slots=None, chunks=None) -> CandidateLogits:
         """Suffix-scorer path: prefix and the first `max_batch` candidates in one call; later chunks reuse the
         returned prefix KV. They re-feed the prefix's last token over the KV of the others rather than an empty
         prefix: a zero-length query axis breaks the graph's reshapes (ONNX Reshape reads a 0 in a target shape as
@@ -221,13 +234,13 @@ class CandidateScorer:
         with tm("embed"):
             pre, _ = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[prefix_features])
         past, state = None, None
-        for start in range(0, len(suffixes), self.max_batch):
-            chunk = [list(s) for s in suffixes[start:start + self.max_batch]]
-            feats = suffix_features[start:start + self.max_batch] if suffix_features is not None else None
-            index = self._read_slots(chunk, None if slots is None else slots[start:start + self.max_batch])
+        for start, end in self._chunk_bounds(len(suffixes), chunks):
+            chunk = [list(s) for s in suffixes[start:end]]
+            feats = suffix_features[start:end] if suffix_features is not None else None
+            index = self._read_slots(chunk, None if slots is None else slots[start:end])
             with tm("embed"):
                 embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
-            more = start + self.max_batch < len(suffixes)
+            more = end < len(suffixes)
             with tm("prefill+candidates"):
                 yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
             parts.append(yes_no)
