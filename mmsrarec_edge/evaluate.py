@@ -1,7 +1,8 @@
 """Scoring models under the saved protocol and writing the comparison report (JSON + Markdown + bar plot).
 
 A scorer is any callable `(cases) -> scores [cases, 1 + negatives]`; every model is scored on the same saved
-candidates. Scores are also saved per model (scores_<model>.npy... as Parquet) so rankings can be compared later.
+candidates. Every model's scores are also saved, in one `scores.parquet` beside the report, so rankings can be
+compared later.
 """
 
 from __future__ import annotations

@@ -122,18 +122,6 @@ def matmul_gflops(n: int = 512, repeats: int = 20, dtype=np.float32, threads: in
     return 2 * n**3 / (tm.stats()["min_ms"] / 1e3) / 1e9
 
 
-def decoder_flops(n_tokens: int, past: int, hidden: int, layers: int, intermediate: int, kv_dim: int,
-                  vocab_rows: int) -> float:
-    """Forward FLOPs of a Llama/Qwen2-style decoder on n_tokens new tokens attending to past + themselves.
-
-    Counts matmuls only (2 FLOPs per multiply-add): q/o projections (H x H), k/v projections (H x kv_dim), the gated
-    MLP (3 x H x I), attention scores and weighted sums over the context, and `vocab_rows` rows of the LM head.
-    """
-    ctx = past + (n_tokens + 1) / 2  # mean context length under the causal mask
-    per_token_layer = 2 * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate) + 2 * 2 * ctx * hidden
-    return n_tokens * (layers * per_token_layer) + 2 * vocab_rows * hidden
-
-
 def host_info() -> dict:
     info = {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine()}

@@ -69,6 +69,17 @@ def decoder_dims(rec) -> dict:
             "kv_flops_per_token": 2 * 2 * H * kv_width}  # the key and value projections of one layer
 
 
+def model_size(rec) -> dict:
+    """The size every figure of a report comes from: the decoder's width, depth and parameter count."""
+    conf = rec.rec_conf
+    try:
+        params = decoder_dims(rec)["weight_flops_per_token"] // 2
+    except (OSError, IndexError, KeyError, ValueError):
+        params = None
+    return {"hidden_size": conf.get("hidden_size"), "num_layers": conf.get("num_layers"),
+            "decoder_matmul_params": params}
+
+
 def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float) -> float | None:
     """The FLOPs one recommendation needs, at the measured matmul rate: every layer but the last over the prefix and
     every suffix token (weights + attention), the last layer's key/value projections over them too, and the rest of
@@ -258,7 +269,7 @@ def run(bundle: Path, out_dir: Path, recommender_dir: Path | None = None, protoc
     with progress_bar("latency grid (peer x cell)", cells) as adv:
         grid = latency_grid(peers, rec, cfg, gflops, progress=adv)
     report = {"host": host_info(), "config": cfg.__dict__, "matmul_gflops": gflops, "bundle": str(bundle),
-              "ours": built["ours"],
+              "model": model_size(rec), "ours": built["ours"],
               "grid": grid, "end_to_end": end_to_end(rec, cfg)}
     if built["expanded_kv"] is not None:  # the expanded-KV path times prefill and candidates as separate calls
         report["end_to_end_expanded_kv"] = end_to_end(built["expanded_kv"], cfg)

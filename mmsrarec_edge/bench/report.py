@@ -14,6 +14,17 @@ def _fmt(v, nd=2):
     return "—" if v is None else f"{v:.{nd}f}"
 
 
+def _model_line(model: dict | None) -> list[str]:
+    if not model:
+        return []
+    params = model.get("decoder_matmul_params")
+    size = f", {params / 1e6:.2f}M decoder matmul parameters" if params else ""
+    regime = (" At this size framework overhead, not matrix multiplication, is most of the cost: the scale report "
+              "(benchmarks/results/scale) measures real sizes.") if (model.get("hidden_size") or 0) <= 256 else ""
+    return [f"Model: decoder hidden {model.get('hidden_size')} x {model.get('num_layers')} layers{size}.{regime}",
+            ""]
+
+
 def markdown(report: dict) -> str:
     host = report["host"]
     cfg = report["config"]
@@ -23,7 +34,7 @@ def markdown(report: dict) -> str:
              "GFLOP/s (measured in this run, same thread count). Medians (p50) of repeated calls on identical prompts; "
              "the floor is the FLOPs the score needs (every layer but the last over prefix and suffixes, the last "
              "one's key/value projections too, the rest of the last layer at each candidate's read slot) divided by "
-             "that matmul rate.", "",
+             "that matmul rate.", "", *_model_line(report.get("model")),
              f"## Speedup of our ONNX Runtime scorer ({report.get('ours', OURS)}, shared prefix) over each peer", "",
              "Targets are judged at the method's workload: history n=5 (the paper's) and 20 candidates; the median and "
              "range over every cell of the grid are beside it.", "",
