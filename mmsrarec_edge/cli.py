@@ -75,8 +75,15 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (also MMSRAREC_DEBUG=1)."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                  help="Print the version and exit."),
+    trust_key: list[str] = typer.Option(None, "--trust-key",
+                                        help="Trusted Ed25519 public key for every bundle this command opens "
+                                             "(repeatable; core/signing.py)."),
 ):
     """--debug is read from sys.argv by main() (errors raised while parsing need it too): declared here for --help."""
+    if trust_key:
+        from .core.signing import add_cli_trust_keys
+
+        add_cli_trust_keys(trust_key)
 
 
 for _stage in STAGES:

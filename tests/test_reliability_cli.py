@@ -1,10 +1,10 @@
 """The README's troubleshooting table, row by row, through the CLI as a user runs it (subprocesses).
 
 Each row of the table is one case here, named by the text the user sees: the command must exit non-zero with exactly
-one line on stderr holding that text and no traceback (the long-history row is the one success: exit 0, one warning
-line). `test_readme_table_matches_the_cases` keeps the README and this list one to one. The in-process checks behind
-these rows (exact messages, atomicity, tampering) live in the stage tests: test_runtime_*, test_export_*, test_data_*,
-test_cli_foundation.
+one line on stderr holding that text and no traceback (the warning rows succeed: exit 0, one warning line, the
+result on stdout). `test_readme_table_matches_the_cases` keeps the README and this list one to one. The in-process
+checks behind these rows (exact messages, atomicity, tampering) live in the stage tests: test_runtime_*,
+test_export_*, test_data_*, test_cli_foundation.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import signing_support as sig
 from runtime_support import shared_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ class Case:
     setup: Callable  # (Work) -> argv after the program name; or a runner (Work) -> Result when `runner` is set
     rc: int = 2
     runner: bool = False
+    stdout: str = ""  # with rc 0 (a warning): text the result on stdout holds
 
 
 class Work:
@@ -101,6 +103,14 @@ def flip(path: Path, at: int = 5000) -> None:
     b = bytearray(path.read_bytes())
     b[at] ^= 0x01
     path.write_bytes(bytes(b))
+
+
+def wrong_type(bundle: Path) -> None:
+    """config.json's recommender.n_rescore as a string, re-hashed so that the bundle verifies."""
+    c = json.loads((bundle / "config.json").read_text())
+    c["recommender"]["n_rescore"] = str(c["recommender"]["n_rescore"])
+    (bundle / "config.json").write_text(json.dumps(c))
+    relist(bundle, "config.json")
 
 
 def set_version(bundle: Path) -> None:
@@ -199,9 +209,13 @@ CASES = [
     Case("unknown candidate item id 999", lambda w: ["recommend", w.b, "--history", "1", "--candidates", "2,999"]),
     Case("the history is empty", lambda w: ["recommend", w.b, "--history", ","]),
     Case("history has 12 items; the model reads the last 8",
-         lambda w: ["recommend", w.b, "--history", ",".join(map(str, range(1, 13))), "--top-k", 2], rc=0),
+         lambda w: ["recommend", w.b, "--history", ",".join(map(str, range(1, 13))), "--top-k", 2], rc=0,
+         stdout="Top 2"),
+    Case("--top-k 100000 is more than the 8 candidates scored",
+         lambda w: ["recommend", w.b, "--history", "1", "--top-k", 100000], rc=0, stdout="Top 8"),
     Case("duplicate item id 1 in the history", lambda w: ["recommend", w.b, "--history", "1,2,1"]),
     Case("duplicate candidate item id 2", lambda w: ["recommend", w.b, "--history", "1", "--candidates", "2,2"]),
+    Case("--candidates is empty", lambda w: ["recommend", w.b, "--history", "1", "--candidates", ""]),
     Case("--history must be comma-separated integer item ids", lambda w: ["recommend", w.b, "--history", "1,x"]),
     Case("Invalid value for '--user'", lambda w: ["recommend", w.b, "--user", "abc"]),
     # --- item inputs
@@ -211,6 +225,11 @@ CASES = [
                                                         png_header(w.root / "huge.png", 20000)]),
     Case("--text is not valid UTF-8 (byte 0xe9 at character 4)",
          lambda w: ["summarize-item", w.b, "--text", os.fsdecode(b"caf\xe9 lamp")]),
+    Case("latin1.txt is not valid UTF-8 (byte 0xe9 at character 4)",
+         lambda w: ["summarize-item", w.b, "--text-file", garbage(w.root / "latin1.txt", b"caf\xe9 lamp")]),
+    Case("the summarizer reads the first 48, the rest is ignored",
+         lambda w: ["summarize-item", w.b, "--text", " ".join(["purple nylon kite"] * 100)], rc=0,
+         stdout="Item keywords"),
     # --- bundles
     Case("not found (not a directory)", lambda w: ["recommend", w.root / "no_bundle", "--history", "1"]),
     Case("manifest.json: missing", lambda w: ["recommend", w.variant("no_manifest", lambda d: (
@@ -227,9 +246,30 @@ CASES = [
         "extra", lambda d: garbage(d / "model.pkl", b"\x80\x04N.")), "--history", "1"]),
     Case("unknown bundle format version 99", lambda w: ["recommend", w.variant("version", set_version),
                                                         "--history", "1"]),
+    Case("config.json: recommender.n_rescore must be an integer", lambda w: [
+        "recommend", w.variant("wrong_type", wrong_type), "--history", "1"]),
     Case(f"execution provider '{MISSING_PROVIDER}'", lambda w: ["recommend", w.b, "--history", "1", "--provider",
                                                                 MISSING_PROVIDER]),
     Case("the bundle has no fp16 variant", lambda w: ["recommend", w.b, "--history", "1", "--precision", "fp16"]),
+    # --- signatures, verification, the writer lock (helpers in signing_support.py)
+    Case("--verify must be auto or full", lambda w: ["recommend", w.b, "--history", "1", "--verify", "fast"]),
+    Case("--no-verify: file contents are not hashed", lambda w: ["recommend", w.b, "--history", "1", "--no-verify"],
+         rc=0, stdout="Top"),
+    Case("missing.pub does not exist", lambda w: ["recommend", w.b, "--history", "1", "--trust-key",
+                                                  w.root / "missing.pub"]),
+    Case("not an Ed25519 public key in PEM format", lambda w: ["recommend", w.b, "--history", "1", "--trust-key",
+                                                               garbage(w.root / "bad.pub", b"not a key")]),
+    Case("manifest.json: the bundle is not signed", lambda w: ["recommend", w.b, "--history", "1", "--trust-key",
+                                                               sig.pubkey(w, "k1")]),
+    Case("which is not a trusted key", lambda w: ["recommend", sig.signed(w, "untrusted", "k2"), "--history", "1",
+                                                  "--trust-key", sig.pubkey(w, "k2-other")]),
+    Case("manifest.sig: the signature does not match manifest.json", lambda w: [
+        "recommend", sig.tampered_signed(w, "tampered", "k3"), "--history", "1", "--trust-key", sig.pubkey(w, "k3")]),
+    Case("the bundle is signed (key", lambda w: ["summarize-item", sig.signed(w, "signed_add", "k4"), "--text",
+                                                 "a red kite", "--add-to-catalog", "--item-id", 5000]),
+    Case("--sign-key is key", lambda w: ["summarize-item", sig.signed(w, "signed_add2", "k5"), "--text", "a red kite",
+                                         "--add-to-catalog", "--item-id", 5001, "--sign-key", sig.privkey(w, "k6")]),
+    Case("another writer holds", sig.locked_add(ENV, ROOT), runner=True),
     # --- outputs
     Case("cannot create output directory /proc/mmsrarec", lambda w: ["data", "synth", "--out", "/proc/mmsrarec/x",
                                                                        "--items", 10, "--users", 5]),
@@ -239,6 +279,8 @@ CASES = [
                                                      "--out", garbage(w.root / "a_file", b"keep me")]),
     Case("has no manifest.json; refusing to replace it", lambda w: [
         "export", "--profile", "cpu-fp32", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
+    Case("is not a keyword store; refusing to replace it", lambda w: [
+        "summarize", w.dataset(), "--model", w.root / "no_model", "--out", garbage(w.root / "notes.parquet")]),
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),
@@ -280,7 +322,7 @@ def test_bad_input_gives_one_clear_line(results, case):
     if case.rc == 2:
         assert lines[0].startswith("error: ")
     if case.rc == 0:
-        assert lines[0].startswith("warning: ") and "Top 2" in r.stdout
+        assert lines[0].startswith("warning: ") and case.stdout in r.stdout
     if case.runner:  # an interrupted export leaves neither a bundle nor its temporary directory
         assert r.after["left"] == [], r.after
 

@@ -39,7 +39,10 @@ def bench(
     from ..bench import report as rep
     from ..core.config import apply
     from ..core.errors import UserError
+    from ..core.outputs import REPORT, check_output_dir
 
+    if out is not None:
+        check_output_dir(out, REPORT)
     candidate_counts = renamed(candidate_counts, candidates_old, "--candidate-counts", "--candidates")
     history_lens = renamed(history_lens, histories_old, "--history-lens", "--histories")
 

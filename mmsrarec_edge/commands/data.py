@@ -19,11 +19,13 @@ def synth(
 ):
     """Generate the synthetic multimodal catalog (the embedded default)."""
     from ..core.io_utils import atomic_dir
+    from ..core.outputs import DATASET, check_output_dir
     from ..core.progress import progress_bar
     from ..data.synth import SynthConfig, generate
 
+    check_output_dir(out, DATASET)
     cfg = SynthConfig(seed=seed, n_items=items, n_users=users)
-    with atomic_dir(out, marker="dataset.json") as tmp, progress_bar("drawing items", min(items, 384)) as adv:
+    with atomic_dir(out, marker=DATASET) as tmp, progress_bar("drawing items", min(items, 384)) as adv:
         ds = generate(cfg, tmp, progress=adv)
     typer.echo(json.dumps(ds.stats()))
     status(f"wrote {out}")
@@ -46,9 +48,11 @@ def import_(
     min_rating: float = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
 ):
     """Import MovieLens-100K, ml100k_mm, RecBole atomic files or Amazon Reviews 2023 JSONL."""
+    from ..core.outputs import DATASET, check_output_dir
     from ..core.progress import progress_bar
     from ..data.importers import import_dataset
 
+    check_output_dir(out, DATASET)  # before reading the source: import_dataset's own check comes after it
     ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar)
     typer.echo(json.dumps(ds.stats()))
     status(f"wrote {out}")

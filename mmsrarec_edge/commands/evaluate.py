@@ -33,10 +33,12 @@ def evaluate(
 ):
     """Evaluate models under the paper's protocol (HR@K, NDCG@K, AUC with 95% CIs)."""
     from ..core.errors import UserError
+    from ..core.outputs import REPORT, check_output_dir
     from ..core.progress import progress_bar
     from ..data.protocol import load_protocol
     from ..evaluate import run_evaluation, write_report
 
+    check_output_dir(out, REPORT)
     p = load_protocol(protocol_dir)
     scorers = {}
     if popularity:

@@ -54,6 +54,9 @@ def export(
     threads_: int = typer.Option(None, "--threads", help="Torch/ONNX Runtime threads used by export and parity "
                                                          "checks, at most the CPU count @threads"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key",
+                                            help="Sign the bundle's manifest with this Ed25519 private key "
+                                                 "(`mmsrarec-edge keygen`): manifest.sig in the bundle."),
 ):
     """Export ONNX graphs + precision variants, gate each against PyTorch, and write one verified bundle."""
     from ..core.bundle import MANIFEST
@@ -74,10 +77,14 @@ def export(
     out_dir = Path(opts.out)
     check_replaceable(out_dir, MANIFEST)  # before minutes of export, not after
     ensure_writable_dir(out_dir.parent)
+    from ..core.signing import load_private_key
+
+    key = load_private_key(sign_key) if sign_key is not None else None
 
     import torch
 
     from ..core.progress import progress_bar
+    from ..core.signing import key_id
     from ..exporter.bundle import export_bundle, parity_summary
     from ..exporter.inputs import load_inputs
     from ..exporter.profile import load_profile
@@ -91,14 +98,28 @@ def export(
                          given(opts.dataset))
     n = sum(len(prof.graph_variants(g)) for g in prof.graphs)
     with progress_bar(f"exporting ({prof.name})", n) as advance:
-        manifest = export_bundle(inputs, prof, out_dir, profile_source=opts.profile, progress=advance)
+        manifest = export_bundle(inputs, prof, out_dir, profile_source=opts.profile, progress=advance,
+                                 sign_key=key)
     for graph, precision, metrics in parity_summary(manifest):
         figures = ", ".join(f"{k} {v:.2e}" for k, v in metrics.items())
         typer.echo(f"parity {graph} [{precision}]: {figures}  (pass)")
     total = sum(f["bytes"] for f in manifest["files"].values())
     # the export's summary is its result (stdout), as the parity lines above
     typer.echo(f"wrote {out_dir} ({len(manifest['files'])} files, {total / 1e6:.1f} MB, "
-               f"{manifest['export_seconds']} s)")
+               f"{manifest['export_seconds']} s)" + (f", signed by key {key_id(key.public_key())}" if key else ""))
+
+
+def keygen(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for bundle-signing.key (private, mode 0600) and "
+                                                      "bundle-signing.pub (give it to the runtime as a trusted key)."),
+):
+    """Make an Ed25519 key pair for signing bundles (`export --sign-key`); never overwrites an existing key."""
+    from ..core.signing import generate_keypair
+
+    priv, pub, kid = generate_keypair(out)
+    typer.echo(f"private key {priv} (keep it secret; `export --sign-key {priv}`)")
+    typer.echo(f"public key {pub} (key id {kid}; trust it with --trust-key, MMSRAREC_TRUST_KEYS or "
+               "~/.config/mmsrarec-edge/trusted_keys/)")
 
 
 def build_engine(
@@ -108,13 +129,24 @@ def build_engine(
     workspace: Optional[int] = typer.Option(None, "--workspace",
                                             help="TensorRT workspace in MB (default: the bundle profile's)."),
     graph: Optional[list[str]] = typer.Option(None, "--graph", help="Only these graphs (repeatable)."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key",
+                                            help="A signed bundle's signer key: the changed manifest is re-signed "
+                                                 "(a signed bundle is refused without it)."),
 ):
     """Build TensorRT engines for a bundle's graphs into BUNDLE/engines/ (needs TensorRT on this machine)."""
     from ..core.progress import progress_bar
+    from ..core.signing import load_private_key, sign_manifest
     from ..exporter.tensorrt import build_bundle_engines
+    from ..runtime.catalog import bundle_lock, check_can_resign
+
+    key = load_private_key(sign_key) if sign_key is not None else None
+    check_can_resign(bundle, key)
 
     with progress_bar("building TensorRT engines", len(graph) if graph else None) as advance:
-        engines = build_bundle_engines(bundle, fp16, workspace, graph or None, progress=advance)
+        with bundle_lock(bundle):
+            engines = build_bundle_engines(bundle, fp16, workspace, graph or None, progress=advance)
+            if key is not None:
+                sign_manifest(bundle, key)
     for g, e in engines.items():
         typer.echo(f"engine {g}: {e['file']} (TensorRT {e['tensorrt_version']}, {'fp16' if e['fp16'] else 'fp32'})")
 
@@ -122,3 +154,4 @@ def build_engine(
 def register(apps) -> None:
     apps["app"].command("export", cls=config_command(ExportOptions), rich_help_panel=EXPORT)(export)
     apps["app"].command("build-engine", rich_help_panel=EXPORT)(build_engine)
+    apps["app"].command("keygen", rich_help_panel=EXPORT)(keygen)

@@ -127,9 +127,11 @@ def recommender(
     """Train the MMSRARec recommender: SASRec + hnswlib retrieval -> prompt -> multi-task yes/no SFT (PyTorch).
 
     Defaults: RecommenderConfig; `mmsrarec-edge config recommender` prints them."""
+    from ..core.outputs import RECOMMENDER, check_output_dir
     from ..core.progress import progress_bar
     from ..recommend.pipeline import run
 
+    check_output_dir(out, RECOMMENDER)  # before training, not after
     neighbours = renamed(neighbours, k_old, "--neighbours", "--k")
     negatives_per_window = renamed(negatives_per_window, negatives_old, "--negatives-per-window", "--negatives")
     cfg = build_config(config, retrieval=retrieval, aux=aux, init=init, freeze_embeddings=freeze_embeddings,

@@ -27,9 +27,11 @@ def summarize_catalog(
     as_json: bool = typer.Option(False, "--json", help="Print the run's figures as JSON."),
 ):
     """Summarize every item of a table into image/text keywords (a keyword store), resumable, optionally on Ray."""
+    from ..core.outputs import CATALOG_STORE, check_output_dir
     from ..core.progress import progress_bar
     from ..scale.catalog_summarize import CatalogJob, read_item_rows, run_local
 
+    check_output_dir(out, CATALOG_STORE)  # a new, empty or its own (resumable) store
     job = CatalogJob(bundle=bundle, items=items, out=out, part_size=part_size, threads=threads(threads_),
                      precision=value(precision))
     total = len(read_item_rows(items))

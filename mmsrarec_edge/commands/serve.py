@@ -64,8 +64,10 @@ def triton_repo(
 ):
     """Write a standard Triton model repository: the graphs as ONNX (or TensorRT plan) models, and a Python-backend
     `recommend` model composing retrieval, prompt building and shared-prefix scoring."""
+    from ..core.outputs import TRITON_REPO, check_output_dir
     from ..serving.triton_repo import RepoConfig, write_model_repository
 
+    check_output_dir(out, TRITON_REPO)
     cfg = RepoConfig(device=device.value, instances=instances, max_batch_size=max_batch,
                      max_queue_delay_us=queue_delay_us, bls=bls, precision=value(precision))
     written = write_model_repository(bundle, out, cfg)

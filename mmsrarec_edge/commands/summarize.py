@@ -81,9 +81,11 @@ def train_summarizer(
 
     Defaults: SummarizerConfig; `mmsrarec-edge config summarizer` prints them."""
     _quiet_openmp()
+    from ..core.outputs import SUMMARIZER, check_output_dir
     from ..data.schema import load_dataset
     from ..summarize.pipeline import train_summarizer as run
 
+    check_output_dir(out, SUMMARIZER)  # before training, not after
     cfg = build_config(config, grpo_steps=steps, sft_steps=sft_steps, recon_steps=recon_steps,
                        a=renamed(info_weight, a_old, "--info-weight", "--a"),
                        b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
@@ -116,9 +118,11 @@ def summarize(
     """Summarize every item's image and text into keywords (greedy, deterministic) and write the keyword store."""
     _quiet_openmp()
     from ..core.keyword_store import read_keyword_store
+    from ..core.outputs import check_keyword_store_output
     from ..data.schema import load_dataset
     from ..summarize.pipeline import resolve_model_dir, summarize_dataset
 
+    check_keyword_store_output(out)  # before summarizing, not after
     model_dir = resolve_model_dir(model, stage.value)
     ds = load_dataset(dataset)
     summarize_dataset(ds, model_dir, out, batch_size=batch_size, reconstructor=reconstructor, rewards=rewards,

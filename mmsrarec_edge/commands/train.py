@@ -31,9 +31,11 @@ def protocol(
 ):
     """Split users 8:1:1, build evaluation windows and save the candidates (the paper's protocol)."""
     from ..core.config import apply
+    from ..core.outputs import PROTOCOL, check_output_dir
     from ..data.protocol import ProtocolConfig, build_protocol, save_protocol
     from ..data.schema import load_dataset
 
+    check_output_dir(out, PROTOCOL)
     history_len = renamed(history_len, history_old, "--history-len", "--history")
     negatives_per_case = renamed(negatives_per_case, negatives_old, "--negatives-per-case", "--negatives")
     cfg = apply(ProtocolConfig(), {"seed": seed, "kcore": kcore, "history_len": history_len,
@@ -93,21 +95,21 @@ def sasrec(
     """Train SASRec on the training users (PyTorch), early-stopped on validation.
 
     Defaults: SASRecConfig and SASRecTrainConfig; `mmsrarec-edge config sasrec` prints them."""
-    from ..core.io_utils import atomic_dir, check_replaceable, ensure_writable_dir, write_json
+    from ..core.io_utils import atomic_dir, write_json
+    from ..core.outputs import SASREC, check_output_dir
     from ..data.protocol import load_protocol
 
+    check_output_dir(out, SASREC)  # before training, not after
     run = build_config(config, hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout,
                        epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, seed=seed)
     p = load_protocol(protocol_dir)
-    check_replaceable(out, "model.safetensors")  # before training, not after
-    ensure_writable_dir(out.parent)
 
     from ..core.progress import progress_bar
     from ..models.sasrec_train import train_sasrec
 
     with progress_bar("training SASRec (epochs)", run.train.epochs) as adv:
         model, log = train_sasrec(p, run.model, run.train, progress=adv)
-    with atomic_dir(out, marker="model.safetensors") as tmp:
+    with atomic_dir(out, marker=SASREC) as tmp:
         model.save(tmp)
         write_json(tmp / "train_log.json", log)
     typer.echo(f"best epoch {log['best_epoch']} of {log['epochs_run']}, val NDCG@5 {log['best_val_NDCG@5']:.4f}")

@@ -7,19 +7,34 @@ present that the manifest does not list, when a file type could carry code (only
 .safetensors, .hnsw, .bin, .engine are allowed: no pickle), or when the format version is one this code does not know.
 `verify=False` skips the hashing (seconds on multi-GB bundles) but still checks presence, sizes and file types.
 
+Verified stamp: hashing a multi-GB bundle on every open takes seconds, so after a full check `load_manifest` writes
+a stamp to $XDG_CACHE_HOME/mmsrarec-edge/verified/<SHA-256 of the bundle's real path>.json (default ~/.cache/...)
+holding the manifest's own SHA-256 and each file's (size, mtime_ns, ctime_ns, inode, device). `verify=True` rehashes
+every file only when there is no stamp, the stamp is for another manifest, or any file's stat differs; otherwise
+sizes + stamp suffice. `verify="full"` always rehashes. The limit: a change that keeps a file's size, mtime and ctime
+(root resetting the clock, writes to the raw block device, or silent media corruption) is only caught by a full
+check. An unwritable cache directory just means a full check every time.
+
+Signatures (core/signing.py): a bundle may hold one file its manifest does not list, `manifest.sig`, the Ed25519
+signature of manifest.json. When trusted keys are configured the signature is checked on every open (also with
+`verify=False`): the manifest pins every file's SHA-256, the signature pins the manifest.
+
 Also here: safetensors I/O through `safetensors.numpy` (no torch) for the cached features and item embeddings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError
-from .io_utils import sha256_file
+from .errors import BundleError, UserError
+from .io_utils import atomic_path, sha256_file
+from .signing import SIGNATURE, trusted_keys, verify_manifest_signature
 
 FORMAT = "mmsrarec-bundle"
 FORMAT_VERSION = 1
@@ -38,6 +53,7 @@ class Manifest:
 
     root: Path
     data: dict
+    signed_by: str | None = None  # the trusted key id whose signature was checked, None when none was
 
     @property
     def format_version(self) -> int:
@@ -101,15 +117,16 @@ class Manifest:
         return self.graphs[graph]
 
 
-def _read_manifest(root: Path) -> dict:
+def _read_manifest(root: Path) -> tuple[dict, bytes]:
     if not root.is_dir():
         raise BundleError(f"bundle {root} not found (not a directory)",
                           "pass the directory `mmsrarec-edge export` wrote")
     path = root / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: missing", "this is not a bundle, or its export was interrupted; re-export it")
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})", "the manifest is corrupt; re-export the bundle") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -122,7 +139,7 @@ def _read_manifest(root: Path) -> dict:
                           "upgrade mmsrarec-edge, or re-export the bundle with this version")
     if not isinstance(data.get("files"), dict):
         raise BundleError(f"{path}: has no file list")
-    return data
+    return data, raw
 
 
 def _safe_rel(root: Path, rel: str) -> Path:
@@ -132,11 +149,50 @@ def _safe_rel(root: Path, rel: str) -> Path:
     return root / p
 
 
-def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
-    """Load and check a bundle's manifest (module docstring). Raises BundleError naming the file and the problem."""
+def _stamp_path(root: Path) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    key = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
+    return Path(base) / "mmsrarec-edge" / "verified" / f"{key}.json"
+
+
+def _file_stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _read_stamp(root: Path) -> dict:
+    try:
+        stamp = json.loads(_stamp_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def _write_stamp(root: Path, manifest_sha: str, stats: dict[str, list[int]]) -> None:
+    """Best effort: a cache that cannot be written only costs the next open a full check."""
+    path = _stamp_path(root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, ".json") as tmp:
+            tmp.write_text(json.dumps({"bundle": os.path.realpath(root), "manifest_sha256": manifest_sha,
+                                       "files": stats}), encoding="utf-8")
+    except (OSError, UserError):
+        pass
+
+
+def load_manifest(bundle_dir: Path, verify: bool | str = True) -> Manifest:
+    """Load and check a bundle's manifest (module docstring). `verify`: True (hash unless the verified stamp
+    matches), "full" (always hash), False (sizes and file types only). Raises BundleError naming the file and the
+    problem."""
+    if verify not in (True, False, "full", "auto", "none"):
+        raise ValueError(f"verify must be True, False or 'full', got {verify!r}")
+    verify = {"auto": True, "none": False}.get(verify, verify) if isinstance(verify, str) else verify
     root = Path(bundle_dir)
-    data = _read_manifest(root)
+    data, raw = _read_manifest(root)
+    keys = trusted_keys()
+    signed_by = verify_manifest_signature(root, raw, keys) if keys else None
     listed = data["files"]
+    stats: dict[str, list[int]] = {}
     for rel, meta in listed.items():
         path = _safe_rel(root, rel)
         if not isinstance(meta, dict):
@@ -146,21 +202,31 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
         if path.is_symlink() or not path.is_file():
             raise BundleError(f"{path}: missing" if not path.exists() else f"{path}: not a regular file",
                               "the bundle is incomplete; re-export it")
-        size = path.stat().st_size
+        stats[rel] = _file_stat(path)
+        size = stats[rel][0]
         if size != meta.get("bytes"):
             raise BundleError(f"{path}: size {size} bytes, manifest says {meta.get('bytes')} (truncated or modified)",
                               "re-export the bundle")
-        if verify and sha256_file(path) != meta.get("sha256"):
-            raise BundleError(f"{path}: SHA-256 does not match the manifest (corrupt or tampered)",
-                              "re-export the bundle")
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST or path.is_dir() and not path.is_symlink():
+        if rel in (MANIFEST, SIGNATURE) or path.is_dir() and not path.is_symlink():
             continue
         if rel not in listed:
             raise BundleError(f"{path}: unexpected file, not listed in the manifest",
                               "remove it; a bundle holds only the files its manifest lists")
-    return Manifest(root, data)
+    if verify:
+        manifest_sha = hashlib.sha256(raw).hexdigest()
+        stamp = _read_stamp(root) if verify != "full" else {}
+        fresh = (stamp.get("manifest_sha256") == manifest_sha and stamp.get("bundle") == os.path.realpath(root)
+                 and stamp.get("files") == stats)
+        if not fresh:
+            for rel, meta in listed.items():
+                if sha256_file(root / rel) != meta.get("sha256"):
+                    raise BundleError(f"{root / rel}: SHA-256 does not match the manifest (corrupt or tampered)",
+                                      "re-export the bundle")
+            if {rel: _file_stat(root / rel) for rel in listed} == stats:  # unchanged while hashing
+                _write_stamp(root, manifest_sha, stats)
+    return Manifest(root, data, signed_by)
 
 
 # ---------------------------------------------------------------- safetensors (numpy side of the safetensors package)

@@ -1,6 +1,9 @@
 """Atomic file and directory writes: outputs go to a temporary path in the same folder, then are renamed.
 
-An interrupted command therefore never leaves a half-written file or bundle behind. Torch-free.
+An interrupted command therefore never leaves a half-written file or bundle behind. The writes are also durable:
+before a rename the new file (or every file and folder of a new directory) is fsync'ed, and after it the parent
+directory, so a power loss or kernel crash right after a command returns cannot bring back the old output or leave an
+empty file under the new name (on file systems that honour fsync). Torch-free.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -47,9 +51,40 @@ def _temp_in(parent: Path, make):
         raise UserError(f"cannot write to {parent}: {exc.strerror or exc}", "choose a writable location") from exc
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the renames and creations inside it durable). File
+    systems that cannot fsync a directory (EINVAL, e.g. some network mounts) are skipped silently."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file of `root`, then every directory, deepest first (their entries point at synced files)."""
+    root = Path(root)
+    dirs = [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                fsync_path(p)
+        dirs.extend(Path(dirpath) / d for d in dirnames)
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        fsync_path(d)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary file path next to `target`; on success it replaces `target` in one rename."""
+    """Yield a temporary file path next to `target`; on success it is fsync'ed and replaces `target` in one rename,
+    then the parent directory is fsync'ed (module docstring)."""
     target = Path(target)
     ensure_writable_dir(target.parent)
     fd, tmp = _temp_in(target.parent, lambda: tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp",
@@ -58,7 +93,9 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        fsync_path(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -74,25 +111,49 @@ def check_replaceable(target: Path, marker: str | None = None) -> None:
                         "choose a new or empty directory")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported (then the caller renames
+    the old directory aside first, leaving a moment without `target`)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; on success it replaces `target` (old one removed last).
 
     An existing `target` must be a directory; with `marker` (the file that identifies what the caller writes, e.g.
-    manifest.json) it must also be empty or hold that file, so a mistyped --out never wipes an unrelated folder."""
+    manifest.json) it must also be empty or hold that file, so a mistyped --out never wipes an unrelated folder.
+    Every file and folder of the new directory is fsync'ed before the rename, the parent directory after it."""
     target = Path(target)
     check_replaceable(target, marker)
     ensure_writable_dir(target.parent)
     tmp = Path(_temp_in(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)))
     try:
         yield tmp
+        fsync_tree(tmp)
         if target.exists():
+            if _exchange(tmp, target):  # one step: `target` is the old or the new directory at every instant
+                fsync_path(target.parent)
+                shutil.rmtree(tmp, ignore_errors=True)  # now the old one
+                return
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
+            fsync_path(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+            fsync_path(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -222,8 +222,9 @@ def _file_table(root: Path) -> dict:
 
 
 def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profile_source: str | None = None,
-                  progress=None) -> dict:
-    """Write the bundle at `out` (atomically). Returns the manifest. Raises ExportError when a graph misses its gate."""
+                  progress=None, sign_key=None) -> dict:
+    """Write the bundle at `out` (atomically). Returns the manifest. Raises ExportError when a graph misses its gate.
+    With `sign_key` (an Ed25519 private key, core/signing.py) the manifest is signed: manifest.sig beside it."""
     started = time.time()
     out = Path(out)
     with atomic_dir(out, marker=MANIFEST) as tmp:
@@ -248,6 +249,10 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
             "engines": {},
         }
         write_json(tmp / MANIFEST, manifest)
+        if sign_key is not None:
+            from ..core.signing import sign_manifest
+
+            sign_manifest(tmp, sign_key)
     return manifest
 
 

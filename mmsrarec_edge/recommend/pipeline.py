@@ -20,6 +20,7 @@ from ..core.candidates import DEFAULT_RESCORE
 from ..core.context import PromptMaker, item_texts
 from ..core.errors import UserError
 from ..core.io_utils import atomic_dir, sha256_file
+from ..core.outputs import RECOMMENDER
 from ..core.retrieval import RetrievalConfig, RetrievalIndex, build_retrieval
 from .model_dir import FORMAT, META, VERSION, load_item_pixels, sasrec_ranks, score_cases, write_items
 from .tasks import TaskConfig, build_windows, epoch_rows
@@ -123,7 +124,7 @@ def run(dataset_dir: Path, protocol_dir: Path, sasrec_dir: Path, keywords_path: 
     inputs = load_inputs(dataset_dir, protocol_dir, sasrec_dir, keywords_path)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), marker=RECOMMENDER) as tmp:
         retrieval, ipn_info = build_retrieval_index(tmp, inputs, cfg)
         model, tok = init_model(cfg)
         tokens = answer_tokens(tok)

@@ -11,16 +11,24 @@ and the bundle's copy of the keyword store), config.json's counts are updated, a
 SHA-256 and sizes. The whole bundle is swapped in one step: a sibling temporary directory receives hard links to
 every unchanged file (a copy where links are not possible) plus the rewritten files and manifest, and replaces the
 bundle by rename (io_utils.atomic_dir). A crash leaves the old bundle intact; the new one verifies
-(`load_manifest(verify=True)`) before the call returns. Torch-free.
+(`load_manifest(verify=True)`) before the call returns.
+
+Concurrent writers serialize on an exclusive lock (fcntl.flock) on a file beside the bundle, `<parent>/.<name>.lock`
+(a bundle holds only the files its manifest lists): each writer re-reads the catalog and keyword store under the lock,
+so every added item ends up in both. A writer waits up to MMSRAREC_LOCK_TIMEOUT seconds (default 120), then fails
+with a one-line error. Signed bundles: adding an item changes the manifest, so `add_item` needs the signing key
+(`sign_key`) and re-signs; without it a signed bundle is refused (its signature would no longer match). Torch-free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +37,7 @@ import pyarrow.parquet as pq
 from ..core.bundle import MANIFEST, Manifest, load_manifest, read_safetensors, write_safetensors
 from ..core.errors import BundleError, UserError
 from ..core.io_utils import atomic_dir, link_or_copy, sha256_file
+from ..core.signing import SIGNATURE, key_id, read_signature, sign_manifest
 
 ITEMS = "catalog/items.parquet"
 
@@ -88,9 +97,50 @@ class Catalog:
         return cls(items, features)
 
 
-def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]]) -> Manifest:
+LOCK_TIMEOUT_ENV = "MMSRAREC_LOCK_TIMEOUT"
+
+
+def lock_path(bundle_dir: Path) -> Path:
+    root = Path(bundle_dir)
+    return root.parent / f".{root.name}.lock"
+
+
+@contextlib.contextmanager
+def bundle_lock(bundle_dir: Path, timeout: float | None = None) -> Iterator[Path]:
+    """Hold the bundle's writer lock (module docstring); a UserError after `timeout` seconds."""
+    import fcntl
+
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "120"))
+        except ValueError:
+            raise UserError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds") from None
+    path = lock_path(bundle_dir)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot create the lock file {path}: {exc.strerror}",
+                        "the bundle's parent directory must be writable to add items") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise UserError(f"{Path(bundle_dir)}: another writer holds {path} (waited {timeout:g} s)",
+                                    f"retry when it is done, or raise {LOCK_TIMEOUT_ENV}") from None
+                time.sleep(0.05)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]], sign_key=None) -> Manifest:
     """Replace the files `writers` names (rel path -> function writing the new content to the path it is given) and
-    swap the bundle atomically (module docstring). Returns the re-verified manifest."""
+    swap the bundle atomically (module docstring); with `sign_key` (an Ed25519 private key) the new manifest is
+    signed. Returns the re-verified manifest. Callers hold bundle_lock."""
     root = manifest.root
     data = json.loads(json.dumps(manifest.data))
     mode = root.stat().st_mode & 0o7777
@@ -104,12 +154,72 @@ def rewrite_bundle(manifest: Manifest, writers: dict[str, Callable[[Path], None]
             write(tmp / rel)
             data["files"][rel] = {"sha256": sha256_file(tmp / rel), "bytes": (tmp / rel).stat().st_size}
         (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        if sign_key is not None:
+            sign_manifest(tmp, sign_key)
     return load_manifest(root, verify=True)
 
 
-def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | None = None) -> Manifest:
+def check_can_resign(bundle_dir: Path, sign_key=None) -> None:
+    """A signed bundle can only be changed with its signing key (module docstring): UserError otherwise."""
+    record = read_signature(Path(bundle_dir))
+    if record is None:
+        return
+    if sign_key is None:
+        raise UserError(f"{Path(bundle_dir) / SIGNATURE}: the bundle is signed (key {record.get('key_id')}); changing "
+                        "it would break its signature", "pass --sign-key KEY (the signer's key) to re-sign")
+    if record.get("key_id") != key_id(sign_key.public_key()):
+        raise UserError(f"{Path(bundle_dir) / SIGNATURE}: signed by key {record.get('key_id')}, --sign-key is key "
+                        f"{key_id(sign_key.public_key())}", "re-sign with the key that signed the bundle")
+
+
+def catalog_ids(bundle_dir: Path) -> set[int] | None:
+    """The catalog's item ids, reading only that column after a size check (no hashing): lets the CLI report a wrong
+    id before a big bundle is hashed. None when the bundle has no catalog (the full open names that problem)."""
+    manifest = load_manifest(bundle_dir, verify=False)
+    section = manifest.config().get("catalog") or {}
+    if not section:
+        return None
+    path = manifest.path(section.get("items", ITEMS))
+    try:
+        return set(pq.ParquetFile(path).read(columns=["item_id"]).column("item_id").to_pylist())
+    except Exception as exc:  # pyarrow raises ArrowInvalid & co. for damaged files
+        raise BundleError(f"{path}: not a readable Parquet file ({exc})", "re-export the bundle") from exc
+
+
+def check_new_item_id(bundle_dir: Path, item_id: int) -> None:
+    """UserError when `item_id` is negative or already in the catalog, before hashing (add_item checks again under
+    the lock)."""
+    if int(item_id) < 0:
+        raise UserError(f"item id must be >= 0, got {item_id}")
+    ids = catalog_ids(bundle_dir)
+    if ids is not None and int(item_id) in ids:
+        raise UserError(f"item id {item_id} is already in the catalog", "choose a new --item-id")
+
+
+def check_request_ids(bundle_dir: Path, history=None, candidates=()) -> None:
+    """Unknown history or candidate item ids as the recommender words them, before hashing (catalog_ids)."""
+    ids = catalog_ids(bundle_dir)
+    if ids is None:
+        return
+    unknown = [i for i in history or () if int(i) not in ids]
+    if unknown:
+        raise UserError(f"unknown item id {unknown[0]} in the history (not in the bundle's catalog)"
+                        + (f"; {len(unknown) - 1} more unknown" if len(unknown) > 1 else ""))
+    unknown = [i for i in candidates or () if int(i) not in ids]
+    if unknown:
+        raise UserError(f"unknown candidate item id {unknown[0]} (not in the bundle's catalog)")
+
+
+def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | None = None,
+             sign_key=None) -> Manifest:
     """Add `item` to the bundle's catalog (module docstring). `image_features` [n_image_tokens, H] are stored when the
-    catalog caches image features; an id already in the catalog is a UserError."""
+    catalog caches image features; an id already in the catalog is a UserError. Holds the bundle's writer lock."""
+    with bundle_lock(bundle_dir):
+        check_can_resign(bundle_dir, sign_key)
+        return _add_item(bundle_dir, item, image_features, sign_key)
+
+
+def _add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | None, sign_key) -> Manifest:
     manifest = load_manifest(bundle_dir, verify=True)
     config = manifest.config()
     section = dict(config.get("catalog") or {})
@@ -152,4 +262,4 @@ def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | N
         all_feats = np.concatenate([st["features"], feats[None]])
         writers[rel] = lambda p: write_safetensors(p, {"item_ids": ids, "features": all_feats},
                                                    {"source": "recommender vision tower + projector"})
-    return rewrite_bundle(manifest, writers)
+    return rewrite_bundle(manifest, writers, sign_key)

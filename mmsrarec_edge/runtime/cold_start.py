@@ -58,8 +58,8 @@ def candidate_token_ids(manifest, title: str, has_image: bool, summary: ItemSumm
 
 
 def add_summarized_item(manifest, cfg: SessionConfig, item_id: int, title: str | None, text: str,
-                        summary: ItemSummary, image=None) -> CatalogItem:
-    """Add the summarized item to the bundle's catalog; returns the row written."""
+                        summary: ItemSummary, image=None, sign_key=None) -> CatalogItem:
+    """Add the summarized item to the bundle's catalog (re-signed with `sign_key`); returns the row written."""
     if int(item_id) < 0:
         raise UserError(f"item id must be >= 0, got {item_id}")
     text = " ".join((text or "").split())
@@ -73,5 +73,5 @@ def add_summarized_item(manifest, cfg: SessionConfig, item_id: int, title: str |
     row = CatalogItem(int(item_id), title, list(summary.text_keywords), list(summary.image_keywords),
                       summary.keywords, image is not None,
                       candidate_token_ids(manifest, title, image is not None, summary))
-    add_item(manifest.root, row, features)
+    add_item(manifest.root, row, features, sign_key)
     return row

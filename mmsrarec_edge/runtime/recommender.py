@@ -19,7 +19,9 @@ stage (SASRec dot product, else popularity, else catalog order) picks `n_rescore
 Histories: every id must be in the catalog, without duplicates, and not empty (UserError otherwise). A history longer
 than SASRec's max_len is truncated to its last max_len items (older items cannot reach the encoder, and the prompt
 shows only the last `history_len` anyway), with a warning in the result for an ad-hoc history (a known user's long
-history is the bundle's own and is truncated silently). Ties in LLM score keep the candidate order.
+history is the bundle's own and is truncated silently); the WHOLE history, older items included, is still excluded
+from the first stage's and the sampled/all candidates (an item the user already has is never recommended back).
+Ties in LLM score keep the candidate order.
 
 Thread-safety: all state is read-only after construction; onnxruntime's `run` is thread-safe and the hnswlib query
 (which mutates ef) is under a lock, so one Recommender serves many threads with results identical to serial calls.
@@ -40,6 +42,7 @@ from ..core.candidates import DEFAULT_RESCORE
 from ..core.context import PromptMaker, SASRecRanks, item_texts
 from ..core.errors import BundleError, UserError
 from ..core.retrieval import RetrievalIndex
+from .bundle_config import RECOMMENDER, check_config
 from .catalog import Catalog
 from .first_stage import FirstStage, popularity_scores
 from .llm import Decoder, Embedder, SuffixScorer
@@ -95,6 +98,7 @@ class Case:
     suffixes: list[list[int]]
     features: list[list[np.ndarray] | None]  # image features per candidate (spliced over its <image> slots)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    seen: list[int] = field(default_factory=list)  # the whole history (`history` is its last max_len items)
 
 
 class Recommender:
@@ -103,6 +107,7 @@ class Recommender:
                  suffix_scorer: bool = True):
         self.manifest = load_manifest(bundle_dir, verify=verify)
         self.config = config = self.manifest.config()
+        check_config(config, RECOMMENDER)  # a wrong type: one line naming the key, not a ValueError below
         self.session_config = cfg = SessionConfig.resolve(provider, precision, threads)
         rec = config.get("recommender")
         if not rec or not self.manifest.has_graph("recommender.decoder"):
@@ -189,7 +194,8 @@ class Recommender:
 
     # ------------------------------------------------------------------ request parts
 
-    def _history(self, user: int | None, history: Sequence[int] | None) -> tuple[list[int], list[str]]:
+    def _history(self, user: int | None, history: Sequence[int] | None) -> tuple[list[int], list[str], list[int]]:
+        """(the history the model reads: its last max_len items, warnings, the whole history)"""
         if (user is None) == (history is None):
             raise UserError("pass exactly one of a user id or a history")
         if user is not None:
@@ -209,14 +215,14 @@ class Recommender:
         dup = sorted({i for i in hist if hist.count(i) > 1})
         if dup:
             raise UserError(f"duplicate item id {dup[0]} in the history", "list each item once, oldest first")
-        warnings = []
+        warnings, whole = [], hist
         limit = getattr(self, "max_len", None)
         if limit and len(hist) > limit:
             if user is None:  # a known user's long history is the bundle's own: nothing to warn the caller about
-                warnings.append(f"history has {len(hist)} items; the model reads the last {limit}, older ones are "
-                                "ignored")
+                warnings.append(f"history has {len(hist)} items; the model reads the last {limit} (older ones are "
+                                "still never recommended back)")
             hist = hist[-limit:]
-        return hist, warnings
+        return hist, warnings, whole
 
     def _user_embedding(self, hist: list[int]) -> np.ndarray | None:
         if self.user_encoder is None:
@@ -269,18 +275,19 @@ class Recommender:
         """Everything of a request up to the LLM scoring: history, retrieval, candidates, prompt ids. Public so that
         benchmarks can time or re-score the exact inputs the runtime scores."""
         t0 = time.perf_counter()
-        hist, warnings = self._history(user, history)
+        hist, warnings, whole = self._history(user, history)
         emb = self._user_embedding(hist)
         t1 = time.perf_counter()
         neighbours, _, groups = self._context(emb, user)
         t2 = time.perf_counter()
-        cands, first, mode = self.first_stage.candidates(candidates, hist, emb, n_rescore, seed)
+        # excluded: the whole history, not only the part the model reads
+        cands, first, mode = self.first_stage.candidates(candidates, whole, emb, n_rescore, seed)
         prefix, suffixes, feats = self._prompts(hist, groups, cands, emb)
         self._check_lengths(prefix, suffixes)
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "prompt": (t3 - t2) * 1e3}
         return Case(user, hist, warnings, emb, neighbours, groups, cands, first, mode, prefix, suffixes, feats,
-                    timings)
+                    timings, whole)
 
     def recommend(self, user: int | None = None, history: Sequence[int] | None = None, candidates=None,
                   top_k: int = 10, n_rescore: int | None = None, seed: int = 0) -> Recommendation:

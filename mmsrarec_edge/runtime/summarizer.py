@@ -29,6 +29,7 @@ from ..core.summary_prompts import (
     suppressed_token_ids,
     text_prompt_ids,
 )
+from .bundle_config import SUMMARIZER, check_config
 from .llm import Decoder, Embedder, ImageEncoder
 from .sessions import SessionConfig, open_bundle_graph
 from .tokenizer import Codec
@@ -172,6 +173,7 @@ def prompt_spec_from_config(conf: dict) -> PromptSpec:
 def load_item_summarizer(manifest, cfg: SessionConfig) -> ItemSummarizer:
     """The summarizer of a verified bundle (runtime.bundle.Manifest), its sessions opened per `cfg`."""
     config = manifest.config()
+    check_config(config, SUMMARIZER)  # a wrong type: one line naming the key, not a ValueError below
     conf = config.get("summarizer")
     if not conf or not manifest.has_graph("summarizer.decoder") or not manifest.has_graph("summarizer.embed"):
         raise BundleError(f"bundle {manifest.root} has no summarizer",

@@ -26,6 +26,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.io_utils import atomic_dir, write_json
 from ..core.keywords import match_counts, precision_recall
+from ..core.outputs import SUMMARIZER
 from ..core.progress import progress_bar
 from ..core.summary_prompts import PromptSpec, prompt_ids, target_ids
 from ..data.schema import Dataset
@@ -231,7 +232,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     evals["sft"], sft_kws = evaluate(model, "SFT")
     kws = {"sft": sft_kws}
     grpo_log: list[dict] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker=SUMMARIZER) as tmp:
         save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
         recon.save(tmp / "reconstructor")
         if not sft_only and cfg.grpo_steps:
