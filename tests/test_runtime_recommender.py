@@ -336,3 +336,17 @@ def test_cold_start_item_on_a_rank_hint_bundle(bundle, tmp_path):
     assert all("sequential rank" in rec.codec.decode(s) for s in case.suffixes)  # the hint, built per request
     with pytest.raises(UserError, match="already in the catalog"):
         add_summarized_item(load_manifest(d), cfg, 5000, "x", "x", summary)
+
+
+def test_merged_decoder_opens_only_when_a_request_needs_it(bundle):
+    """With the scorer graph the merged decoder is not opened at start (seconds and its weights' memory at real
+    sizes); the first request that needs it (an empty prefix) opens it, and the answer equals an eager scorer's."""
+    lazy = Recommender(bundle.dir, provider="cpu", threads=1)
+    assert lazy.scorer.path == "suffix-scorer" and lazy.scorer.decoder is None
+    lazy.recommend(user=_user(bundle), top_k=3)
+    assert lazy.scorer.decoder is None  # the scorer graph served the request
+    suffixes = [[5, 6, 7], [8, 9]]
+    got = lazy.scorer.score([], suffixes)
+    assert lazy.scorer.decoder is not None
+    eager = Recommender(bundle.dir, provider="cpu", threads=1, suffix_scorer=False)
+    np.testing.assert_allclose(got, eager.scorer.score([], suffixes), rtol=0, atol=1e-6)

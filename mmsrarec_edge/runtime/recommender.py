@@ -123,10 +123,15 @@ class Recommender:
         self.n_image_tokens = int(rec.get("num_image_tokens", 0))
         self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
         embedder = Embedder(open_bundle_graph(self.manifest, "recommender.embed", cfg), self.image_token_id)
-        decoder = Decoder(open_bundle_graph(self.manifest, "recommender.decoder", cfg))
         # The suffix-scorer graph when the bundle has one (`suffix_scorer=False` forces the expanded-KV decoder path,
-        # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py).
+        # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py). Beside
+        # it the merged decoder is opened only if a request needs it (an empty prefix), never at start.
         use = suffix_scorer and self.manifest.has_graph("recommender.scorer")
+        manifest = self.manifest
+
+        def decoder():
+            return Decoder(open_bundle_graph(manifest, "recommender.decoder", cfg))
+
         suffix = SuffixScorer(open_bundle_graph(self.manifest, "recommender.scorer", cfg)) if use else None
         self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
                          ("recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder")

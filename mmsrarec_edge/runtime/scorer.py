@@ -26,10 +26,11 @@ Torch-free.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -97,14 +98,23 @@ class CandidateScorer:
     """Scores candidate suffixes after a shared prefix with a `yes_no` decoder, or with the suffix-scorer graph.
     Stateless between calls, so one instance serves many threads (onnxruntime's `run` is thread-safe). `decoder` may
     be None when a `suffix_scorer` is given (then an empty prefix, `prefill`, `score_suffixes` and `score_naive`,
-    which need the merged decoder, raise ValueError)."""
+    which need the merged decoder, raise ValueError), or a zero-argument factory: the merged decoder is then opened
+    on first use only (beside the scorer graph it is needed only for an empty prefix or per-candidate scoring, and at
+    real sizes opening it costs seconds and its weights' worth of memory)."""
 
-    def __init__(self, decoder: Decoder | None, embedder: Embedder, pad_id: int, max_batch: int = 32,
-                 expand: str = "view", suffix_scorer: SuffixScorer | None = None):
+    def __init__(self, decoder: Decoder | Callable[[], Decoder] | None, embedder: Embedder, pad_id: int,
+                 max_batch: int = 32, expand: str = "view", suffix_scorer: SuffixScorer | None = None):
+        self._decoder_factory = None
+        if decoder is not None and not isinstance(decoder, Decoder) and callable(decoder):
+            if suffix_scorer is None:
+                decoder = decoder()  # the only scoring path: open it now
+            else:
+                self._decoder_factory, decoder = decoder, None
         if decoder is None and suffix_scorer is None:
             raise ValueError("candidate scoring needs a yes_no decoder or a suffix-scorer graph")
         if decoder is not None and decoder.layout.head != "yes_no":
             raise ValueError("candidate scoring needs a decoder exported with the yes_no head")
+        self._decoder_lock = threading.Lock()
         if expand not in EXPANSIONS:
             raise ValueError(f"unknown KV expansion {expand!r} (expected one of {EXPANSIONS})")
         if max_batch < 1:
@@ -119,6 +129,13 @@ class CandidateScorer:
         return "suffix-scorer" if self.suffix_scorer is not None else "expanded-kv"
 
     def _need_decoder(self) -> Decoder:
+        if self.decoder is None and self._decoder_factory is not None:
+            with self._decoder_lock:
+                if self.decoder is None:
+                    decoder = self._decoder_factory()
+                    if decoder.layout.head != "yes_no":
+                        raise ValueError("candidate scoring needs a decoder exported with the yes_no head")
+                    self.decoder = decoder
         if self.decoder is None:
             raise ValueError("this needs the merged yes_no decoder; the scorer was built with the suffix-scorer graph "
                              "only")
