@@ -77,7 +77,8 @@ def _main(
                                  help="Print the version and exit."),
     trust_key: list[str] = typer.Option(None, "--trust-key",
                                         help="Trusted Ed25519 public key for every bundle this command opens "
-                                             "(repeatable; core/signing.py)."),
+                                             "(repeatable; also MMSRAREC_TRUST_KEYS and "
+                                             "~/.config/mmsrarec-edge/trusted_keys/)."),
 ):
     """--debug is read from sys.argv by main() (errors raised while parsing need it too): declared here for --help."""
     if trust_key:

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("MMSRAREC_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "MMSRAREC_CACHE_DIR" not in os.environ:  # stamps and engines go to a throwaway cache, not the user's ~/.cache
+    import tempfile
+
+    os.environ["MMSRAREC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmsrarec-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K_MM = ROOT.parent / "shared" / "data" / "ml100k_mm"

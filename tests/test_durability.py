@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "mmsrarec_edge.cli"]
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(signing.TRUST_ENV, raising=False)
     signing.clear_cli_trust_keys()
 
@@ -114,7 +114,8 @@ def test_add_to_catalog_errors_come_before_hashing(bundle, tmp_path, monkeypatch
     r = subprocess.run(add_args(d, existing), capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 2 and "already in the catalog" in r.stderr, r.stderr
     for args, needle in ((("--history", "1,999999"), "unknown item id 999999 in the history"),
-                         (("--history", "1", "--candidates", "2,999"), "unknown candidate item id 999")):
+                         (("--history", "1", "--candidates", "2,999"), "unknown candidate item id 999"),
+                         (("--user", "1000000"), "unknown user id 1000000")):
         r = subprocess.run(cli("recommend", d, *args), capture_output=True, text=True, timeout=300, env=env())
         assert r.returncode == 2 and needle in r.stderr, r.stderr
     r = subprocess.run(cli("recommend", d, "--history", "1,2"), capture_output=True, text=True, timeout=300,
@@ -223,3 +224,38 @@ def test_sigkill_during_export_leaves_old_or_new(tiny_synth, tmp_path):
         assert not new or json.loads(old)["created"] <= man.data["created"]
         outcomes.append("new" if new else "old")
     print("export kills:", outcomes)
+
+
+def test_no_verify_warns_on_stderr_and_in_the_json(bundle):
+    r = subprocess.run(cli("recommend", bundle.dir, "--history", "1,2", "--no-verify", "--json"), capture_output=True,
+                       text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["warnings"][0].startswith("--no-verify: file contents are not hashed")
+    assert r.stderr.count("--no-verify") == 1
+
+
+def test_atomic_writes_fsync_files_then_the_parent_directory(tmp_path, monkeypatch):
+    from mmsrarec_edge.core import io_utils
+
+    synced: list[str] = []
+    real = io_utils.os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(io_utils.os, "fsync", fsync)
+    with io_utils.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.json").write_text("{}")
+        (tmp / "b.json").write_text("{}")
+    names = [Path(p).name for p in synced]
+    assert {"a.json", "b.json"} <= set(names[:2]) and names[-1] == tmp_path.name  # files first, the parent last
+    assert "sub" in names and names.index("sub") < names.index(tmp.name)  # deepest directories first
+    synced.clear()
+    with io_utils.atomic_dir(tmp_path / "out") as tmp2:  # replacing: one atomic exchange, old copy removed
+        (tmp2 / "c.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "c.json").exists()
+    synced.clear()
+    io_utils.write_json(tmp_path / "x.json", {"a": 1})
+    assert [Path(p).name for p in synced][-1] == tmp_path.name and len(synced) == 2

@@ -238,8 +238,8 @@ CASES = [
         d / "catalog" / "items.parquet").unlink()), "--history", "1"]),
     Case("recommender/decoder.onnx: size 1000 bytes, manifest says", lambda w: ["recommend", w.variant(
         "truncated", lambda d: truncate(d / "recommender" / "decoder.onnx")), "--history", "1"]),
-    Case("onnxruntime cannot load decoder.onnx", lambda w: ["recommend", w.variant("unloadable", lambda d: (
-        truncate(d / "recommender" / "decoder.onnx"), relist(d, "recommender/decoder.onnx"))), "--history", "1"]),
+    Case("onnxruntime cannot load scorer.onnx", lambda w: ["recommend", w.variant("unloadable", lambda d: (
+        truncate(d / "recommender" / "scorer.onnx"), relist(d, "recommender/scorer.onnx"))), "--history", "1"]),
     Case("SHA-256 does not match the manifest", lambda w: ["recommend", w.variant(
         "flipped", lambda d: flip(d / "recommender" / "decoder.onnx")), "--history", "1"]),
     Case("unexpected file, not listed in the manifest", lambda w: ["recommend", w.variant(

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def isolated(tmp_path, monkeypatch):
     """No trusted keys of the machine's user, and a private stamp cache."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(signing.TRUST_ENV, raising=False)
     signing.clear_cli_trust_keys()
     yield
@@ -198,7 +198,7 @@ def run_cli(*args, env=None):
 
 
 def test_cli_keygen_and_a_tampered_bundle_refused_in_one_line(tmp_path):
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "MMSRAREC_CACHE_DIR": str(tmp_path / "cache")}
     r = run_cli("keygen", "--out", tmp_path / "k", env=env)
     assert r.returncode == 0, r.stderr
     assert "bundle-signing.pub" in r.stdout
@@ -215,3 +215,12 @@ def test_cli_keygen_and_a_tampered_bundle_refused_in_one_line(tmp_path):
     assert r.returncode == 2 and "signature does not match" in r.stderr, r.stderr
     r = run_cli("recommend", b, "--user", "1", "--no-verify", "--trust-key", tmp_path / "missing.pub", env=env)
     assert r.returncode == 2 and "missing.pub does not exist" in r.stderr, r.stderr
+
+
+def test_cli_build_engine_refuses_a_signed_bundle_without_its_key(keys, tmp_path):
+    priv, pub, kid = keys
+    b = fake_bundle(tmp_path / "b")
+    signing.sign_manifest(b, signing.load_private_key(priv))
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "MMSRAREC_CACHE_DIR": str(tmp_path / "cache")}
+    r = run_cli("build-engine", b, env=env)
+    assert r.returncode == 2 and f"the bundle is signed (key {kid})" in r.stderr, r.stderr

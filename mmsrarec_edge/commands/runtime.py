@@ -81,7 +81,7 @@ def recommend(
     if mode:  # wrong ids before hashing the bundle
         from ..runtime.catalog import check_request_ids
 
-        check_request_ids(bundle, hist, spec.ids)
+        check_request_ids(bundle, hist, spec.ids, user)
     rec = Recommender(bundle, provider=value(provider), precision=value(precision), threads=threads(threads_),
                       verify=mode)
     result = rec.recommend(user=user, history=hist, candidates=spec, top_k=10 if top_k is None else top_k,

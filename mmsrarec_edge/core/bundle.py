@@ -7,13 +7,15 @@ present that the manifest does not list, when a file type could carry code (only
 .safetensors, .hnsw, .bin, .engine are allowed: no pickle), or when the format version is one this code does not know.
 `verify=False` skips the hashing (seconds on multi-GB bundles) but still checks presence, sizes and file types.
 
-Verified stamp: hashing a multi-GB bundle on every open takes seconds, so after a full check `load_manifest` writes
-a stamp to $XDG_CACHE_HOME/mmsrarec-edge/verified/<SHA-256 of the bundle's real path>.json (default ~/.cache/...)
-holding the manifest's own SHA-256 and each file's (size, mtime_ns, ctime_ns, inode, device). `verify=True` rehashes
-every file only when there is no stamp, the stamp is for another manifest, or any file's stat differs; otherwise
-sizes + stamp suffice. `verify="full"` always rehashes. The limit: a change that keeps a file's size, mtime and ctime
-(root resetting the clock, writes to the raw block device, or silent media corruption) is only caught by a full
-check. An unwritable cache directory just means a full check every time.
+Verified stamp: hashing a multi-GB bundle on every open takes seconds, so after a full check `load_manifest` writes a
+stamp to <cache_dir()>/verified/<SHA-256 of the bundle's real path>.json (cache_dir: $MMSRAREC_CACHE_DIR, else
+$XDG_CACHE_HOME/mmsrarec-edge, else ~/.cache/mmsrarec-edge) holding the manifest's own SHA-256 and each file's (size,
+mtime_ns, ctime_ns, inode, device). `verify=True` rehashes every file only when there is no stamp, the stamp is for
+another manifest, or any file's stat differs; otherwise sizes + stamp suffice. `verify="full"` always rehashes. The
+limit: a change that keeps a file's size, mtime and ctime (root resetting the clock, writes to the raw block device, or
+silent media corruption) is only caught by a full check. An unwritable cache directory just means a full check every
+time. The stamp is trusted as the user's own files are: whoever can write the user's cache directory can also skip the
+hashing (not the signature check).
 
 Signatures (core/signing.py): a bundle may hold one file its manifest does not list, `manifest.sig`, the Ed25519
 signature of manifest.json. When trusted keys are configured the signature is checked on every open (also with
@@ -149,10 +151,18 @@ def _safe_rel(root: Path, rel: str) -> Path:
     return root / p
 
 
+def cache_dir() -> Path:
+    """The user cache of verified-bundle stamps and TensorRT engines: $MMSRAREC_CACHE_DIR, else
+    $XDG_CACHE_HOME/mmsrarec-edge, else ~/.cache/mmsrarec-edge. Never inside a bundle (a bundle is data)."""
+    env = os.environ.get("MMSRAREC_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsrarec-edge"
+
+
 def _stamp_path(root: Path) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     key = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
-    return Path(base) / "mmsrarec-edge" / "verified" / f"{key}.json"
+    return cache_dir() / "verified" / f"{key}.json"
 
 
 def _file_stat(path: Path) -> list[int]:

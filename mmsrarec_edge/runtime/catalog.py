@@ -196,8 +196,30 @@ def check_new_item_id(bundle_dir: Path, item_id: int) -> None:
         raise UserError(f"item id {item_id} is already in the catalog", "choose a new --item-id")
 
 
-def check_request_ids(bundle_dir: Path, history=None, candidates=()) -> None:
-    """Unknown history or candidate item ids as the recommender words them, before hashing (catalog_ids)."""
+def _known_users(manifest: Manifest) -> list[int]:
+    """The user ids of the retrieval index's histories (what Recommender.known_users serves), that column only."""
+    config = manifest.config()
+    section = config.get("retrieval")
+    if not section or not config.get("sasrec") or not manifest.has_graph("sasrec.user_encoder"):
+        return []
+    path = manifest.root / section.get("dir", "index") / "histories.parquet"
+    if path.relative_to(manifest.root).as_posix() not in manifest.files:
+        return []
+    try:
+        return sorted(int(u) for u in pq.ParquetFile(path).read(columns=["user_id"]).column("user_id").to_pylist())
+    except Exception as exc:  # pyarrow raises ArrowInvalid & co. for damaged files
+        raise BundleError(f"{path}: not a readable Parquet file ({exc})", "re-export the bundle") from exc
+
+
+def check_request_ids(bundle_dir: Path, history=None, candidates=(), user: int | None = None) -> None:
+    """An unknown user, history or candidate item id as the recommender words it, before hashing (catalog_ids)."""
+    if user is not None:
+        known = _known_users(load_manifest(bundle_dir, verify=False))
+        if int(user) not in set(known):
+            n = len(known)
+            raise UserError(f"unknown user id {user}", f"the bundle knows {n} users" + (
+                f" (e.g. {', '.join(map(str, known[:5]))}); or pass an ad-hoc history" if n
+                else "; pass an ad-hoc history instead"))
     ids = catalog_ids(bundle_dir)
     if ids is None:
         return

@@ -8,10 +8,9 @@ folder keyed by the graph file's SHA-256 so a re-exported graph never reuses a s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ..core.bundle import Manifest, load_manifest
+from ..core.bundle import Manifest, cache_dir, load_manifest
 
 
 def provider_shape_strings(profiles: list[dict]) -> dict[str, str]:
@@ -25,9 +24,7 @@ def provider_shape_strings(profiles: list[dict]) -> dict[str, str]:
 
 
 def _default_cache() -> Path:
-    env = os.environ.get("MMSRAREC_CACHE_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsrarec-edge"
-    return base / "tensorrt"
+    return cache_dir() / "tensorrt"
 
 
 def tensorrt_provider_options(bundle: Path | Manifest, graph: str, cache_dir: Path | None = None,
