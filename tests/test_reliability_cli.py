@@ -344,3 +344,5 @@ def readme_rows() -> list[str]:
 
 def test_readme_table_matches_the_cases():
     assert readme_rows() == [c.needle for c in CASES]
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"`tests/test_reliability_cli.py`: {len(CASES)} rows," in " ".join(text.split())  # the count it quotes

@@ -326,8 +326,15 @@ def test_cold_start_item_on_a_rank_hint_bundle(bundle, tmp_path):
     man = load_manifest(d, verify=True)
     cfg = SessionConfig.resolve("cpu", threads=1)
     summary = load_item_summarizer(man, cfg).summarize(None, "Nova lamp. A green striped lamp.")
-    row = add_summarized_item(man, cfg, 5000, None, "Nova lamp. A green striped lamp.", summary)
-    assert row.title == "Nova lamp" and row.keywords == summary.keywords
+    # through the CLI, as a user adds an item to the default (rank-hint) bundle
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mmsrarec_edge.cli", "summarize-item", str(d), "--text",
+                        "Nova lamp. A green striped lamp.", "--add-to-catalog", "--item-id", "5000", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["keywords"] == summary.keywords
     rec = Recommender(d, provider="cpu", threads=1)
     assert 5000 in rec.catalog
     res = rec.recommend(user=_user(bundle), top_k=20)
