@@ -11,6 +11,7 @@ results go to stdout, progress bars and status lines to stderr (commands/common.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -106,6 +107,11 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system"}
+DISK_HINT = "free space or choose another --out; the previous output (if any) is unchanged"
+
+
 def _fail(message: str, hint: str | None, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
@@ -149,6 +155,11 @@ def main() -> None:
     except Terminated:
         err_console.print("terminated")
         sys.exit(143)
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:  # the atomic writers removed their temporary output: what was there is intact
+            where = f" writing {exc.filename}" if exc.filename else ""
+            _fail(f"{DISK_ERRORS[exc.errno]}{where}; nothing was replaced", DISK_HINT, 2, debug)
+        _fail(f"{type(exc).__name__}: {exc}", None if debug else "run with --debug for the traceback", 1, debug)
     except Exception as exc:
         _fail(f"{type(exc).__name__}: {exc}", None if debug else "run with --debug for the traceback", 1, debug)
     if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130

@@ -163,6 +163,48 @@ def corrupt_checkpoint(w: Work) -> Path:
     return d
 
 
+def externalize(bundle: Path, rel: str) -> None:
+    """Store graph `rel`'s weights as ONNX external data (`<rel>.data`), as real-size exports do; relist both."""
+    import onnx
+
+    path = bundle / rel
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+    relist(bundle, rel)
+    relist(bundle, rel + ".data")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def full_disk_export(w: Work) -> Result:
+    """`export` over an existing bundle on a file system with room for one copy only: the new bundle cannot be
+    written; the old one must be left exactly as it was (and the temporary directory removed)."""
+    sas = big_sasrec(w)
+    first = w.dir("fulldisk_first") / "bundle"
+    r = subprocess.run([*CLI, "export", "--profile", w.root / "sasrec.toml", "--sasrec", sas, "--out", first,
+                        "--threads", "1"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    size = sum(len(b) for b in _tree(first).values())
+    disk = w.dir("fulldisk")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + (64 << 10)}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode:
+        return Result(0, "", "", {"skip": f"cannot mount a small tmpfs here ({mount.stderr.strip()})"})
+    try:
+        shutil.copytree(first, disk / "bundle")
+        before = _tree(disk / "bundle")
+        r = subprocess.run([*CLI, "export", "--profile", w.root / "sasrec.toml", "--sasrec", sas, "--out",
+                            disk / "bundle", "--threads", "1"], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                           timeout=300)
+        intact = _tree(disk / "bundle") == before
+        left = sorted(n for n in os.listdir(disk) if n != "bundle" and not n.endswith(".lock"))
+        return Result(r.returncode, r.stdout, r.stderr, {"left": left if intact else ["<the old bundle changed>"]})
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def interrupted_export(sig: int):
     """Run `export`, send `sig` once its temporary bundle directory exists, and report what is left on disk."""
 
@@ -240,6 +282,12 @@ CASES = [
         "truncated", lambda d: truncate(d / "recommender" / "decoder.onnx")), "--history", "1"]),
     Case("onnxruntime cannot load scorer.onnx", lambda w: ["recommend", w.variant("unloadable", lambda d: (
         truncate(d / "recommender" / "scorer.onnx"), relist(d, "recommender/scorer.onnx"))), "--history", "1"]),
+    Case("recommender/scorer.onnx.data: missing", lambda w: ["recommend", w.variant("nodata", lambda d: (
+        externalize(d, "recommender/scorer.onnx"), (d / "recommender" / "scorer.onnx.data").unlink())),
+        "--history", "1"]),
+    Case("recommender/scorer.onnx.data: size 1000 bytes, manifest says", lambda w: ["recommend", w.variant(
+        "shortdata", lambda d: (externalize(d, "recommender/scorer.onnx"),
+                                truncate(d / "recommender" / "scorer.onnx.data"))), "--history", "1"]),
     Case("SHA-256 does not match the manifest", lambda w: ["recommend", w.variant(
         "flipped", lambda d: flip(d / "recommender" / "decoder.onnx")), "--history", "1"]),
     Case("unexpected file, not listed in the manifest", lambda w: ["recommend", w.variant(
@@ -283,6 +331,7 @@ CASES = [
         "summarize", w.dataset(), "--model", w.root / "no_model", "--out", garbage(w.root / "notes.parquet")]),
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
+    Case("no space left on the device", full_disk_export, runner=True),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),
     Case("terminated", interrupted_export(signal.SIGTERM), rc=143, runner=True),
 ]
@@ -315,6 +364,8 @@ def test_bad_input_gives_one_clear_line(results, case):
         if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
             pytest.skip("TensorRT is available on this machine")
     r = results[case.needle]
+    if r.after.get("skip"):
+        pytest.skip(r.after["skip"])
     lines = r.stderr.strip().splitlines()
     assert r.rc == case.rc, r.stderr
     assert len(lines) == 1, r.stderr
