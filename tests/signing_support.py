@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 CLI = [sys.executable, "-m", "mmsrarec_edge.cli"]
 
 
@@ -80,3 +82,16 @@ def locked_add(env: dict, cwd: Path):
 
 
 __all__ = ["keypair", "pubkey", "privkey", "signed", "tampered_signed", "locked_add"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No trusted keys of the machine's user, and a private stamp cache (autouse where imported)."""
+    from mmsrarec_edge.core import signing
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(signing.TRUST_ENV, raising=False)
+    signing.clear_cli_trust_keys()
+    yield
+    signing.clear_cli_trust_keys()

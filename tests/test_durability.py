@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 from runtime_support import copy_bundle, shared_tiny_bundle
+from signing_support import isolated  # noqa: F401 - autouse: no user keys, a private cache
 
 from mmsrarec_edge.core import signing
 from mmsrarec_edge.core.bundle import MANIFEST, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "mmsrarec_edge.cli"]
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(signing.TRUST_ENV, raising=False)
-    signing.clear_cli_trust_keys()
 
 
 @pytest.fixture(scope="module")

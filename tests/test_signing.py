@@ -12,23 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from signing_support import isolated  # noqa: F401 - autouse: no user keys, a private cache
 
 from mmsrarec_edge.core import signing
 from mmsrarec_edge.core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_manifest
 from mmsrarec_edge.core.errors import BundleError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No trusted keys of the machine's user, and a private stamp cache."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("MMSRAREC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(signing.TRUST_ENV, raising=False)
-    signing.clear_cli_trust_keys()
-    yield
-    signing.clear_cli_trust_keys()
 
 
 def write_manifest(root: Path) -> None:

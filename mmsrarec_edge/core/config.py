@@ -101,7 +101,7 @@ def _kind(default) -> str:
     return "a string"
 
 
-def _value(default, value, source, key: str):
+def check_value(default, value, source, key: str):
     """`value` checked against the type of `default` (converted where TOML's type differs: int -> float, list ->
     tuple); a mismatch is a UserError naming `source` and `key`."""
     if default is None:  # an optional setting without a default: any scalar TOML gives
@@ -150,7 +150,7 @@ def apply(cfg, data: Mapping[str, Any], source: Path | str = COMMAND_LINE, prefi
         if dataclasses.is_dataclass(current):
             changes[key] = apply(current, value, source, where + ".")
         else:
-            changes[key] = _value(current, value, source, where)
+            changes[key] = check_value(current, value, source, where)
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 

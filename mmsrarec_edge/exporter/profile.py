@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..core.config import check_value
 from ..core.errors import UserError
 from ..core.graph_kinds import known_graphs
 
@@ -92,25 +93,6 @@ class ExportProfile:
 _SECTIONS = {"limits": Limits, "parity": Parity, "tensorrt": TensorRT}
 
 
-def _check_type(path, key: str, value, default):
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of strings"}.get(
-            type(default), "a string")
-        raise UserError(f"{path}: {key} must be {kind}, got {value!r}")
-    return value
-
-
 def _build(cls, data: dict, path, prefix: str = ""):
     obj = cls()
     known = {f.name for f in fields(cls)}
@@ -126,7 +108,7 @@ def _build(cls, data: dict, path, prefix: str = ""):
                 raise UserError(f"{path}: {key} must be a [{key}] table")
             setattr(obj, key, _build(_SECTIONS[key], value, path, f"{key}."))
         else:
-            setattr(obj, key, _check_type(path, where, value, default))
+            setattr(obj, key, check_value(default, value, path, where))
     return obj
 
 
