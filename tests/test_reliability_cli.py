@@ -205,6 +205,30 @@ def full_disk_export(w: Work) -> Result:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def read_only_bundle(w: Work) -> Result:
+    """A bundle on read-only media: `recommend` works (nothing is written into a bundle; stamps go to the user's
+    cache), `summarize-item --add-to-catalog` is refused with one line and the bundle is unchanged."""
+    disk = w.dir("readonly")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
+                           text=True)
+    if mount.returncode:
+        return Result(0, "", "", {"skip": f"cannot mount a tmpfs here ({mount.stderr.strip()})"})
+    try:
+        shutil.copytree(w.b, disk / "bundle")
+        if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode:
+            return Result(0, "", "", {"skip": "cannot remount the tmpfs read-only"})
+        before = _tree(disk / "bundle")
+        rec = subprocess.run([*CLI, "recommend", disk / "bundle", "--history", "1,2", "--json"], capture_output=True,
+                             text=True, env=ENV, cwd=ROOT, timeout=300)
+        r = subprocess.run([*CLI, "summarize-item", disk / "bundle", "--text", "a red lamp", "--add-to-catalog",
+                            "--item-id", "9999"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+        problems = ([] if rec.returncode == 0 else [f"recommend failed: {rec.stderr.strip()}"]) + (
+            [] if _tree(disk / "bundle") == before else ["the bundle changed"])
+        return Result(r.returncode, r.stdout, r.stderr, {"left": problems})
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def interrupted_export(sig: int):
     """Run `export`, send `sig` once its temporary bundle directory exists, and report what is left on disk."""
 
@@ -332,6 +356,7 @@ CASES = [
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
     Case("no space left on the device", full_disk_export, runner=True),
+    Case("cannot create the lock file", read_only_bundle, runner=True),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),
     Case("terminated", interrupted_export(signal.SIGTERM), rc=143, runner=True),
 ]
