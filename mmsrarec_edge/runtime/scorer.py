@@ -128,6 +128,21 @@ class CandidateScorer:
         """Which suffix call scores candidates: "suffix-scorer" (shared-prefix attention) or "expanded-kv"."""
         return "suffix-scorer" if self.suffix_scorer is not None else "expanded-kv"
 
+    def map_decoder(self, fn: Callable[[Decoder], None]) -> None:
+        """Apply `fn` to the merged decoder now if it is open, else as soon as it is opened (serving wraps its
+        session for Triton BLS this way without forcing it open)."""
+        if self.decoder is not None:
+            fn(self.decoder)
+        elif self._decoder_factory is not None:
+            make = self._decoder_factory
+
+            def opened() -> Decoder:
+                decoder = make()
+                fn(decoder)
+                return decoder
+
+            self._decoder_factory = opened
+
     def _need_decoder(self) -> Decoder:
         if self.decoder is None and self._decoder_factory is not None:
             with self._decoder_lock:

@@ -53,7 +53,7 @@ class TritonPythonModel:
         if params.get("mode", "local") == "bls":
             models = json.loads(params.get("graph_models", "{}"))
             sc = self.rec.scorer
-            sc.decoder.sess = BLSSession(models["recommender.decoder"], sc.decoder.sess)
+            sc.map_decoder(lambda d: setattr(d, "sess", BLSSession(models["recommender.decoder"], d.sess)))
             sc.embedder.sess = BLSSession(models["recommender.embed"], sc.embedder.sess)
             if sc.suffix_scorer is not None:
                 sc.suffix_scorer.sess = BLSSession(models["recommender.scorer"], sc.suffix_scorer.sess)
