@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+# the scale report's llama.cpp peer (compiles llama.cpp: minutes on 2 cores); the tests need it, the demo does not
+$(VENV)/.peers: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e ".[peers]"
+	touch $@
+
 # about a minute on a fresh machine (the PyTriton wheel ships tritonserver; hnswlib builds from source)
 $(SERVE_VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(SERVE_VENV)/bin/python || python3 -m venv $(SERVE_VENV)
@@ -37,10 +42,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: lint serve-env
+test: lint serve-env $(VENV)/.peers
 	$(VENV)/bin/pytest -q
 
-test-fast: lint serve-env
+test-fast: lint serve-env $(VENV)/.peers
 	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
