@@ -9,6 +9,7 @@ test_export_*, test_data_*, test_cli_foundation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -178,6 +179,20 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real tmpfs mounted at `path` (root only): yields None, or why it could not be mounted; unmounted after."""
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                           text=True)
+    if mount.returncode:
+        yield f"cannot mount a tmpfs here ({mount.stderr.strip()})"
+        return
+    try:
+        yield None
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
 def full_disk_export(w: Work) -> Result:
     """`export` over an existing bundle on a file system with room for one copy only: the new bundle cannot be
     written; the old one must be left exactly as it was (and the temporary directory removed)."""
@@ -188,11 +203,9 @@ def full_disk_export(w: Work) -> Result:
     assert r.returncode == 0, r.stderr
     size = sum(len(b) for b in _tree(first).values())
     disk = w.dir("fulldisk")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + (64 << 10)}", "tmpfs", str(disk)],
-                           capture_output=True, text=True)
-    if mount.returncode:
-        return Result(0, "", "", {"skip": f"cannot mount a small tmpfs here ({mount.stderr.strip()})"})
-    try:
+    with tmpfs(disk, str(size * 3 // 2 + (64 << 10))) as why_not:
+        if why_not:
+            return Result(0, "", "", {"skip": why_not})
         shutil.copytree(first, disk / "bundle")
         before = _tree(disk / "bundle")
         r = subprocess.run([*CLI, "export", "--profile", w.root / "sasrec.toml", "--sasrec", sas, "--out",
@@ -201,19 +214,15 @@ def full_disk_export(w: Work) -> Result:
         intact = _tree(disk / "bundle") == before
         left = sorted(n for n in os.listdir(disk) if n != "bundle" and not n.endswith(".lock"))
         return Result(r.returncode, r.stdout, r.stderr, {"left": left if intact else ["<the old bundle changed>"]})
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def read_only_bundle(w: Work) -> Result:
     """A bundle on read-only media: `recommend` works (nothing is written into a bundle; stamps go to the user's
     cache), `summarize-item --add-to-catalog` is refused with one line and the bundle is unchanged."""
     disk = w.dir("readonly")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
-                           text=True)
-    if mount.returncode:
-        return Result(0, "", "", {"skip": f"cannot mount a tmpfs here ({mount.stderr.strip()})"})
-    try:
+    with tmpfs(disk, "64m") as why_not:
+        if why_not:
+            return Result(0, "", "", {"skip": why_not})
         shutil.copytree(w.b, disk / "bundle")
         if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode:
             return Result(0, "", "", {"skip": "cannot remount the tmpfs read-only"})
@@ -225,8 +234,6 @@ def read_only_bundle(w: Work) -> Result:
         problems = ([] if rec.returncode == 0 else [f"recommend failed: {rec.stderr.strip()}"]) + (
             [] if _tree(disk / "bundle") == before else ["the bundle changed"])
         return Result(r.returncode, r.stdout, r.stderr, {"left": problems})
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def interrupted_export(sig: int):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
+from ..core.io_utils import save_figure
 
 ENGINES: dict[str, tuple[str, ...]] = {
     "ours": ("fp32", "int8"),
@@ -821,6 +822,16 @@ def _style(engine: str, precision: str) -> dict:
             "linewidth": 2.4 if engine == "ours" else 1.3}
 
 
+def _log_log(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 6) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plots(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -845,17 +856,10 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
                 if fl:
                     ax.plot([p for p, _ in fl], [v for _, v in fl], color="k", marker=mk, markersize=9,
                             linestyle="--" if f == "fp32" else ":", label=f"FLOP floor ({f} GEMM rate)")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("decoder parameters (the vision tower is idle for these text prompts)")
-            ax.set_ylabel("p50 ms per recommendation (21 candidates, n=5)")
-            ax.set_title(f"latency vs parameters, {t} thread(s)")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
+            _log_log(ax, "decoder parameters (the vision tower is idle for these text prompts)",
+                     "p50 ms per recommendation (21 candidates, n=5)", f"latency vs parameters, {t} thread(s)", 7)
         written.append(out_dir / "latency_vs_params.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1])
     pts = sorted((e["params"], e.get("rss_mb"), e.get("export_peak_rss_mb")) for e in sizes.values()
                  if e.get("params"))
     if pts:
@@ -871,17 +875,9 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
             if q:
                 st = {**_style(*key), "linewidth": 1}
                 ax.plot([p for p, _ in q], [v for _, v in q], label=f"+RSS {key[0]} {key[1]}", **st)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("MB")
-        ax.set_title("memory vs parameters")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
+        _log_log(ax, "parameters", "MB", "memory vs parameters")
         written.append(out_dir / "rss_vs_params.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1])
         fig, ax = plt.subplots(figsize=(6.5, 5))
         series: dict[str, list] = {}
         for e in sizes.values():
@@ -895,17 +891,9 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
             q.sort()
             eng, prec = k.split("/", 1) if "/" in k else ("ours", k.split()[-1])
             ax.plot([p for p, _ in q], [v for _, v in q], label=k, **_style(eng, prec))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("MB on disk")
-        ax.set_title("bundle / model bytes vs parameters")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
+        _log_log(ax, "parameters", "MB on disk", "bundle / model bytes vs parameters")
         written.append(out_dir / "bytes_vs_params.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1])
     return written
 
 

@@ -62,7 +62,7 @@ def export(
     from ..core.bundle import MANIFEST
     from ..core.config import profile_path
     from ..core.errors import UserError
-    from ..core.io_utils import check_replaceable, ensure_writable_dir
+    from ..core.io_utils import check_output_dir
 
     opts = build_options(config, profile=profile, out=out, sasrec=sasrec, recommender=recommender,
                          summarizer=summarizer, keywords=keywords, dataset=dataset, threads=threads_)
@@ -75,8 +75,7 @@ def export(
     n_threads = threads(opts.threads)
     prof_file = profile_path(opts.profile)
     out_dir = Path(opts.out)
-    check_replaceable(out_dir, MANIFEST)  # before minutes of export, not after
-    ensure_writable_dir(out_dir.parent)
+    check_output_dir(out_dir, MANIFEST)  # before minutes of export, not after
     from ..core.signing import load_private_key
 
     key = load_private_key(sign_key) if sign_key is not None else None

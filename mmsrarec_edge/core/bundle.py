@@ -195,7 +195,7 @@ def load_manifest(bundle_dir: Path, verify: bool | str = True) -> Manifest:
     matches), "full" (always hash), False (sizes and file types only). Raises BundleError naming the file and the
     problem."""
     if verify not in (True, False, "full", "auto", "none"):
-        raise ValueError(f"verify must be True, False or 'full', got {verify!r}")
+        raise ValueError(f"verify must be True, False, 'auto', 'full' or 'none', got {verify!r}")
     verify = {"auto": True, "none": False}.get(verify, verify) if isinstance(verify, str) else verify
     root = Path(bundle_dir)
     data, raw = _read_manifest(root)

@@ -111,6 +111,15 @@ def check_replaceable(target: Path, marker: str | None = None) -> None:
                         "choose a new or empty directory")
 
 
+def check_output_dir(target: Path, marker: str | None = None) -> Path:
+    """Before any work: a UserError unless `target` is absent, an empty directory or one holding `marker`, and its
+    parent can be written (what atomic_dir requires, checked early). Returns `target` as a Path."""
+    target = Path(target)
+    check_replaceable(target, marker)
+    ensure_writable_dir(target.parent)
+    return target
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported (then the caller renames
     the old directory aside first, leaving a moment without `target`)."""
@@ -134,9 +143,7 @@ def atomic_dir(target: Path, marker: str | None = None) -> Iterator[Path]:
     An existing `target` must be a directory; with `marker` (the file that identifies what the caller writes, e.g.
     manifest.json) it must also be empty or hold that file, so a mistyped --out never wipes an unrelated folder.
     Every file and folder of the new directory is fsync'ed before the rename, the parent directory after it."""
-    target = Path(target)
-    check_replaceable(target, marker)
-    ensure_writable_dir(target.parent)
+    target = check_output_dir(target, marker)
     tmp = Path(_temp_in(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)))
     try:
         yield tmp

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .io_utils import check_replaceable, ensure_writable_dir
+from .io_utils import check_output_dir, ensure_writable_dir
+
+__all__ = ["check_output_dir", "check_output_file", "check_keyword_store_output", "is_keyword_store"]
 
 # The marker file of each kind of output directory (written last, or with the rest, by its command).
 DATASET = "dataset.json"  # data synth, data import
@@ -24,15 +26,6 @@ BUNDLE = "manifest.json"  # export
 REPORT = "report.json"  # evaluate, bench
 TRITON_REPO = "mmsrarec_repo.json"  # triton-repo
 CATALOG_STORE = "job.json"  # summarize-catalog (resumable: rerun on its own store)
-
-
-def check_output_dir(target: Path, marker: str) -> Path:
-    """Before any work: a UserError unless `target` is absent, an empty directory or one holding `marker`, and its
-    parent can be written. Returns `target` as a Path."""
-    target = Path(target)
-    check_replaceable(target, marker)
-    ensure_writable_dir(target.parent)
-    return target
 
 
 def check_output_file(target: Path, is_own: Callable[[Path], bool], what: str, hint: str) -> Path:

@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Container, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -211,25 +211,37 @@ def _known_users(manifest: Manifest) -> list[int]:
         raise BundleError(f"{path}: not a readable Parquet file ({exc})", "re-export the bundle") from exc
 
 
-def check_request_ids(bundle_dir: Path, history=None, candidates=(), user: int | None = None) -> None:
-    """An unknown user, history or candidate item id as the recommender words it, before hashing (catalog_ids)."""
-    if user is not None:
-        known = _known_users(load_manifest(bundle_dir, verify=False))
-        if int(user) not in set(known):
-            n = len(known)
-            raise UserError(f"unknown user id {user}", f"the bundle knows {n} users" + (
-                f" (e.g. {', '.join(map(str, known[:5]))}); or pass an ad-hoc history" if n
-                else "; pass an ad-hoc history instead"))
-    ids = catalog_ids(bundle_dir)
-    if ids is None:
-        return
-    unknown = [i for i in history or () if int(i) not in ids]
+def unknown_user(user: int, known: Sequence[int]) -> UserError:
+    """The error for a user id the bundle does not know; `known`: its users, sorted (a few are shown)."""
+    n = len(known)
+    return UserError(f"unknown user id {user}", f"the bundle knows {n} users" + (
+        f" (e.g. {', '.join(map(str, known[:5]))}); or pass an ad-hoc history" if n
+        else "; pass an ad-hoc history instead"))
+
+
+def check_history_ids(history: Iterable[int], catalog: Container[int]) -> None:
+    unknown = [i for i in history if int(i) not in catalog]
     if unknown:
         raise UserError(f"unknown item id {unknown[0]} in the history (not in the bundle's catalog)"
                         + (f"; {len(unknown) - 1} more unknown" if len(unknown) > 1 else ""))
-    unknown = [i for i in candidates or () if int(i) not in ids]
+
+
+def check_candidate_ids(candidates: Iterable[int], catalog: Container[int]) -> None:
+    unknown = [i for i in candidates if int(i) not in catalog]
     if unknown:
         raise UserError(f"unknown candidate item id {unknown[0]} (not in the bundle's catalog)")
+
+
+def check_request_ids(bundle_dir: Path, history=None, candidates=(), user: int | None = None) -> None:
+    """An unknown user, history or candidate item id, worded as the recommender words it, before hashing."""
+    if user is not None:
+        known = _known_users(load_manifest(bundle_dir, verify=False))
+        if int(user) not in set(known):
+            raise unknown_user(user, known)
+    ids = catalog_ids(bundle_dir)
+    if ids is not None:
+        check_history_ids(history or (), ids)
+        check_candidate_ids(candidates or (), ids)
 
 
 def add_item(bundle_dir: Path, item: CatalogItem, image_features: np.ndarray | None = None,

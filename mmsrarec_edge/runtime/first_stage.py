@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core.candidates import ALL, IDS, SAMPLED, CandidateSpec
 from ..core.errors import UserError
+from .catalog import check_candidate_ids
 
 
 def popularity_scores(histories: Mapping[int, Sequence[int]], catalog_ids: Sequence[int]) -> np.ndarray:
@@ -62,9 +63,7 @@ class FirstStage:
             pick = np.random.default_rng(seed).choice(len(pool), size=spec.n, replace=False)
             return [pool[k] for k in sorted(pick)], None, spec.mode
         if spec.kind == IDS:
-            unknown = [i for i in spec.ids if i not in self.catalog]
-            if unknown:
-                raise UserError(f"unknown candidate item id {unknown[0]} (not in the bundle's catalog)")
+            check_candidate_ids(spec.ids, self.catalog)
             return list(spec.ids), None, "list"
         return self.rank(pool, user_embedding, self.n_rescore if n_rescore is None else int(n_rescore))
 

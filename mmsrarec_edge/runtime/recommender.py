@@ -43,7 +43,7 @@ from ..core.context import PromptMaker, SASRecRanks, item_texts
 from ..core.errors import BundleError, UserError
 from ..core.retrieval import RetrievalIndex
 from .bundle_config import RECOMMENDER, check_config
-from .catalog import Catalog
+from .catalog import Catalog, check_history_ids, unknown_user
 from .first_stage import FirstStage, popularity_scores
 from .llm import Decoder, Embedder, SuffixScorer
 from .scorer import CandidateScorer
@@ -205,18 +205,12 @@ class Recommender:
             raise UserError("pass exactly one of a user id or a history")
         if user is not None:
             if self.retrieval is None or int(user) not in self.retrieval.histories:
-                n = len(self.known_users())
-                raise UserError(f"unknown user id {user}", f"the bundle knows {n} users" + (
-                    f" (e.g. {', '.join(map(str, self.known_users()[:5]))}); or pass an ad-hoc history" if n
-                    else "; pass an ad-hoc history instead"))
+                raise unknown_user(user, self.known_users())
             history = self.retrieval.histories[int(user)]
         hist = [int(i) for i in history]
         if not hist:
             raise UserError("the history is empty", "give at least one item id")
-        unknown = [i for i in hist if i not in self.catalog]
-        if unknown:
-            raise UserError(f"unknown item id {unknown[0]} in the history (not in the bundle's catalog)"
-                            + (f"; {len(unknown) - 1} more unknown" if len(unknown) > 1 else ""))
+        check_history_ids(hist, self.catalog)
         dup = sorted({i for i in hist if hist.count(i) > 1})
         if dup:
             raise UserError(f"duplicate item id {dup[0]} in the history", "list each item once, oldest first")
