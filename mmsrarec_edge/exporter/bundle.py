@@ -85,6 +85,11 @@ def _graph_plan(inputs: ExportInputs, profile: ExportProfile,
             skipped[graph] = why
             continue
         plan.append((graph, kind, model))
+    names = [g for g, _, _ in plan]
+    if profile.merged_decoder == "fallback" and "recommender.scorer" in names and "recommender.decoder" in names:
+        plan = [p for p in plan if p[0] != "recommender.decoder"]
+        skipped["recommender.decoder"] = ("not needed: recommender.scorer serves every scoring path "
+                                          "(profile merged_decoder = \"fallback\"; each weight stored once)")
     return plan
 
 

@@ -110,9 +110,11 @@ class Recommender:
         check_config(config, RECOMMENDER)  # a wrong type: one line naming the key, not a ValueError below
         self.session_config = cfg = SessionConfig.resolve(provider, precision, threads)
         rec = config.get("recommender")
-        if not rec or not self.manifest.has_graph("recommender.decoder"):
+        has_decoder = self.manifest.has_graph("recommender.decoder")
+        if not rec or not (has_decoder or self.manifest.has_graph("recommender.scorer")):
             raise BundleError(f"bundle {self.manifest.root} has no recommender",
-                              "export it with the recommender graphs (recommender.embed, recommender.decoder)")
+                              "export it with the recommender graphs (recommender.embed, recommender.scorer or "
+                              "recommender.decoder)")
         self.rec_conf = rec
         self.limits = config.get("limits", {})
         special = rec.get("special_tokens", {})
@@ -126,11 +128,13 @@ class Recommender:
         # The suffix-scorer graph when the bundle has one (`suffix_scorer=False` forces the expanded-KV decoder path,
         # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py). Beside
         # it the merged decoder is opened only if a request needs it (an empty prefix), never at start.
-        use = suffix_scorer and self.manifest.has_graph("recommender.scorer")
+        use = self.manifest.has_graph("recommender.scorer") and (suffix_scorer or not has_decoder)
         manifest = self.manifest
 
-        def decoder():
+        def open_decoder():
             return Decoder(open_bundle_graph(manifest, "recommender.decoder", cfg))
+
+        decoder = open_decoder if has_decoder else None  # scorer-only bundles (profile merged_decoder = "fallback")
 
         suffix = SuffixScorer(open_bundle_graph(self.manifest, "recommender.scorer", cfg)) if use else None
         self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
