@@ -1,4 +1,4 @@
-"""Precision variants of an exported fp32 graph: int8 (dynamic quantization, CPU), int4 (weight-only, CPU) and fp16 (GPU).
+"""Precision variants of an exported fp32 graph: int8 (dynamic quantization, CPU), int4 (weight-only, CPU), fp16 (GPU).
 
 int8: `quant_pre_process(..., skip_symbolic_shape=True)` first (without it, quantize_dynamic on a dynamo export can
 quantize nothing), then `quantize_dynamic` with int8 weights; we then count the quantized nodes and refuse a
@@ -154,8 +154,7 @@ def _dedupe_initializers(model: onnx.ModelProto) -> None:
 def to_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, accuracy_level: int = INT4_ACCURACY_LEVEL) -> dict:
     """fp32 graph -> int4 weight-only graph (MatMulNBits / GatherBlockQuantized). Raises ExportError if nothing got
     quantized. Graph I/O stays fp32 (the runtime feeds every precision the same arrays)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
