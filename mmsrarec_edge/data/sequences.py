@@ -5,8 +5,9 @@ repositories ship them.
   `<name>.inter`) with the fields `user_id:token  item_id_list:token_seq  item_id:token`: the history in one field
   (space-separated, oldest first) and the next item in the other. A user has one row per split (the test row holds the
   whole sequence) or one row per prefix; each user's rows are merged into one sequence (a row already contained in it
-  adds nothing; a row whose end overlaps its start extends it: histories cut at a maximum length) and expanded into one
-  interaction per item, in order. Split files without `item_id_list` (one interaction per row) are concatenated.
+  adds nothing; a row overlapping one of its ends extends it: sliding windows of histories cut at a maximum length)
+  and expanded into one interaction per item, in order. Split files without `item_id_list` (one interaction per row)
+  are concatenated.
 - A sequence text file: one line per user, `user item1 item2 ...` (whitespace-separated integers, oldest first), e.g.
   P5's `sequential_data.txt`.
 
@@ -108,22 +109,36 @@ def _tokens(value: str, path: Path, line: int, what: str) -> list[int]:
 
 def _merge(rows: list[tuple[list, int, Path]]) -> tuple[list, int, Path, tuple[tuple[int, Path], int] | None]:
     """One user's rows (sequence of (item, ts) pairs, line, file) -> (merged sequence, line and file of its longest
-    row, None or ((line, file) of the first row contradicting it, how many do))."""
+    row, None or ((line, file) of the first row contradicting it, how many do)). Starting from the longest row, a row
+    already contained adds nothing, a row whose end overlaps the merged start extends it backwards and one whose start
+    overlaps its end extends it forwards (sliding windows of a history cut at a maximum length), until no row fits."""
     order = sorted(range(len(rows)), key=lambda k: -len(rows[k][0]))  # stable: file order among equal lengths
     full, line, path = list(rows[order[0]][0]), rows[order[0]][1], rows[order[0]][2]
-    bad, n_bad = None, 0
-    for k in order[1:]:
-        seq, ln, p = rows[k]
-        if not seq or _contains(full, seq):
-            continue
-        start = [j for j, x in enumerate(seq) if x == full[0]]
-        ext = next((j for j in start if seq[j:] == full[: len(seq) - j]), None)
-        if ext is not None:  # the row's end overlaps the merged start: a longer history cut at a maximum length
-            full = seq[:ext] + full
-            continue
-        n_bad += 1
-        bad = bad or (ln, p)
-    return full, line, path, (bad, n_bad) if bad else None
+    pending = [rows[k] for k in order[1:] if rows[k][0]]
+    while pending:
+        left = [row for row in pending if not _fit(full, row[0])]
+        if len(left) == len(pending):
+            break
+        pending = left
+    if not pending:
+        return full, line, path, None
+    first = min(pending, key=rows.index)  # in file order
+    return full, line, path, ((first[1], first[2]), len(pending))
+
+
+def _fit(full: list, seq: list) -> bool:
+    """Whether `seq` is part of `full`, extending `full` in place where they overlap at one end."""
+    if _contains(full, seq):
+        return True
+    for j, x in enumerate(seq):  # seq's end overlaps full's start
+        if x == full[0] and seq[j:] == full[: len(seq) - j]:
+            full[:0] = seq[:j]
+            return True
+    for j, x in enumerate(full):  # full's end overlaps seq's start
+        if x == seq[0] and full[j:] == seq[: len(full) - j]:
+            full.extend(seq[len(full) - j:])
+            return True
+    return False
 
 
 def _contains(full: list, seq: list) -> bool:
