@@ -290,19 +290,21 @@ def import_dataset(source: Path, out: Path, fmt: str | None = None, images: Path
 
     `images`: a folder of `<item id>.jpg/.png` (Amazon: `<parent_asin>.jpg/.png`) copied into `out/images/`; for
     ml100k_mm it replaces the `poster` column. `min_rating`: drop interactions rated below it. `progress` is a
-    context manager factory like `progress.progress_bar`. `status(line)` hears what auto-detection recognised,
+    context manager factory like `progress.progress_bar`. `status(line)` hears what auto-detection recognised (once
+    the source was read),
     `warn(line)` each warning (the files and columns not imported, what a reader noticed); the warnings are kept in
     dataset.json's `meta.import_warnings` too. Returns the dataset as loaded back from `out`.
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise UserError(f"source {source} is not a directory", "pass the folder that holds the dataset files")
+    what = None
     if fmt in (None, "auto"):
         fmt, what = detect(source)
-        if status is not None:
-            status(f"detected format {fmt}: {what}")
     _check_out(source, out)
     raw = read_source(source, fmt, images)
+    if what and status is not None:  # once the source reads: a bad source gets its one error line, nothing else
+        status(f"detected format {fmt}: {what}")
     report = unused_report(source, raw, images)
     warnings = [*raw.warnings, *([report] if report else [])]
     for line in warnings:
