@@ -160,6 +160,20 @@ def test_cli_names_what_it_does_not_import(tmp_path):
     assert load_dataset(tmp_path / "out2").items[13].title == "Plain"
 
 
+@pytest.mark.parametrize("name, expect", [
+    ("ml100k", "not imported: u.item fields video release date, IMDb URL"),
+    ("ml100k_mm", "not imported: items.csv fields ml1m_movie_id, imdb_url"),
+    ("amazon", "not imported: Tiny_Toys.jsonl fields helpful_vote, images, text, title, verified_purchase; "
+               "meta_Tiny_Toys.jsonl fields average_rating, bought_together, details, price, rating_number, videos"),
+    ("recbole", None),  # every field of tiny.inter and tiny.item is imported
+])
+def test_every_importer_names_what_it_does_not_import(tmp_path, name, expect):
+    seen = []
+    ds = import_dataset(FIX / name, tmp_path / "out", warn=seen.append)
+    assert seen == ([expect] if expect else [])
+    assert ds.meta.get("import_warnings", []) == seen
+
+
 def test_cli_import_unescapes_html_and_collapses_whitespace(tmp_path):
     """Issue 17, finding 6: HTML entities (also twice-escaped) are unescaped and whitespace collapsed at import,
     recorded in dataset.json."""
