@@ -80,12 +80,15 @@ class SASRec(nn.Module):
 
 
 class SASRecModel:
-    """A trained SASRec with its item-id vocabulary; saved as safetensors + JSON (no pickle)."""
+    """A trained SASRec with its item-id vocabulary; saved as safetensors + JSON (no pickle). `dataset_fingerprint`:
+    the fingerprint (data.protocol.fingerprint) of the dataset its protocol was built from, "" when unknown; `export`
+    compares it with the dataset it is given."""
 
-    def __init__(self, net: SASRec, item_ids: list[int]):
+    def __init__(self, net: SASRec, item_ids: list[int], dataset_fingerprint: str = ""):
         self.net = net.eval()
         self.item_ids = list(item_ids)
         self.index = {iid: k + 1 for k, iid in enumerate(self.item_ids)}
+        self.dataset_fingerprint = dataset_fingerprint
 
     @property
     def cfg(self) -> SASRecConfig:
@@ -127,8 +130,10 @@ class SASRecModel:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out_dir / "model.safetensors"))
-        (out_dir / "config.json").write_text(json.dumps({"model": "sasrec", "config": asdict(self.cfg),
-                                                         "item_ids": self.item_ids}) + "\n")
+        meta = {"model": "sasrec", "config": asdict(self.cfg), "item_ids": self.item_ids}
+        if self.dataset_fingerprint:
+            meta["dataset_fingerprint"] = self.dataset_fingerprint
+        (out_dir / "config.json").write_text(json.dumps(meta) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "SASRecModel":
@@ -141,4 +146,4 @@ class SASRecModel:
         meta = json.loads((path / "config.json").read_text())
         net = SASRec(len(meta["item_ids"]), SASRecConfig(**meta["config"]))
         net.load_state_dict(load_file(str(path / "model.safetensors")))
-        return cls(net, meta["item_ids"])
+        return cls(net, meta["item_ids"], meta.get("dataset_fingerprint", ""))
