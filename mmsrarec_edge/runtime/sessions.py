@@ -6,8 +6,8 @@ UserError that says what is available. A session on TensorRT or CUDA keeps the s
 TensorRT cannot take still runs.
 
 Precision: a bundle holds each graph in one or more variants (fp32, int8, int4, fp16). The default is each graph's
-default variant (the precision of the export profile the bundle was made with); `--precision` picks another; a graph shipped
-in fp32 only (profiles pin numerically fragile graphs to fp32) stays fp32, and any other missing variant is a
+default variant (the precision of the export profile the bundle was made with); `--precision` picks another; a graph
+shipped in fp32 only (profiles pin numerically fragile graphs to fp32) stays fp32, and any other missing variant is a
 UserError naming what the bundle has. Two provider-specific rules:
 - TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`): feeding it the onnxruntime-converted
   fp16 graph would add Cast nodes TensorRT cannot fuse, so `fp16` on TensorRT means fp32 graph + fp16 engine when
