@@ -27,7 +27,7 @@ from .graphs import export_graph, kv_shape
 from .kinds import ExportKind, plan_graph
 from .parity import check, gate
 from .profile import ExportProfile
-from .variants import FP32_OPS, make_variant, onnx_files
+from .variants import FP32_OPS, make_variant, onnx_files, release_memory
 
 META_EXCLUDED = ("inputs", "training", "ablations")
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
@@ -121,6 +121,8 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
         spec = kind.spec(obj, inputs.yes_no_ids)
         # Same base name as in the bundle: an external-data graph refers to its .onnx.data file by name.
         fp32 = export_graph(spec, scratch / stage / f"{part}.onnx", profile.exporter)
+        del spec
+        release_memory()
         model = onnx.load(str(fp32), load_external_data=False)
         ins, outs = _io(model)
         variants, results = {}, []
@@ -133,11 +135,13 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
                 for f in onnx_files(fp32):
                     shutil.copyfile(f, dst.with_name(dst.name + f.name[len(fp32.name):]))
             else:
-                extra = make_variant(fp32, precision, dst)
+                extra = make_variant(fp32, precision, dst, profile.exporter)
+            release_memory()
             res = check(graph, kind, dst, precision, obj, cases=profile.parity.cases, seed=profile.parity.seed,
                         tol_overrides=profile.parity, yes_no_ids=inputs.yes_no_ids,
                         real=kind.real_inputs(inputs.real_prompts))
             results.append(res)
+            release_memory()
             variants[precision] = {"file": rel, **extra, "parity": res.to_dict()}
             if progress:
                 progress(graph=f"{graph}:{precision}", **{k: v for k, v in res.metrics.items()})
