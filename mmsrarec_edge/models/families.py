@@ -105,6 +105,20 @@ def rope(model) -> MRope | None:
     return MRope(int(model.config.image_token_id), int(model.config.vision_start_token_id), (t, h // m, w // m))
 
 
+def image_token_id(model) -> int:
+    c = model.config
+    return int(c.image_token_id if is_qwen(model) else c.image_token_index)
+
+
+def image_wrap(model) -> dict:
+    """PromptSpec fields of the tokens around an image's slots: Qwen's vision start/end (its positions find images by
+    the start token), nothing for LLaVA."""
+    if not is_qwen(model):
+        return {}
+    return {"image_start_id": int(model.config.vision_start_token_id),
+            "image_end_id": int(model.config.vision_end_token_id)}
+
+
 def config_section(model) -> dict:
     """What a bundle's config.json stage section adds for this family."""
     out = {"family": family_of(model)}

@@ -63,6 +63,7 @@ SUMMARIZER = {
     "summarizer.prompt_spec.eos_id": "int", "summarizer.prompt_spec.pad_id": "int",
     "summarizer.prompt_spec.image_token_id": "int", "summarizer.prompt_spec.num_image_tokens": "int",
     "summarizer.prompt_spec.bos_id": "int?", "summarizer.prompt_spec.max_text_tokens": "int",
+    "summarizer.prompt_spec.image_start_id": "int?", "summarizer.prompt_spec.image_end_id": "int?",
     "summarizer.special_tokens": "object", "summarizer.image_token_id": "int", "summarizer.num_image_tokens": "int",
     "summarizer.rope": "object?",
     "limits": "object", "limits.max_new_tokens": "int",

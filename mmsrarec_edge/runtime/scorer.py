@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.scores import yes_probability
 from ..core.rope_index import MRope
+from ..core.scores import yes_probability
 from .llm import Decoder, Embedder, SuffixScorer
 
 EXPANSIONS = ("view", "contiguous", "repeat")
