@@ -58,6 +58,7 @@ class QwenVisionGraph(nn.Module):
         g = self.S // self.p
         self.g, self.L, self.unit = g, g * g, self.m * self.m
         self.heads = int(vc.num_heads)
+        self.out_dim = int(model.config.text_config.hidden_size)
         grid = torch.tensor([[1, g, g]])
         with torch.no_grad():
             rot = visual.rot_pos_emb(grid).float()  # [L, head_dim / 2]
@@ -114,7 +115,7 @@ class QwenVisionGraph(nn.Module):
             x = x + self._attention(blk.attn, blk.norm1(x), bias)
             x = x + blk.mlp(blk.norm2(x))
         out = self.visual.merger(x.reshape(-1, D))  # [N * L / unit, H]
-        out = out.reshape(-1, L // self.unit, out.shape[-1])
+        out = out.reshape(-1, L // self.unit, self.out_dim)  # constants: the graph's output shape stays static
         if self.windowed:
             out = out.index_select(1, self.reverse)
         return out

@@ -170,7 +170,7 @@ def position_ids(model, ids) -> torch.Tensor | None:
     r = rope(model)
     n_img = int(((ids[0, :-1] == r.vision_start_token_id) & (ids[0, 1:] == r.image_token_id)).sum())
     grid = torch.tensor([list(patch_grid(model))] * max(1, n_img), dtype=torch.long)
-    return model.model.get_rope_index(ids, grid, None, torch.ones_like(ids))[0]
+    return model.model.get_rope_index(ids, image_grid_thw=grid, attention_mask=torch.ones_like(ids))[0]
 
 
 # ---------------------------------------------------------------- building tiny models
