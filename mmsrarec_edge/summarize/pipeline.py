@@ -273,6 +273,11 @@ def init_summarizer(base: Path | None, cfg: SummarizerConfig):
 
     if base is not None:
         model, tok = load_mllm(base)
+        from ..models import families
+
+        if families.is_qwen(model):  # its pixels, image features and 3-D positions are not wired into SFT/GRPO
+            raise UserError(f"train summarizer does not train {families.family_of(model)} checkpoints yet",
+                            "export it as it is (export --summarizer DIR), or train a LLaVA-family summarizer")
     else:
         tok = build_tokenizer()
         model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
