@@ -22,8 +22,9 @@ One call replaces the merged decoder's prefill plus suffix call; benchmarks/resu
 It is exact, not an approximation: the parity gate checks it against a plain forward of the language model over each
 full unpadded prompt, chained over two chunks and at two read slots per row. Written out for the decoder families whose
 layer is RMSNorm -> GQA attention with rotary embeddings -> RMSNorm -> gated MLP (transformers' llama, qwen2, mistral
-without a sliding window); it calls the model's own submodules (projections, norms, MLP, rotary embedding, so rope
-scaling variants carry over) and only re-implements the attention arithmetic. Other decoders export without this graph
+without a sliding window; Qwen2-VL's and Qwen2.5-VL's text decoders with 3-D positions: exporter/qwen_vl.py); it
+calls the model's own submodules (projections, norms, MLP, rotary embedding, so rope scaling variants carry over) and
+only re-implements the attention arithmetic. Other decoders export without this graph
 (the manifest's `graphs_skipped` says why) and the runtime falls back to the merged decoder with an expanded KV.
 
 I/O (float32 at the boundary, ids/masks int64):
