@@ -38,6 +38,9 @@ class PromptSpec:
     num_image_tokens: int
     bos_id: int | None = None
     max_text_tokens: int = 96
+    # Tokens around the image's slots (Qwen2-VL's vision start/end: its multimodal positions find images by them)
+    image_start_id: int | None = None
+    image_end_id: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +56,9 @@ def _bos(spec: PromptSpec) -> list[int]:
 
 def image_prompt_ids(encode: Encode, spec: PromptSpec) -> list[int]:
     """The image task's prompt: the image's N placeholder tokens, then the instruction."""
-    return _bos(spec) + [spec.image_token_id] * spec.num_image_tokens + list(encode(IMAGE_INSTRUCTION))
+    start = [spec.image_start_id] if spec.image_start_id is not None else []
+    end = [spec.image_end_id] if spec.image_end_id is not None else []
+    return _bos(spec) + start + [spec.image_token_id] * spec.num_image_tokens + end + list(encode(IMAGE_INSTRUCTION))
 
 
 def text_prompt_ids(encode: Encode, spec: PromptSpec, text: str) -> list[int]:

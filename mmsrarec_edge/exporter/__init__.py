@@ -64,6 +64,14 @@ Graph I/O (all float tensors are float32 at the graph boundary, in every variant
              head_dim] (the prefix KV, for the next chunk: re-feed the prefix's last token over all but its KV).
   Same scores as the decoder path; the runtime prefers it (runtime/scorer.py has the measured difference).
 - user_encoder: history int64 [batch, max_len] (SASRec indices, left-padded with 0) -> user_embedding [batch, d].
+- Qwen2-VL / Qwen2.5-VL (models/families.py, exporter/qwen_vl.py): the same graphs, except that
+    vision takes pixel_values at ONE resolution (the profile's [vision] image_size, else the checkpoint's): a fixed
+             patch grid, cut into the Qwen processor's patch rows inside the graph;
+    decoder  position_ids are [3, batch, sequence] (M-RoPE: temporal, height, width), computed by the runtime from
+             the ids (core/rope_index.py, exactly as transformers' get_rope_index; images are found by their
+             vision-start token); decoding continues each row at its largest position + 1;
+    scorer   takes position_ids [3, batch, sequence] and prefix_position_ids [3, 1, prefix_sequence] after
+             prefix_embeds; a suffix's positions start at the prefix's largest + 1.
 
 config.json
 -----------
@@ -71,7 +79,9 @@ config.json
     limits               the export profile's [limits] (max_candidates, max_prefix_tokens, max_suffix_tokens,
                          max_prompt_tokens, max_new_tokens, summarizer_batch, user_batch, images_batch)
     image_preprocess     {mean, std} for imaging.preprocess (size: <stage>.image_size)
-    summarizer / recommender   graphs [names], decoder/vision model types, hidden_size, num_layers, num_kv_heads,
+    summarizer / recommender   graphs [names], decoder/vision model types, family (llava | qwen2_vl | qwen2_5_vl),
+                         rope {type "mrope", image_token_id, vision_start_token_id, grid [t, h, w]} (multimodal
+                         positions; absent: 1-D), hidden_size, num_layers, num_kv_heads,
                          head_dim, vocab_size, max_position_embeddings, image_size, num_image_tokens, image_token_id,
                          tokenizer (relative path), special_tokens {bos_id, eos_id, pad_id, unk_id}, then every key of
                          the stage's own summarizer.json / recommender.json (prompt settings); recommender also

@@ -159,6 +159,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
 
 
 def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
+    from ..models import families
     from ..models.mllm import IMAGE_TOKEN, image_size, num_image_tokens
 
     layers, kv_heads, head_dim = kv_shape(m.model)
@@ -171,6 +172,7 @@ def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
         "max_position_embeddings": tc.max_position_embeddings,
         "image_size": image_size(m.model), "num_image_tokens": num_image_tokens(m.model),
         "image_token_id": m.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **families.config_section(m.model),  # family; rope (multimodal positions, core/rope_index.py)
         # The stage's own settings (prompt config, answer tokens, ...), without its provenance and training log:
         # paths and training-user lists of the machine that trained it do not belong in a shipped bundle.
         **{k: v for k, v in m.meta.items() if k not in META_EXCLUDED},
@@ -248,12 +250,39 @@ def _file_table(root: Path) -> dict:
     return files
 
 
+def fix_image_size(inputs: ExportInputs, profile: ExportProfile) -> None:
+    """Fix the input resolution of towers with a dynamic patch grid (Qwen2-VL family) at the profile's
+    [vision] image_size (0: the checkpoint's own); the recommender's image slots must stay what it was trained with."""
+    from ..models import families
+
+    changed = False
+    for stage in ("summarizer", "recommender"):
+        m = getattr(inputs, stage)
+        if m is None or not families.is_qwen(m.model):
+            continue
+        before = families.num_image_tokens(m.model)
+        if profile.vision.image_size:
+            families.set_image_size(m.model, profile.vision.image_size)
+        after = families.num_image_tokens(m.model)
+        trained = m.meta.get("n_image_tokens") or (m.meta.get("prompt_spec") or {}).get("num_image_tokens")
+        if trained and int(trained) != after:
+            raise UserError(f"[vision] image_size {families.image_size(m.model)} gives {after} image tokens per "
+                            f"image, the {stage} was trained with {trained}",
+                            "set the profile's [vision] image_size to the training resolution (or 0)")
+        changed |= before != after
+    if changed and inputs.dataset is not None:  # real parity images at the new size
+        from .inputs import real_parity_inputs
+
+        inputs.real_prompts = real_parity_inputs(inputs)
+
+
 def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profile_source: str | None = None,
                   progress=None, sign_key=None) -> dict:
     """Write the bundle at `out` (atomically). Returns the manifest. Raises ExportError when a graph misses its gate.
     With `sign_key` (an Ed25519 private key, core/signing.py) the manifest is signed: manifest.sig beside it."""
     started = time.time()
     out = Path(out)
+    fix_image_size(inputs, profile)
     with atomic_dir(out, marker=MANIFEST) as tmp:
         scratch = tmp / ".scratch"
         scratch.mkdir()
@@ -289,9 +318,11 @@ def parity_summary(manifest: dict) -> list[tuple[str, str, dict]]:
 
 def image_features_array(llava, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
     """PyTorch fp32 reference features [N, n_img, H] (what the catalog caches; no ONNX variant's rounding)."""
+    from ..models import families
     from .graphs import VisionGraph
 
-    mod, outs = VisionGraph(llava).eval(), []
+    mod, outs = (VisionGraph(llava).eval() if not families.is_qwen(llava)
+                 else lambda px: families.image_features(llava, px)), []
     with torch.no_grad():
         for s in range(0, len(pixels), batch):
             outs.append(mod(torch.from_numpy(np.ascontiguousarray(pixels[s:s + batch], np.float32))).numpy())

@@ -237,17 +237,19 @@ class DecoderLastExport(core.DecoderLastKind, MergedDecoderExport):
         """Left-padded prompt batches through the runtime's greedy loop for GATE_STEPS tokens; each step's logits
         against PyTorch over each row's prompt plus the tokens the loop picked before it."""
         llava, acc = run.model, P.Metrics()
-        batches = [P.random_prompts(rng, P.vocab_size(llava), 2 + c % 2, 3, 12 + 10 * c) for c in range(cases)]
+        batches = [P.with_images(llava, rng, P.random_prompts(rng, P.vocab_size(llava), 2 + c % 2, 3, 12 + 10 * c))
+                   for c in range(cases)]
         if real:
             batches.append([list(p) for p in real])
-        embedder = P.OracleEmbedder(llava)
+        embedder, rope = P.OracleEmbedder(llava), P.rope(llava)
         agree = total = 0
         for prompts in batches:
             picked: list[list[int]] = [[] for _ in prompts]
-            for step in greedy_steps(run.runtime, embedder, prompts, GATE_SPEC, GATE_STEPS):
+            for step in greedy_steps(run.runtime, embedder, prompts, GATE_SPEC, GATE_STEPS, rope=rope):
                 rows = np.flatnonzero(step.live)
                 got = step.logits[rows]
-                ref = torch.stack([llava.lm_head(P.oracle_hidden(llava, P.embed(llava, prompts[r] + picked[r])))
+                ref = torch.stack([llava.lm_head(P.oracle_hidden(llava, P.embed(llava, prompts[r] + picked[r]),
+                                                                 prompts[r]))
                                    for r in rows]).numpy()
                 acc.add("logits", got, ref)
                 agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
@@ -272,17 +274,18 @@ class DecoderYesNoExport(core.DecoderYesNoKind, MergedDecoderExport):
         """The runtime's expanded-KV path (CandidateScorer without the scorer graph): the prefix at batch 1, its KV
         broadcast to the candidates, a case's right-padded suffixes in one call."""
         llava, acc, rows = run.model, P.Metrics(), _answer_rows(run)
-        cases = P.candidate_cases(run.rng, P.vocab_size(llava), run.cases, run.real)
+        cases = P.candidate_cases(run.rng, P.vocab_size(llava), run.cases, run.real, llava)
         scorer = CandidateScorer(run.runtime, P.OracleEmbedder(llava), pad_id=0,
-                                 max_batch=max([len(sx) for _, sx in cases], default=1))
+                                 max_batch=max([len(sx) for _, sx in cases], default=1), rope=P.rope(llava))
         same = pairs = 0
         for prefix, suffixes in cases:
             out = scorer.candidate_logits(prefix, suffixes)
             if out.prefix.logits is not None:  # the prefill's own read slot
                 acc.add("logits", out.prefix.logits,
-                        (rows @ P.oracle_hidden(llava, P.embed(llava, prefix))).numpy())
+                        (rows @ P.oracle_hidden(llava, P.embed(llava, prefix), prefix)).numpy())
             got = out.logits[:, 0, :]
-            ref = torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s)) for s in suffixes]).numpy()
+            ref = torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s), prefix + s)
+                               for s in suffixes]).numpy()
             acc.add("logits", got, ref)
             sg, sr = P.score(got), P.score(ref)
             acc.add("score", sg, sr, scaled=False)
@@ -326,18 +329,20 @@ class DecoderScorerExport(core.DecoderScorerKind, ExportKind):
         past_names = core.kv_names(self.layers(llava), "past_key_values")
         same = pairs = 0
         for n_case, (prefix, suffixes) in enumerate(P.candidate_cases(run.rng, P.vocab_size(llava), run.cases,
-                                                                      run.real)):
+                                                                      run.real, llava)):
             K = 2 if n_case < run.cases else 1  # random cases: two read slots per row
             slots = [[len(s) - 1, (len(s) - 1) // 2][:K] for s in suffixes]
             C = len(suffixes)
             split = [c for c in (max(1, C // 2), C - max(1, C // 2)) if c]  # the prefix with C // 2, then the rest
-            scorer = CandidateScorer(None, embedder, pad_id=0, max_batch=max(split), suffix_scorer=run.runtime)
+            scorer = CandidateScorer(None, embedder, pad_id=0, max_batch=max(split), suffix_scorer=run.runtime,
+                                     rope=P.rope(llava))
             out = scorer.candidate_logits(prefix, suffixes, slots=slots, chunks=split)
             got = out.logits
-            ref = np.stack([torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s[:j + 1]))
+            ref = np.stack([torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s[:j + 1]), prefix + s)
                                          for j in idx]).numpy() for s, idx in zip(suffixes, slots)])
             if out.prefix is not None:  # the first call's prefix KV, which the second chunk ran over
-                cache = llava.model.language_model(inputs_embeds=P.embed(llava, [prefix]), use_cache=True)
+                cache = llava.model.language_model(inputs_embeds=P.embed(llava, [prefix]), use_cache=True,
+                                                   position_ids=P.oracle_positions(llava, prefix))
                 ref_kv = [t.numpy() for layer in cache.past_key_values.layers for t in (layer.keys, layer.values)]
                 kv_acc.add("kv", np.concatenate([out.prefix.past[n].ravel() for n in past_names]),
                            np.concatenate([r.ravel() for r in ref_kv]))
@@ -388,3 +393,7 @@ class UserEncoderExport(core.UserEncoderKind, ExportKind):
             cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
             min_cos = min(min_cos, float(cos.min()))
         return acc, {"min_cosine": min_cos}
+
+
+# Decoder families registered after the base classes (newest wins for the models they support).
+from . import qwen_vl  # noqa: E402,F401

@@ -171,10 +171,50 @@ class OracleEmbedder(Embedder):
             return self.table(torch.from_numpy(ids)).numpy()
 
 
-def oracle_hidden(llava, embeds: torch.Tensor) -> torch.Tensor:
-    """Last hidden state at the final position of one unpadded sequence [T, H] -> [H]."""
-    out = llava.model.language_model(inputs_embeds=embeds[None], use_cache=False)
+def rope(model):
+    """The runtime's multimodal position scheme for this model (core/rope_index.MRope), None for 1-D positions."""
+    from ..models import families
+
+    return families.rope(model)
+
+
+def oracle_positions(llava, ids, length: int | None = None) -> torch.Tensor | None:
+    """transformers' own position ids [3, 1, length] for a multimodal-rope model (None otherwise): get_rope_index
+    over `ids`; slots past them (tokens a greedy loop picked) continue from its largest + 1, as generate does."""
+    from ..models import families
+
+    pos = families.position_ids(llava, ids)
+    if pos is None:
+        return None
+    length = len(ids) if length is None else length
+    if length > pos.shape[-1]:
+        more = torch.arange(length - pos.shape[-1]) + pos.max() + 1
+        pos = torch.cat([pos, more.view(1, 1, -1).expand(3, 1, -1)], dim=-1)
+    return pos[:, :, :length]
+
+
+def oracle_hidden(llava, embeds: torch.Tensor, ids=None) -> torch.Tensor:
+    """Last hidden state at the final position of one unpadded sequence [T, H] -> [H]. `ids`: the token ids of the
+    sequence (or of a longer one it starts): a multimodal-rope model's positions come from them."""
+    pos = oracle_positions(llava, ids, embeds.shape[0]) if ids is not None else None
+    out = llava.model.language_model(inputs_embeds=embeds[None], position_ids=pos, use_cache=False)
     return out.last_hidden_state[0, -1]
+
+
+def with_images(llava, rng, prompts: list[list[int]]) -> list[list[int]]:
+    """Multimodal-rope models: every other prompt gets an image (vision start, the image tokens, vision end) at a
+    random place, so the gate covers image positions; other models' prompts are returned as they are (no draw)."""
+    r = rope(llava)
+    if r is None:
+        return prompts
+    end = getattr(llava.config, "vision_end_token_id", r.vision_start_token_id)
+    out = []
+    for k, p in enumerate(prompts):
+        if k % 2 == 0:
+            at = int(rng.integers(0, len(p) + 1))
+            p = p[:at] + [r.vision_start_token_id] + [r.image_token_id] * r.image_tokens + [end] + p[at:]
+        out.append(list(p))
+    return out
 
 
 def embed(llava, ids) -> torch.Tensor:
@@ -189,12 +229,16 @@ def random_prompts(rng, vocab: int, rows: int, lo: int, hi: int) -> list[list[in
     return [rng.integers(1000, vocab - 1, size=int(rng.integers(lo, hi + 1))).tolist() for _ in range(rows)]
 
 
-def candidate_cases(rng, vocab: int, cases: int, real) -> list[tuple[list[int], list[list[int]]]]:
-    """`cases` random (prefix, suffixes) cases, then the real ones: the recommender graphs' parity inputs."""
+def candidate_cases(rng, vocab: int, cases: int, real, model=None) -> list[tuple[list[int], list[list[int]]]]:
+    """`cases` random (prefix, suffixes) cases, then the real ones: the recommender graphs' parity inputs. With a
+    multimodal-rope `model`, the prefix and every other suffix carry an image (`with_images`)."""
     out = []
     for c in range(cases):
-        prefix = random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)[0]
-        out.append((prefix, random_prompts(rng, vocab, 3 + 2 * c, 2, 9)))
+        prefix = random_prompts(rng, vocab, 1, 8 + 8 * c, 24 + 8 * c)
+        suffixes = random_prompts(rng, vocab, 3 + 2 * c, 2, 9)
+        if model is not None:
+            prefix, suffixes = with_images(model, rng, prefix), with_images(model, rng, suffixes)
+        out.append((prefix[0], suffixes))
     return out + [(list(p), [list(s) for s in sx]) for p, sx in (real or [])]
 
 

@@ -60,6 +60,13 @@ class Parity:
 
 
 @dataclass
+class Vision:
+    """Vision towers with a dynamic patch grid (Qwen2-VL, Qwen2.5-VL) export at one fixed input resolution."""
+
+    image_size: int = 0  # square side in pixels, a multiple of patch x merge size; 0 = the checkpoint's own
+
+
+@dataclass
 class TensorRT:
     enabled: bool = False  # write profiles either way; `enabled` marks bundles meant for `build-engine`
     fp16: bool = True
@@ -82,6 +89,7 @@ class ExportProfile:
     limits: Limits = field(default_factory=Limits)
     parity: Parity = field(default_factory=Parity)
     tensorrt: TensorRT = field(default_factory=TensorRT)
+    vision: Vision = field(default_factory=Vision)
 
     def graph_variants(self, graph: str) -> list[str]:
         """The ONNX precision variants written for `graph`."""
@@ -95,7 +103,7 @@ class ExportProfile:
         return asdict(self)
 
 
-_SECTIONS = {"limits": Limits, "parity": Parity, "tensorrt": TensorRT}
+_SECTIONS = {"limits": Limits, "parity": Parity, "tensorrt": TensorRT, "vision": Vision}
 
 
 def _build(cls, data: dict, path, prefix: str = ""):
@@ -145,6 +153,9 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
             raise UserError(f"{path}: limits.{name} must be >= 1, got {value}")
     if prof.tensorrt.workspace_mb < 16:
         raise UserError(f"{path}: tensorrt.workspace_mb must be >= 16, got {prof.tensorrt.workspace_mb}")
+    if prof.vision.image_size < 0:
+        raise UserError(f"{path}: vision.image_size must be >= 0 (0 = the checkpoint's own), got "
+                        f"{prof.vision.image_size}")
     if prof.parity.cases < 1:
         raise UserError(f"{path}: parity.cases must be >= 1")
     return prof

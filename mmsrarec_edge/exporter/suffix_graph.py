@@ -22,8 +22,9 @@ One call replaces the merged decoder's prefill plus suffix call; benchmarks/resu
 It is exact, not an approximation: the parity gate checks it against a plain forward of the language model over each
 full unpadded prompt, chained over two chunks and at two read slots per row. Written out for the decoder families whose
 layer is RMSNorm -> GQA attention with rotary embeddings -> RMSNorm -> gated MLP (transformers' llama, qwen2, mistral
-without a sliding window); it calls the model's own submodules (projections, norms, MLP, rotary embedding, so rope
-scaling variants carry over) and only re-implements the attention arithmetic. Other decoders export without this graph
+without a sliding window; Qwen2-VL's and Qwen2.5-VL's text decoders with 3-D positions: exporter/qwen_vl.py); it
+calls the model's own submodules (projections, norms, MLP, rotary embedding, so rope scaling variants carry over) and
+only re-implements the attention arithmetic. Other decoders export without this graph
 (the manifest's `graphs_skipped` says why) and the runtime falls back to the merged decoder with an expanded KV.
 
 I/O (float32 at the boundary, ids/masks int64):
@@ -51,6 +52,12 @@ def supports(llava) -> str | None:
     tc = llava.config.text_config
     if tc.model_type not in SUPPORTED_DECODERS:
         return f"decoder {tc.model_type!r} is not one of {', '.join(SUPPORTED_DECODERS)}"
+    return llama_layout(llava)
+
+
+def llama_layout(llava) -> str | None:
+    """None when the decoder's layers have the layout the graph re-implements, else why not (any decoder family)."""
+    tc = llava.config.text_config
     if getattr(tc, "use_sliding_window", False) or (tc.model_type == "mistral" and getattr(tc, "sliding_window", None)):
         return "sliding-window attention is not implemented in the suffix graph"
     layer = llava.model.language_model.layers[0]
@@ -75,9 +82,11 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class SuffixScorerGraph(nn.Module):
     """See the module docstring. Also used eagerly (a PyTorch peer in the latency benchmark)."""
 
+    supports = staticmethod(supports)  # a subclass for another decoder family brings its own
+
     def __init__(self, llava, yes_no_ids: tuple[int, int]):
         super().__init__()
-        why = supports(llava)
+        why = self.supports(llava)
         if why:
             raise ValueError(why)
         tc = llava.config.text_config
@@ -125,7 +134,23 @@ class SuffixScorerGraph(nn.Module):
         out = torch.matmul(p, v_all[0]).view(kv, -1, g, d).permute(1, 0, 2, 3).reshape(-1, kv * g * d)
         return attn.o_proj(out)
 
-    def forward(self, inputs_embeds, suffix_mask, logits_index, prefix_embeds, *past):
+    # ---- rotary positions: 1-D here (prefix from past_sequence on, suffixes from the whole prefix on); a subclass
+    # with position inputs (MRopeSuffixScorerGraph) overrides these three
+
+    position_inputs = 0  # extra inputs between prefix_embeds and the past KV
+
+    def _positions(self, extra, logits_index, P0: int, Pn: int, S: int):
+        """(prefix positions, suffix positions (batch 1 or C), read-slot positions [C, K]) as rotary_emb takes them."""
+        dev = logits_index.device
+        P = P0 + Pn
+        return ((torch.arange(Pn, device=dev) + P0)[None], (torch.arange(S, device=dev) + P)[None], logits_index + P)
+
+    def _tables(self, like, positions):
+        """cos, sin [batch, T, head_dim] of `positions` (the softmax scale is applied by the caller)."""
+        return self.lm.rotary_emb(like, positions)
+
+    def forward(self, inputs_embeds, suffix_mask, logits_index, prefix_embeds, *rest):
+        extra, past = rest[:self.position_inputs], rest[self.position_inputs:]
         H = inputs_embeds.shape[-1]
         C, S, P0, Pn = inputs_embeds.shape[0], inputs_embeds.shape[1], past[0].shape[2], prefix_embeds.shape[1]
         P, g, kv, d = P0 + Pn, self.group, self.kv_heads, self.head_dim
@@ -137,15 +162,15 @@ class SuffixScorerGraph(nn.Module):
         # a trailing [.., 1] axis out to `group` with Expand cost ONNX Runtime about as much per call as the
         # attention's matmuls on the default model.
         # prefix tokens: positions P0.., causal over past + themselves; rotary tables [Pn, 1, d]
-        pslots = torch.arange(Pn, device=dev) + P0
-        pcos, psin = self.lm.rotary_emb(prefix_embeds, pslots[None])
+        ppos, spos, rpos = self._positions(extra, logits_index, P0, Pn, S)
+        pcos, psin = self._tables(prefix_embeds, ppos)
         pcos, psin = pcos[0, :, None], psin[0, :, None]
         prow = torch.div(torch.arange(Pn * g, device=dev), g, rounding_mode="floor") + P0  # [Pn*g]
         pbias = torch.zeros((Pn * g, P), dtype=dt, device=dev).masked_fill(
             torch.arange(P, device=dev)[None, :] > prow[:, None], neg)
         # suffixes: positions P.., causal within each candidate, right padding masked; bias [1, C, query*g, key]
         slots = torch.arange(S, device=dev)
-        cos, sin = self.lm.rotary_emb(inputs_embeds, (slots + P)[None])  # [1, S, d]
+        cos, sin = self._tables(inputs_embeds, spos)  # [1 or C, S, d]
         cos, sin = cos.expand(C, -1, -1).reshape(-1, 1, d), sin.expand(C, -1, -1).reshape(-1, 1, d)  # [C*S, 1, d]
         row = torch.div(torch.arange(S * g, device=dev), g, rounding_mode="floor")
         allowed = (slots[None, :] <= row[:, None])[None] & suffix_mask[:, None, :].bool()  # [C, S*g, S]
@@ -177,7 +202,7 @@ class SuffixScorerGraph(nn.Module):
             K = logits_index.shape[1]
             flat = (torch.arange(C, device=dev)[:, None] * S + logits_index).reshape(-1)  # rows of the read slots
             h_read, x_read = h.index_select(0, flat), x.index_select(0, flat)  # [C*K, H]
-            qcos, qsin = self.lm.rotary_emb(inputs_embeds, logits_index + P)  # [C, K, d]
+            qcos, qsin = self._tables(inputs_embeds, rpos)  # [C, K, d]
             q = _rope(a.q_proj(x_read).view(-1, kv, g, d), qcos.reshape(-1, 1, 1, d) * a.scaling,
                       qsin.reshape(-1, 1, 1, d) * a.scaling)
             read_row = logits_index[:, :, None].expand(C, K, g).reshape(C, -1, 1)  # [C, K*g, 1]

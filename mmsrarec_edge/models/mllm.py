@@ -111,20 +111,25 @@ def build_mllm(cfg: MLLMConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaForC
     return model.eval()
 
 
-def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
-    vc = model.config.vision_config
-    n = (vc.image_size // vc.patch_size) ** 2
-    return n  # "default" drops CLIP's CLS; SigLIP has no CLS and uses "full"
+def num_image_tokens(model) -> int:
+    """Image slots per image: LLaVA's patches ("default" drops CLIP's CLS; SigLIP has none and uses "full"), or a
+    Qwen2-VL-family model's merged patches at its fixed resolution (models/families.py)."""
+    from .families import num_image_tokens as tokens
+
+    return tokens(model)
 
 
-def image_size(model: LlavaForConditionalGeneration) -> int:
-    return int(model.config.vision_config.image_size)
+def image_size(model) -> int:
+    from .families import image_size as size
+
+    return size(model)
 
 
 def check_supported(config) -> None:
-    if getattr(config, "model_type", None) != "llava":
-        raise UserError(f"unsupported model type {getattr(config, 'model_type', None)!r}",
-                        "supported: LLaVA-family checkpoints (llava) with a Llama or Qwen2 decoder")
+    from .families import family_of
+
+    if family_of(config) != "llava":  # one line listing the supported families for anything unknown
+        return
     if config.text_config.model_type not in SUPPORTED_TEXT:
         raise UserError(f"unsupported decoder {config.text_config.model_type!r}",
                         f"supported: {sorted(SUPPORTED_TEXT)}")
@@ -148,14 +153,20 @@ def load_mllm(path: Path):
         cfg = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
-    config = LlavaConfig.from_pretrained(path, local_files_only=True) if cfg.get("model_type") == "llava" else None
-    if config is None:
-        raise UserError(f"unsupported model type {cfg.get('model_type')!r} in {path}",
-                        "supported: LLaVA-family checkpoints with a Llama or Qwen2 decoder")
-    check_supported(config)
+    from .families import family_of, model_class, supported_line
+
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path / 'config.json'} is not a JSON object")
+    try:
+        family = family_of(cfg)
+    except UserError as exc:
+        raise UserError(f"unsupported model type {cfg.get('model_type')!r} in {path}", supported_line()) from exc
+    cls = model_class(family)
+    if family == "llava":
+        check_supported(LlavaConfig.from_pretrained(path, local_files_only=True))
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
-    model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):

@@ -49,6 +49,7 @@ RECOMMENDER = {
     "recommender.prompt.candidate_image": "bool", "recommender.prompt.rank_hint": "bool",
     "recommender.prompt.rank_digits": "int", "recommender.retrieval": "object?",
     "recommender.retrieval.k": "int?", "recommender.retrieval.items_per_neighbour": "int?",
+    "recommender.rope": "object?",
     "limits": "object", "limits.max_candidates": "int", "limits.max_prefix_tokens": "int",
     "limits.max_suffix_tokens": "int",
     "sasrec": "object?", "sasrec.max_len!": "int", "sasrec.item_ids!": "str", "sasrec.item_embeddings": "str?",
@@ -62,7 +63,9 @@ SUMMARIZER = {
     "summarizer.prompt_spec.eos_id": "int", "summarizer.prompt_spec.pad_id": "int",
     "summarizer.prompt_spec.image_token_id": "int", "summarizer.prompt_spec.num_image_tokens": "int",
     "summarizer.prompt_spec.bos_id": "int?", "summarizer.prompt_spec.max_text_tokens": "int",
+    "summarizer.prompt_spec.image_start_id": "int?", "summarizer.prompt_spec.image_end_id": "int?",
     "summarizer.special_tokens": "object", "summarizer.image_token_id": "int", "summarizer.num_image_tokens": "int",
+    "summarizer.rope": "object?",
     "limits": "object", "limits.max_new_tokens": "int",
     "image_preprocess": "object", "image_preprocess.mean": "numbers", "image_preprocess.std": "numbers",
 }

@@ -181,6 +181,8 @@ class SuffixScorer:
         inputs = {i.name: i for i in sess.get_inputs()}
         self.past_names = tuple(n for n in inputs if n.startswith("past_key_values."))
         self.present_names = tuple(o.name for o in sess.get_outputs() if o.name.startswith("present."))
+        # multimodal-rope decoders (exporter/qwen_vl.py): 3-D position inputs for the suffixes and the prefix
+        self.takes_positions = "position_ids" in inputs and "prefix_position_ids" in inputs
         missing = [n for n in ("inputs_embeds", "suffix_mask", "logits_index", "prefix_embeds") if n not in inputs]
         outputs = [o.name for o in sess.get_outputs()]
         if missing or not self.past_names or "yes_no_logits" not in outputs or \
@@ -194,11 +196,20 @@ class SuffixScorer:
         return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), self.float_type) for n in self.past_names}
 
     def run(self, embeds: np.ndarray, suffix_mask: np.ndarray, logits_index: np.ndarray, prefix_embeds: np.ndarray,
-            past: dict[str, np.ndarray] | None = None, want_present: bool = False) -> tuple[np.ndarray, dict]:
-        """(yes_no_logits [C, K, 2], prefix KV keyed by the past input names, or {} unless `want_present`)."""
+            past: dict[str, np.ndarray] | None = None, want_present: bool = False,
+            positions: np.ndarray | None = None, prefix_positions: np.ndarray | None = None
+            ) -> tuple[np.ndarray, dict]:
+        """(yes_no_logits [C, K, 2], prefix KV keyed by the past input names, or {} unless `want_present`).
+        `positions` [3, C, S] / `prefix_positions` [3, 1, Pn]: what a multimodal-rope graph takes (`takes_positions`;
+        core/rope_index.py), ignored by others."""
         ft = self.float_type
         feeds = {"inputs_embeds": np.asarray(embeds, ft), "suffix_mask": np.asarray(suffix_mask, np.int64),
                  "logits_index": np.asarray(logits_index, np.int64), "prefix_embeds": np.asarray(prefix_embeds, ft)}
+        if self.takes_positions:
+            if positions is None or prefix_positions is None:
+                raise ValueError("this scorer graph takes 3-D position ids: build the CandidateScorer with the rope")
+            feeds["position_ids"] = np.asarray(positions, np.int64)
+            feeds["prefix_position_ids"] = np.asarray(prefix_positions, np.int64)
         feeds.update(past if past is not None else self.empty_past())
         names = ["yes_no_logits", *self.present_names] if want_present else ["yes_no_logits"]
         out = self.sess.run(names, feeds)

@@ -48,6 +48,7 @@ from ..core.candidates import DEFAULT_RESCORE
 from ..core.context import PromptMaker, SASRecRanks, item_texts
 from ..core.errors import BundleError, UserError
 from ..core.retrieval import RetrievalIndex
+from ..core.rope_index import rope_from_config
 from .bundle_config import RECOMMENDER, check_config
 from .catalog import Catalog, check_history_ids, unknown_user
 from .first_stage import FirstStage, popularity_scores
@@ -151,7 +152,8 @@ class Recommender:
                          ("recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder")
                          if self.manifest.has_graph(g) and (use or g != "recommender.scorer")}
         batch = max_batch or int(self.limits.get("max_candidates", 32))
-        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch, suffix_scorer=suffix)
+        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch, suffix_scorer=suffix,
+                                      rope=rope_from_config(rec.get("rope")))
         self.catalog = Catalog.load(self.manifest)
         self.prompt_config = pc = rp.PromptConfig.from_dict(rec.get("prompt"))
         self.n_rescore = int(rec.get("n_rescore", DEFAULT_RESCORE))

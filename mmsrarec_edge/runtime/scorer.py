@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core.rope_index import MRope
 from ..core.scores import yes_probability
 from .llm import Decoder, Embedder, SuffixScorer
 
@@ -66,6 +67,7 @@ class PrefixState:
     past: dict[str, np.ndarray]
     length: int
     logits: np.ndarray | None = None
+    next_position: int | None = None  # where a suffix's positions start (multimodal rope); None: `length`
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class CandidateScorer:
     real sizes opening it costs seconds and its weights' worth of memory)."""
 
     def __init__(self, decoder: Decoder | Callable[[], Decoder] | None, embedder: Embedder, pad_id: int,
-                 max_batch: int = 32, expand: str = "view", suffix_scorer: SuffixScorer | None = None):
+                 max_batch: int = 32, expand: str = "view", suffix_scorer: SuffixScorer | None = None,
+                 rope: MRope | None = None):
         self._decoder_factory = None
         if decoder is not None and not isinstance(decoder, Decoder) and callable(decoder):
             if suffix_scorer is None:
@@ -122,6 +125,9 @@ class CandidateScorer:
         self.decoder, self.embedder = decoder, embedder
         self.pad_id, self.max_batch, self.expand = int(pad_id), int(max_batch), expand
         self.suffix_scorer = suffix_scorer
+        # A multimodal-rope decoder's positions (core/rope_index.py): 3-D, from the ids; a suffix starts at the
+        # prefix's largest position + 1. None: 1-D positions counting tokens.
+        self.rope = rope
 
     @property
     def path(self) -> str:
@@ -163,9 +169,17 @@ class CandidateScorer:
         if P == 0:
             return PrefixState(decoder.empty_past(1), 0)
         embeds, mask = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[features])
-        yes_no, present = decoder.run(embeds, mask, np.arange(P, dtype=np.int64)[None], None,
-                                      logits_index=np.array([[P - 1]], np.int64))
-        return PrefixState(present, P, yes_no[0, 0])
+        positions, nxt = self._positions([list(prefix)], P)
+        yes_no, present = decoder.run(embeds, mask, positions, None, logits_index=np.array([[P - 1]], np.int64))
+        return PrefixState(present, P, yes_no[0, 0], int(nxt[0]))
+
+    def _positions(self, rows: list[list[int]], width: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded rows starting at position `start` -> (position ids [B, width] or, with a rope, [3, B, width];
+        each row's next position)."""
+        if self.rope is None:
+            pos = np.broadcast_to(np.arange(start, start + width, dtype=np.int64), (len(rows), width))
+            return pos, np.array([start + len(r) for r in rows], np.int64)
+        return self.rope.batch(rows, width, left=False, starts=[start] * len(rows))
 
     @staticmethod
     def _read_slots(chunk: list[list[int]], slots) -> np.ndarray:
@@ -200,7 +214,7 @@ class CandidateScorer:
             with tm("embed"):
                 embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
             mask = np.concatenate([np.ones((C, P), np.int64), smask], axis=1)
-            positions = np.broadcast_to(np.arange(P, P + S, dtype=np.int64), (C, S))
+            positions, _ = self._positions(chunk, S, P if state.next_position is None else state.next_position)
             with tm("candidates"):
                 yes_no, _ = decoder.run(embeds, mask, positions, expand_kv(state.past, C, self.expand),
                                         logits_index=index, want_present=False)
@@ -265,6 +279,8 @@ class CandidateScorer:
         tm = _Clock(timings)
         with tm("embed"):
             pre, _ = self.embedder.embed_rows([list(prefix)], self.pad_id, left=False, features=[prefix_features])
+        pre_pos, after = self._positions([list(prefix)], len(prefix))
+        after = int(after[0])  # where the suffixes' positions start
         past, state = None, None
         for start, end in self._chunk_bounds(len(suffixes), chunks):
             chunk = [list(s) for s in suffixes[start:end]]
@@ -273,12 +289,16 @@ class CandidateScorer:
             with tm("embed"):
                 embeds, smask = self.embedder.embed_rows(chunk, self.pad_id, left=False, features=feats)
             more = end < len(suffixes)
+            positions = self._positions(chunk, embeds.shape[1], after)[0] if self.rope is not None else None
             with tm("prefill+candidates"):
-                yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more)
+                yes_no, present = self.suffix_scorer.run(embeds, smask, index, pre, past, want_present=more,
+                                                         positions=positions,
+                                                         prefix_positions=pre_pos if self.rope is not None else None)
             parts.append(yes_no)
             if more and past is None:
-                state = PrefixState(present, len(prefix))
+                state = PrefixState(present, len(prefix), None, after)
                 pre, past = pre[:, -1:], {n: v[:, :, :-1] for n, v in present.items()}
+                pre_pos = pre_pos[..., -1:]
         return CandidateLogits(np.concatenate(parts) if parts else np.zeros((0, 1, 2), np.float32), state)
 
     def score_naive(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
@@ -291,7 +311,7 @@ class CandidateScorer:
             row = list(prefix) + list(suffix)
             feats = list(prefix_features or []) + list((suffix_features[c] if suffix_features else None) or [])
             embeds, mask = self.embedder.embed_rows([row], self.pad_id, left=False, features=[feats])
-            yes_no, _ = decoder.run(embeds, mask, np.arange(len(row), dtype=np.int64)[None], None,
+            yes_no, _ = decoder.run(embeds, mask, self._positions([row], len(row))[0], None,
                                     logits_index=np.array([[len(row) - 1]], np.int64), want_present=False)
             out[c] = yes_probability(yes_no[0, 0, 0], yes_no[0, 0, 1])
         return out

@@ -22,6 +22,7 @@ import numpy as np
 from ..core.errors import BundleError, UserError
 from ..core.imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
 from ..core.keywords import parse_keywords
+from ..core.rope_index import MRope, rope_from_config, text_positions
 from ..core.summary_prompts import (
     PromptSpec,
     completion_until_eos,
@@ -69,17 +70,21 @@ class GreedyStep:
 
 
 def greedy_steps(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequence[int]], spec: PromptSpec,
-                 max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None
-                 ) -> Iterator[GreedyStep]:
+                 max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None,
+                 rope: MRope | None = None) -> Iterator[GreedyStep]:
     """The greedy loop (module docstring), one GreedyStep per generated position: what `greedy_generate` collects,
-    and what the export's parity gate compares with PyTorch step by step."""
+    and what the export's parity gate compares with PyTorch step by step. `rope`: a multimodal-rope decoder's
+    position scheme (core/rope_index.py): 3-D prompt positions, each new token at the row's next position."""
     if decoder.layout.head != "last":
         raise ValueError("generation needs a decoder exported with the `last` head")
     B = len(prompts)
     if B == 0:
         return
     embeds, mask = embedder.embed_rows([list(p) for p in prompts], spec.pad_id, left=True, features=features)
-    positions = np.where(mask == 1, mask.cumsum(-1) - 1, 1)
+    if rope is None:
+        positions = text_positions(mask)
+    else:
+        positions, next_position = rope.batch(prompts, mask.shape[1], left=True)
     logits, past = decoder.run(embeds, mask, positions)
     suppressed = np.asarray(suppressed_token_ids(spec), np.int64)
     done = np.zeros(B, bool)
@@ -92,17 +97,21 @@ def greedy_steps(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequenc
         if done.all() or step == max_new_tokens - 1:
             break
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-        positions = mask.sum(-1, keepdims=True) - 1
+        if rope is None:
+            positions = mask.sum(-1, keepdims=True) - 1
+        else:
+            positions = np.broadcast_to(next_position[None, :, None], (3, B, 1))
+            next_position = next_position + 1
         logits, past = decoder.run(embedder(nxt[:, None]), mask, positions, past)
 
 
 def greedy_generate(decoder: Decoder, embedder: Embedder, prompts: Sequence[Sequence[int]], spec: PromptSpec,
-                    max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None
-                    ) -> list[list[int]]:
+                    max_new_tokens: int, features: Sequence[Sequence[np.ndarray] | None] | None = None,
+                    rope: MRope | None = None) -> list[list[int]]:
     """Greedy completions, one per prompt, up to and including eos when one was generated (the format of the
     PyTorch side's summarize.generation.generate)."""
     out: list[list[int]] = [[] for _ in prompts]
-    for step in greedy_steps(decoder, embedder, prompts, spec, max_new_tokens, features):
+    for step in greedy_steps(decoder, embedder, prompts, spec, max_new_tokens, features, rope):
         for r in np.flatnonzero(step.live):
             out[r].append(int(step.tokens[r]))
     return out
@@ -113,8 +122,9 @@ class ItemSummarizer:
 
     def __init__(self, vision: ImageEncoder | None, embedder: Embedder, decoder: Decoder, codec: TextCodec,
                  spec: PromptSpec, image_size: int, max_new_tokens: int = 20, max_keywords: int = 8,
-                 mean=CLIP_MEAN, std=CLIP_STD):
+                 mean=CLIP_MEAN, std=CLIP_STD, rope: MRope | None = None):
         self.vision, self.embedder, self.decoder, self.codec = vision, embedder, decoder, codec
+        self.rope = rope
         self.spec, self.image_size, self.mean, self.std = spec, int(image_size), tuple(mean), tuple(std)
         self.max_new_tokens, self.max_keywords = int(max_new_tokens), int(max_keywords)
         if vision is not None and vision.tokens is not None and vision.tokens != spec.num_image_tokens:
@@ -147,7 +157,8 @@ class ItemSummarizer:
         result = ItemSummary()
         if not prompts:
             return result
-        completions = greedy_generate(self.decoder, self.embedder, prompts, self.spec, self.max_new_tokens, feats)
+        completions = greedy_generate(self.decoder, self.embedder, prompts, self.spec, self.max_new_tokens, feats,
+                                      self.rope)
         for task, ids in zip(tasks, completions):
             decoded = self.codec.decode(completion_until_eos(ids, self.spec.eos_id))
             keywords = parse_keywords(decoded, max_keywords=self.max_keywords)
@@ -187,4 +198,5 @@ def load_item_summarizer(manifest, cfg: SessionConfig) -> ItemSummarizer:
     pre = config.get("image_preprocess", {})
     return ItemSummarizer(vision, embedder, decoder, Codec(manifest.path(conf.get("tokenizer", "tokenizer.json"))),
                           spec, int(conf["image_size"]), min(int(conf.get("max_new_tokens", 20)), limit),
-                          int(conf.get("max_keywords", 8)), pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+                          int(conf.get("max_keywords", 8)), pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD),
+                          rope_from_config(conf.get("rope")))

@@ -72,15 +72,16 @@ def encoder_of(tokenizer) -> Callable[[str], list[int]]:
 
 
 def prompt_spec(model, tokenizer, cfg: SummarizerConfig) -> PromptSpec:
+    from ..models import families
     from ..models.mllm import num_image_tokens
 
     if tokenizer.eos_token_id is None:
         raise UserError("the checkpoint's tokenizer has no eos token", "set eos_token in its tokenizer_config.json")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PromptSpec(eos_id=int(tokenizer.eos_token_id), pad_id=int(pad),
-                      image_token_id=int(model.config.image_token_index), num_image_tokens=num_image_tokens(model),
+                      image_token_id=families.image_token_id(model), num_image_tokens=num_image_tokens(model),
                       bos_id=None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
-                      max_text_tokens=cfg.max_text_tokens)
+                      max_text_tokens=cfg.max_text_tokens, **families.image_wrap(model))
 
 
 def load_pixels(ds: Dataset, ids, size: int, label: str = "loading images") -> dict[int, np.ndarray]:
@@ -272,6 +273,11 @@ def init_summarizer(base: Path | None, cfg: SummarizerConfig):
 
     if base is not None:
         model, tok = load_mllm(base)
+        from ..models import families
+
+        if families.is_qwen(model):  # its pixels, image features and 3-D positions are not wired into SFT/GRPO
+            raise UserError(f"train summarizer does not train {families.family_of(model)} checkpoints yet",
+                            "export it as it is (export --summarizer DIR), or train a LLaVA-family summarizer")
     else:
         tok = build_tokenizer()
         model = build_mllm(MLLMConfig(seed=cfg.seed), tok)
