@@ -132,7 +132,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
 
 
 def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
-    from ..models.mllm import IMAGE_TOKEN, image_size, num_image_tokens
+    from ..models.mllm import IMAGE_TOKEN, image_preprocess, image_size, num_image_tokens
 
     layers, kv_heads, head_dim = kv_shape(m.model)
     tc = m.model.config.text_config
@@ -143,6 +143,7 @@ def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
         "vocab_size": int(m.model.get_input_embeddings().weight.shape[0]),
         "max_position_embeddings": tc.max_position_embeddings,
         "image_size": image_size(m.model), "num_image_tokens": num_image_tokens(m.model),
+        "image_preprocess": image_preprocess(m.model).to_dict(),
         "image_token_id": m.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         # The stage's own settings (prompt config, answer tokens, ...), without its provenance and training log:
         # paths and training-user lists of the machine that trained it do not belong in a shipped bundle.
@@ -171,6 +172,11 @@ def write_config(inputs: ExportInputs, profile: ExportProfile, root: Path, graph
 
     cfg: dict = {"format_version": FORMAT_VERSION, "limits": profile.to_dict()["limits"],
                  "image_preprocess": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    first = inputs.recommender or inputs.summarizer
+    if first is not None:  # top level: the recommender's (else the summarizer's); each stage has its own below
+        from ..models.mllm import image_preprocess
+
+        cfg["image_preprocess"] = image_preprocess(first.model).to_dict()
     toks = {}
     for stage in ("recommender", "summarizer"):
         m = getattr(inputs, stage)

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from ..core.errors import UserError
+from ..core.imaging import PREPROCESSOR_CONFIG, ImagePreprocess, read_processor_config
 from ..core.prompt import IMAGE_TOKEN
 
 SUPPORTED_TEXT = {"qwen2", "llama"}
@@ -121,6 +122,24 @@ def image_size(model: LlavaForConditionalGeneration) -> int:
     return int(model.config.vision_config.image_size)
 
 
+def image_preprocess(model) -> ImagePreprocess:
+    """The model's image preprocessing: its checkpoint's preprocessor_config.json (load_mllm attaches it), else the
+    embedded default's (bicubic square resize to the tower's size, CLIP mean/std)."""
+    pre = getattr(model, "mmsrarec_image_preprocess", None)
+    return pre if pre is not None else ImagePreprocess.square(image_size(model))
+
+
+def attach_image_preprocess(model, pre: ImagePreprocess | None, where: str = "the checkpoint") -> None:
+    """Record `pre` as the model's preprocessing (None: the default); refuses pixels the tower cannot take."""
+    if pre is not None:
+        size = image_size(model)
+        if pre.output_size != (size, size):
+            raise UserError(f"{where}: preprocessor_config.json gives {pre.output_size or 'variable-size'} pixels, "
+                            f"the vision tower takes {size}x{size}",
+                            "set size/crop_size to the tower's image_size in preprocessor_config.json")
+    model.mmsrarec_image_preprocess = pre
+
+
 def check_supported(config) -> None:
     if getattr(config, "model_type", None) != "llava":
         raise UserError(f"unsupported model type {getattr(config, 'model_type', None)!r}",
@@ -137,6 +156,10 @@ def save_mllm(model, tokenizer, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # every checkpoint carries its image preprocessing (transformers' format), so training, export and the runtime
+    # read the same settings
+    (out_dir / PREPROCESSOR_CONFIG).write_text(json.dumps(image_preprocess(model).to_processor_config(), indent=1)
+                                               + "\n")
 
 
 def load_mllm(path: Path):
@@ -156,6 +179,7 @@ def load_mllm(path: Path):
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
     model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    attach_image_preprocess(model, read_processor_config(path), str(path))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):

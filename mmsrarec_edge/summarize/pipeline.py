@@ -83,14 +83,16 @@ def prompt_spec(model, tokenizer, cfg: SummarizerConfig) -> PromptSpec:
                       max_text_tokens=cfg.max_text_tokens)
 
 
-def load_pixels(ds: Dataset, ids, size: int, label: str = "loading images") -> dict[int, np.ndarray]:
-    from ..core.imaging import load_image, preprocess
+def load_pixels(ds: Dataset, ids, pre, label: str = "loading images") -> dict[int, np.ndarray]:
+    """item id -> pixels by `pre` (the model's imaging.ImagePreprocess; an int: the default square resize)."""
+    from ..core.imaging import ImagePreprocess, load_image
 
+    pre = ImagePreprocess.square(pre) if isinstance(pre, int) else pre
     ids = [i for i in ids if ds.items[i].image]
     out = {}
     with progress_bar(label, len(ids)) as adv:
         for i in ids:
-            out[i] = preprocess(load_image(ds.image_path(i)), size)
+            out[i] = pre(load_image(ds.image_path(i)))
             adv()
     return out
 
@@ -192,7 +194,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     """SFT then GRPO on `ds`; writes OUT (see module doc) atomically and returns the training log."""
     import torch
 
-    from ..models.mllm import image_size
+    from ..models.mllm import image_preprocess
 
     cfg = cfg or SummarizerConfig()
     torch.set_num_threads(cfg.threads)
@@ -203,7 +205,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
          f"({len(split.eval_ids)} evaluated)")
     model, tok, spec = init_summarizer(base, cfg)
     encode = encoder_of(tok)
-    pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_size(model))
+    pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_preprocess(model))
     warm, trainable = warm_start(model, split, pixels, encode, base, cfg)
     timings["setup"] = time.perf_counter() - t0
 
@@ -378,13 +380,13 @@ def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int =
                       rewards: bool = True, echo=print) -> Path:
     """Greedy image and text keywords for every item of `ds` -> keyword store at `out` (atomic)."""
     from ..core.keyword_store import ItemKeywords, RewardTerms, write_keyword_store
-    from ..models.mllm import image_size
+    from ..models.mllm import image_preprocess
     from .reconstructor import Reconstructor
     from .rewards import RewardModel, SentenceEncoder
 
     model_dir = Path(model_dir)
     model, tok, spec, meta = load_summarizer(model_dir)
-    pixels = load_pixels(ds, list(ds.items), image_size(model))
+    pixels = load_pixels(ds, list(ds.items), image_preprocess(model))
     prompts = make_prompts(ds, sorted(ds.items), encoder_of(tok), spec, pixels)
     kws = summarize_prompts(model, tok, spec, prompts, meta["max_new_tokens"], meta["max_keywords"], batch_size)
     rows = {i: ItemKeywords(i, has_image=i in pixels) for i in ds.items}
