@@ -28,7 +28,7 @@ from .parity import check, gate
 from .profile import ExportProfile
 from .variants import FP32_OPS, make_variant, onnx_files
 
-META_EXCLUDED = ("inputs", "training", "ablations")
+META_EXCLUDED = ("inputs", "training", "ablations", "import")
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
 
 
@@ -248,7 +248,11 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
             "profile": {**profile.to_dict(), "source": profile_source},
             "sources": {k: v for k, v in {
                 "summarizer": inputs.summarizer.source if inputs.summarizer else None,
-                "recommender": inputs.recommender.source if inputs.recommender else None}.items() if v},
+                "recommender": inputs.recommender.source if inputs.recommender else None,
+                # a model trained elsewhere (import-model): checkpoint, merged LoRA adapter, template, SASRec, keywords
+                "imported": {s: m.meta["import"] for s in ("summarizer", "recommender")
+                             for m in [getattr(inputs, s)] if m is not None and m.meta.get("import")} or None,
+            }.items() if v},
             "graphs": graphs,
             "graphs_skipped": skipped,
             "files": _file_table(tmp),

@@ -110,6 +110,8 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
         sasrec = sasrec or rec_sasrec
     if sasrec:
         inp.sasrec = _checkpoint(Path(sasrec), lambda: SASRecModel.load(sasrec))
+    if not keywords and recommender and (Path(recommender) / "keywords.parquet").is_file():
+        keywords = Path(recommender) / "keywords.parquet"  # an imported recommender carries its keyword store
     inp.keywords = Path(keywords) if keywords else None
     if dataset:
         inp.dataset = load_dataset(dataset)

@@ -29,6 +29,19 @@ from ..core.prompt import IMAGE_TOKEN
 
 SUPPORTED_TEXT = {"qwen2", "llama"}
 SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
+# model_type -> what a user checkpoint of that family must hold (the one line an unsupported one gets lists these)
+SUPPORTED_FAMILIES = {"llava": lambda: f"llava (LlavaForConditionalGeneration: {' or '.join(sorted(SUPPORTED_VISION))} "
+                                       f"tower, {' or '.join(sorted(SUPPORTED_TEXT))} decoder)"}
+
+
+def supported_architectures() -> str:
+    """One line listing the architectures load_mllm takes."""
+    return "supported: " + "; ".join(describe() for describe in SUPPORTED_FAMILIES.values())
+
+
+def unsupported(model_type, where: str = "", architectures=None) -> UserError:
+    arch = f" ({', '.join(architectures)})" if architectures else ""
+    return UserError(f"unsupported architecture {model_type!r}{arch}{where}", supported_architectures())
 
 
 @dataclass
@@ -142,14 +155,11 @@ def attach_image_preprocess(model, pre: ImagePreprocess | None, where: str = "th
 
 def check_supported(config) -> None:
     if getattr(config, "model_type", None) != "llava":
-        raise UserError(f"unsupported model type {getattr(config, 'model_type', None)!r}",
-                        "supported: LLaVA-family checkpoints (llava) with a Llama or Qwen2 decoder")
+        raise unsupported(getattr(config, "model_type", None))
     if config.text_config.model_type not in SUPPORTED_TEXT:
-        raise UserError(f"unsupported decoder {config.text_config.model_type!r}",
-                        f"supported: {sorted(SUPPORTED_TEXT)}")
+        raise UserError(f"unsupported decoder {config.text_config.model_type!r}", supported_architectures())
     if config.vision_config.model_type not in SUPPORTED_VISION:
-        raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}",
-                        f"supported: {sorted(SUPPORTED_VISION)}")
+        raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}", supported_architectures())
 
 
 def save_mllm(model, tokenizer, out_dir: Path) -> None:
@@ -173,8 +183,7 @@ def load_mllm(path: Path):
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
     config = LlavaConfig.from_pretrained(path, local_files_only=True) if cfg.get("model_type") == "llava" else None
     if config is None:
-        raise UserError(f"unsupported model type {cfg.get('model_type')!r} in {path}",
-                        "supported: LLaVA-family checkpoints with a Llama or Qwen2 decoder")
+        raise unsupported(cfg.get("model_type"), f" in {path}", cfg.get("architectures"))
     check_supported(config)
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
