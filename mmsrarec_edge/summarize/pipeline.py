@@ -207,6 +207,11 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     encode = encoder_of(tok)
     pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_preprocess(model))
     warm, trainable = warm_start(model, split, pixels, encode, base, cfg)
+    from ..models.device import place, resolve, unplace
+
+    placement = resolve(cfg.placement())
+    large = placement.large(model)  # decoders from 1B up: LoRA in SFT too, base weights in the dtype
+    warm["placement"] = place(model, placement, lora=large)
     timings["setup"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -222,20 +227,22 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
 
     t = time.perf_counter()
     train_prompts = make_prompts(ds, split.train_ids, encode, spec, pixels)
-    sft_losses = sft_warm_start(model, train_prompts, split, spec, encode, trainable, cfg)
+    model, sft_losses = sft_warm_start(model, train_prompts, split, spec, encode, trainable, cfg, placement, large)
     timings["sft"] = time.perf_counter() - t
     echo(f"SFT: {timings['sft']:.0f} s, final loss {np.mean(sft_losses[-20:] or [0]):.3f}")
 
     def evaluate(m, label):
-        kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
-                                label=f"held-out keywords ({label})")
+        with placement.autocast():
+            kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
+                                    label=f"held-out keywords ({label})")
         return score_keywords(ds, eval_prompts, kws, rewards, cfg, gold), kws
 
     evals["sft"], sft_kws = evaluate(model, "SFT")
     kws = {"sft": sft_kws}
     grpo_log: list[dict] = []
     with atomic_dir(out, marker=SUMMARIZER) as tmp:
-        save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
+        save_summarizer(unplace(model), tok, spec, cfg, tmp / "sft", "sft")  # saved on the CPU in fp32
+        place(model, placement, lora=large)
         recon.save(tmp / "reconstructor")
         if not sft_only and cfg.grpo_steps:
             t = time.perf_counter()
@@ -244,7 +251,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
             first, last = (np.mean([e["total"] for e in g]) for g in (grpo_log[:10], grpo_log[-10:]))
             echo(f"GRPO: {timings['grpo']:.0f} s, mean reward first/last 10 steps {first:.4f} / {last:.4f}")
             evals["rl"], kws["rl"] = evaluate(model, "RL")
-            save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
+            save_summarizer(unplace(model), tok, spec, cfg, tmp / "rl", "rl")
         timings["total"] = time.perf_counter() - t0
         log = training_log(ds, split, cfg, base, warm, timings, recon_losses, sft_losses, grpo_log, evals,
                            eval_prompts, kws)
@@ -341,14 +348,21 @@ def reward_model(ds: Dataset, split: ItemSplit, recon, cfg: SummarizerConfig):
 
 
 def sft_warm_start(model, train_prompts: list[Prompt], split: ItemSplit, spec: PromptSpec, encode, trainable,
-                   cfg: SummarizerConfig) -> list[float]:
-    """SFT on the pseudo-keywords of every training prompt (sft.py); returns the loss curve."""
+                   cfg: SummarizerConfig, placement=None, lora: bool = False):
+    """SFT on the pseudo-keywords of every training prompt (sft.py); with `lora` (a decoder from 1B up) LoRA
+    adapters (cfg.lora_r, cfg.lora_alpha) merged afterwards. Returns (the model, the loss curve)."""
+    from ..models.training import add_lora
     from .sft import SFTExample, train_sft
 
     examples = [SFTExample(p, target_ids(encode, spec, split.targets[p.item_id][p.task])) for p in train_prompts]
+    net = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if lora else model
+    if lora:
+        def trainable(name: str) -> bool:
+            return "lora_" in name
     with progress_bar("SFT warm start", cfg.sft_steps) as adv:
-        return train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
-                         cfg.seed, adv, trainable=trainable)
+        losses = train_sft(net, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
+                           cfg.seed, adv, trainable=trainable, placement=placement)
+    return (net.merge_and_unload().eval() if lora else model), losses
 
 
 def reinforce(model, tok, spec: PromptSpec, train_prompts: list[Prompt], rewards, cfg: SummarizerConfig):
