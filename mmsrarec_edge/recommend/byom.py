@@ -188,10 +188,10 @@ def import_model(spec: ImportSpec, echo=print) -> dict:
         raise UserError("--history-len, --neighbours, --items-per-neighbour and --rescore must be >= 1")
     template = load_template(spec.template) if spec.template else None
     cfg = prompt_config(spec, template)
+    model, tok = load_mllm(spec.model)  # first: an unsupported architecture is the first thing to know
     ds = load_dataset(spec.dataset)
     rows = read_keyword_file(spec.keywords)
     sasrec = load_sasrec(spec.sasrec, spec.sasrec_item_ids, spec.sasrec_heads)
-    model, tok = load_mllm(spec.model)
     record: dict = {"model": str(Path(spec.model).resolve())}
     if spec.adapter is not None:
         model, record["adapter"] = merge_lora(model, spec.adapter)

@@ -49,7 +49,7 @@ class TorchScorer:
         out = hidden @ w.T
         if getattr(self.model.lm_head, "bias", None) is not None:
             out = out + self.model.lm_head.bias[[self.yes_id, self.no_id]]
-        return yes_probability(out[..., 0].double(), out[..., 1].double()).cpu()
+        return yes_probability(out[..., 0].double().cpu(), out[..., 1].double().cpu())
 
     @staticmethod
     def _pixels(pixels: Sequence[np.ndarray | None] | None):
