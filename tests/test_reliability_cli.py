@@ -216,7 +216,7 @@ def pickled_sasrec_import(w: Work) -> Result:
     r = subprocess.run([*CLI, "import-model", "--model", d / "model", "--sasrec", d / "recbole.pth", "--keywords",
                         d / "kw.csv", "--dataset", w.dataset(), "--out", d / "out"], capture_output=True, text=True,
                        timeout=300, env=ENV, cwd=ROOT)
-    return Result(r.returncode, r.stdout, r.stderr, {})
+    return Result(r.returncode, r.stdout, r.stderr, {"left": [n.name for n in d.iterdir() if "out" in n.name]})
 
 
 def train_on_missing_cuda(w: Work) -> Result:
@@ -228,7 +228,8 @@ def train_on_missing_cuda(w: Work) -> Result:
                         "--protocol", w.root / "p", "--sasrec", w.root / "s", "--keywords", w.root / "k.parquet",
                         "--out", w.root / "never_trained"], capture_output=True, text=True, timeout=300, env=ENV,
                        cwd=ROOT)
-    return Result(r.returncode, r.stdout, r.stderr, {})
+    return Result(r.returncode, r.stdout, r.stderr,
+                  {"left": [n.name for n in w.root.iterdir() if "never_trained" in n.name]})
 
 
 def full_disk_export(w: Work) -> Result:
