@@ -181,7 +181,7 @@ def test_the_prompt_history_length_is_the_protocols(tiny_protocol, tmp_path):
 
 
 def test_profiles_are_package_data_found_by_name(tmp_path):
-    assert set(C.profile_names()) == {"cpu-fp32", "cpu-int8", "cpu-fp32-int8", "cuda-fp16", "tensorrt-fp16",
+    assert set(C.profile_names()) == {"cpu-fp32", "cpu-int8", "cpu-int4", "cpu-fp32-int8", "cuda-fp16", "tensorrt-fp16",
                                       "jetson-orin"}
     assert C.profile_path("cpu-int8") == C.PROFILES_DIR / "cpu-int8.toml"
     own = write(tmp_path, 'name = "mine"\n', "mine.toml")

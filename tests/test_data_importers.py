@@ -60,6 +60,133 @@ def test_detect_format(name):
     assert detect_format(FIX / name) == name
 
 
+SEQ_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+SEQS = {1: [10, 11, 12, 13, 14], 2: [11, 12, 13, 10, 14], 3: [12, 10, 14]}  # what the files below hold
+
+
+def write_seq_atomic(src: Path, name: str = "beauty", item_file: str | None = "beauty.item") -> Path:
+    """Sequence-per-row atomic files as LLM-recommendation repositories ship them: train rows for every prefix,
+    one valid and one test row per user (the test row holds the whole sequence), titles with HTML entities."""
+    src.mkdir(parents=True, exist_ok=True)
+    rows = {"train": [], "valid": [], "test": []}
+    for u, s in SEQS.items():
+        rows["train"] += [f"{u}\t{' '.join(map(str, s[:t]))}\t{s[t]}\n" for t in range(1, len(s) - 2)]
+        rows["valid"].append(f"{u}\t{' '.join(map(str, s[:-2]))}\t{s[-2]}\n")
+        rows["test"].append(f"{u}\t{' '.join(map(str, s[:-1]))}\t{s[-1]}\n")
+    for split, lines in rows.items():
+        (src / f"{name}.{split}.inter").write_text(SEQ_HEADER + "".join(lines))
+    if item_file:
+        (src / item_file).write_text("item_id:token\ttitle:token_seq\tbrand:token\n"
+                                     "10\tPok&eacute;mon  cards &amp;amp; more\tX\n11\tTom&rsquo;s\tY\n"
+                                     "12\tA &ndash; B\tY\n13\tPlain\tY\n14\tLast\tZ\n")
+    return src
+
+
+def test_cli_imports_sequence_per_row_atomic_files(tmp_path):
+    """Issue 17, finding 1: <name>.train/.valid/.test.inter with item_id_list import (each user's rows merged into one
+    sequence, expanded in order, positions as timestamps, recorded in dataset.json); detection says what it saw."""
+    src = write_seq_atomic(tmp_path / "src")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert ("detected format recbole: RecBole atomic files, one sequence per row (item_id_list): beauty.train.inter, "
+            "beauty.valid.inter, beauty.test.inter") in r.stderr
+    ds = load_dataset(tmp_path / "out")
+    assert ds.sequences() == SEQS and ds.name == "beauty"
+    assert sorted(ds.timestamps[ds.users == 1].tolist()) == [0, 1, 2, 3, 4]
+    assert ds.meta["timestamp_unit"].startswith("position in the user's sequence")
+    assert ds.meta["layout"].startswith("sequence per row")
+
+
+def test_one_sequence_file_and_histories_cut_at_a_maximum_length(tmp_path):
+    """One <name>.inter with item_id_list (finding 2's renamed file: it used to import one item per user) and
+    histories cut at a maximum length (the train rows carry the older items)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.inter").write_text(SEQ_HEADER + "1\t10 11\t12\n1\t11 12\t13\n1\t12 13\t14\n2\t13\t10\n")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "one sequence per row (item_id_list): one.inter" in r.stderr
+    assert "warning: no item file (one.item): items are named 'Item N'" in r.stderr
+    assert load_dataset(tmp_path / "out").sequences() == {1: [10, 11, 12, 13, 14], 2: [13, 10]}
+    # a row contradicting its user's sequence is reported, never silently merged
+    (src / "one.inter").write_text(SEQ_HEADER + "1\t10 11\t12\n1\t20 21\t22 \n2\t13\t10\n".replace(" \n", "\n"))
+    ds = import_dataset(src, tmp_path / "out2", warn=(seen := []).append)
+    assert ds.sequences()[1] == [10, 11, 12]
+    assert any("1 row(s) contradict their user's longest sequence" in w and "one.inter, line 3" in w for w in seen)
+
+
+def test_cli_imports_a_sequence_text_file(tmp_path):
+    """`user item1 item2 ...` lines (P5's sequential_data.txt), with an optional item file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "sequential_data.txt").write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in SEQS.items()))
+    (src / "sequential_data.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(
+        f"{i}\tT{i}\n" for i in range(10, 15)))
+    r = run_cli("data", "import", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "detected format sequences: a sequence text file, one user per line" in r.stderr
+    assert "warning" not in r.stderr
+    ds = load_dataset(tmp_path / "out")
+    assert ds.sequences() == SEQS and ds.items[12].title == "T12"
+    (src / "sequential_data.txt").write_text("1 10 11\n2 12\n1 13 14\n")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out3", "--format", "sequences")
+    assert r.returncode == 2 and "sequential_data.txt, line 3: duplicate user 1 (first on line 1)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_names_what_it_does_not_import(tmp_path):
+    """Issue 17, finding 2: unused fields and files are named in one warning line; a <name>.item beside
+    <name>.test.inter is found; an item file of another name is used and said so."""
+    src = write_seq_atomic(tmp_path / "src")
+    for split in ("train", "valid"):
+        (src / f"beauty.{split}.inter").unlink()
+    test_rows = (src / "beauty.test.inter").read_text().splitlines()  # every user's last item is 14: rate it 5
+    (src / "beauty.test.inter").write_text(f"{test_rows[0]}\trating:float\n" + "".join(f"{ln}\t5\n"
+                                                                                       for ln in test_rows[1:]))
+    (src / "README.md").write_text("notes")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == ["warning: not imported: file README.md; beauty.item field brand; beauty.test.inter field "
+                        "rating"], r.stderr
+    ds = load_dataset(tmp_path / "out")
+    assert ds.items[13].title == "Plain" and ds.sequences() == SEQS  # titles from beauty.item, not "Item N"
+    assert ds.meta["import_warnings"] == [warnings[0][len("warning: "):]]
+
+    (src / "beauty.item").rename(src / "Beauty_meta.item")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out2")
+    assert "warning: using Beauty_meta.item as the item file of beauty.test.inter (its name differs from " \
+           "beauty.item)" in r.stderr
+    assert load_dataset(tmp_path / "out2").items[13].title == "Plain"
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("ml100k", "not imported: u.item fields video release date, IMDb URL"),
+    ("ml100k_mm", "not imported: items.csv fields ml1m_movie_id, imdb_url"),
+    ("amazon", "not imported: Tiny_Toys.jsonl fields helpful_vote, images, text, title, verified_purchase; "
+               "meta_Tiny_Toys.jsonl fields average_rating, bought_together, details, price, rating_number, videos"),
+    ("recbole", None),  # every field of tiny.inter and tiny.item is imported
+])
+def test_every_importer_names_what_it_does_not_import(tmp_path, name, expect):
+    seen = []
+    ds = import_dataset(FIX / name, tmp_path / "out", warn=seen.append)
+    assert seen == ([expect] if expect else [])
+    assert ds.meta.get("import_warnings", []) == seen
+
+
+def test_cli_import_unescapes_html_and_collapses_whitespace(tmp_path):
+    """Issue 17, finding 6: HTML entities (also twice-escaped) are unescaped and whitespace collapsed at import,
+    recorded in dataset.json."""
+    src = write_seq_atomic(tmp_path / "src")
+    r = run_cli("data", "import", src, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    ds = load_dataset(tmp_path / "out")
+    assert ds.items[10].title == "Pokémon cards & more" and ds.items[11].title == "Tom’s"
+    assert ds.items[12].title == "A – B"
+    norm = json.loads((tmp_path / "out" / "dataset.json").read_text())["meta"]["text_normalization"]
+    assert norm["items_changed"] == 3 and "HTML entities unescaped" in norm["applied"]
+
+
 def test_detect_format_unknown(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(UserError, match="cannot tell the format"):

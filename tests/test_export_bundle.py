@@ -88,14 +88,16 @@ def bundle(inputs, profile, tmp_path_factory):
 def test_bundle_verifies_and_every_graph_passed_its_gate(bundle):
     man = load_manifest(bundle, verify=True)
     assert set(man.graphs) == {"summarizer.vision", "summarizer.embed", "summarizer.decoder", "recommender.vision",
-                               "recommender.embed", "recommender.decoder", "recommender.scorer",
-                               "sasrec.user_encoder"}
+                               "recommender.embed", "recommender.scorer", "sasrec.user_encoder"}
+    # merged_decoder = "fallback": the scorer serves the recommender, so its weights are not stored a second time
+    assert "recommender.scorer serves" in man.data["graphs_skipped"]["recommender.decoder"]
     for graph, entry in man.graphs.items():
         for precision, v in entry["variants"].items():
             assert v["parity"]["passed"], (graph, precision)
             assert v["parity"]["metrics"], graph
-    # cpu-int8 quantizes the embedding tables and the summarizer's decoder; the recommender's decoder stays fp32
-    assert man.graph_variants("recommender.decoder") == ["fp32"] and man.graph_variants("recommender.embed") == ["int8"]
+    # cpu-int8 runs its hot path in int8: the recommender's scorer, the embedding tables, the summarizer's decoder
+    assert man.graph_variants("recommender.scorer") == ["int8"] and man.graph_variants("recommender.embed") == ["int8"]
+    assert man.graphs["recommender.scorer"]["variants"]["int8"]["quantized_nodes"] > 0
     assert man.graph_file("recommender.embed").name == "embed.int8.onnx"
     assert man.graphs["recommender.embed"]["variants"]["int8"]["quantized_nodes"] > 0
     assert man.graphs["summarizer.decoder"]["variants"]["int8"]["quantized_nodes"] > 0
@@ -218,9 +220,13 @@ def test_unknown_format_version_and_missing_manifest(copy):
         load_manifest(copy)
 
 
-def test_tensorrt_provider_options_come_from_the_manifest(bundle, tmp_path):
+def test_tensorrt_provider_options_come_from_the_manifest(inputs, profile, tmp_path):
     from mmsrarec_edge.runtime.tensorrt import tensorrt_provider_options
 
+    # TensorRT profiles ship the merged decoder beside the scorer (merged_decoder = "always")
+    bundle = tmp_path / "trt"
+    export_bundle(inputs, replace(profile, merged_decoder="always", precision="fp32", fp32_graphs=[],
+                                  graphs=["recommender.decoder", "recommender.scorer"]), bundle)
     opts = tensorrt_provider_options(bundle, "recommender.decoder", cache_dir=tmp_path)
     assert opts["trt_engine_cache_enable"] == "True" and Path(opts["trt_engine_cache_path"]).is_dir()
     # Two profiles (prefix, suffix): every input appears twice; max candidates 21 from the profile's limits.
@@ -261,7 +267,7 @@ def _leftovers(parent: Path, name: str) -> list[Path]:
 def test_failed_gate_leaves_no_bundle_and_keeps_the_old_one(inputs, profile, bundle, tmp_path):
     strict = replace(profile, graphs=["recommender.decoder"], parity=replace(profile.parity, logits=1e-12))
     out = tmp_path / "fresh"
-    with pytest.raises(ExportError, match=r"recommender\.decoder \(fp32\)"):
+    with pytest.raises(ExportError, match=r"recommender\.decoder \(int8\)"):
         export_bundle(inputs, strict, out)
     assert not out.exists() and not _leftovers(tmp_path, "fresh")
     old = tmp_path / "old"
@@ -308,3 +314,41 @@ def test_large_graphs_keep_weights_in_one_listed_data_file(inputs, profile, tmp_
     (tmp_path / "b" / "recommender" / "decoder.fp16.onnx.data").write_bytes(b"")
     with pytest.raises(BundleError, match=r"decoder\.fp16\.onnx\.data: size 0 bytes"):
         load_manifest(tmp_path / "b", verify=False)
+
+
+def test_cpu_int4_bundle_runs_weight_only_int4_on_the_hot_path(inputs, tmp_path):
+    """cpu-int4: MatMulNBits / GatherBlockQuantized graphs, gated, smaller than int8, and `recommend` serves from them
+    with scores close to the cpu-int8 bundle's (both are gated against the same PyTorch model)."""
+    import onnx
+
+    from mmsrarec_edge.runtime.recommender import Recommender
+
+    rec_only = replace(inputs, summarizer=None, retrieval=None)
+    graphs = ["recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder"]
+    bundles = {}
+    for name in ("cpu-int4", "cpu-int8"):
+        prof = load_profile(PROFILES_DIR / f"{name}.toml")
+        bundles[name] = tmp_path / name
+        export_bundle(rec_only, replace(prof, parity=replace(prof.parity, cases=1), graphs=graphs), bundles[name])
+    man = load_manifest(bundles["cpu-int4"], verify=True)
+    assert "recommender.decoder" not in man.graphs  # the scorer serves
+    for graph in ("recommender.embed", "recommender.scorer"):
+        v = man.graphs[graph]["variants"]["int4"]
+        assert v["parity"]["passed"] and v["quantized_nodes"] > 0 and v["block_size"] == 32, graph
+        model = onnx.load(str(man.graph_file(graph)), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        assert ("MatMulNBits" if graph.endswith("scorer") else "GatherBlockQuantized") in ops, (graph, ops)
+        if graph.endswith("scorer"):  # every weight quantized, the prefix and suffix paths' shared ones included
+            assert "MatMul" not in {n.op_type for n in model.graph.node if any(i.endswith(".weight") for i in n.input)}
+            assert not [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
+                        and min(t.dims) > 8]
+    int8 = load_manifest(bundles["cpu-int8"])
+    assert man.files["recommender/scorer.int4.onnx"]["bytes"] < int8.files["recommender/scorer.int8.onnx"]["bytes"]
+    history = sorted(inputs.dataset.items)[:5]
+    res = Recommender(bundles["cpu-int4"], provider="cpu", threads=1)
+    assert res.variants["recommender.scorer"] == "int4" and res.scorer.decoder is None
+    got = dict(res.recommend(history=history, candidates="sampled:6", seed=1, top_k=6).scored)
+    want = dict(Recommender(bundles["cpu-int8"], provider="cpu", threads=1).recommend(
+        history=history, candidates="sampled:6", seed=1, top_k=6).scored)
+    assert got.keys() == want.keys() and len(got) == 6
+    assert max(abs(got[i] - want[i]) for i in got) < 0.1

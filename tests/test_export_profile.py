@@ -18,7 +18,7 @@ PROFILES = sorted(PROFILES_DIR.glob("*.toml"))
 
 def test_the_shipped_profiles_parse():
     names = {p.stem for p in PROFILES}
-    assert names == {"cpu-fp32", "cpu-int8", "cpu-fp32-int8", "cuda-fp16", "tensorrt-fp16", "jetson-orin"}
+    assert names == {"cpu-fp32", "cpu-int8", "cpu-int4", "cpu-fp32-int8", "cuda-fp16", "tensorrt-fp16", "jetson-orin"}
     for path in PROFILES:
         prof = load_profile(path)
         assert prof.name == path.stem
@@ -29,9 +29,12 @@ def test_variant_policy_of_shipped_profiles():
     int8 = load_profile(PROFILES_DIR / "cpu-int8.toml")
     assert int8.graph_variants("sasrec.user_encoder") == ["fp32"]
     assert int8.default_variant("sasrec.user_encoder") == "fp32"
-    # the deployment profile keeps the recommender decoder fp32 (trained models miss the int8 score gate) ...
-    assert int8.graph_variants("recommender.decoder") == ["fp32"]
+    # the deployment profiles run the hot path quantized and store each recommender weight once ...
+    assert int8.graph_variants("recommender.scorer") == ["int8"] and int8.merged_decoder == "fallback"
     assert int8.graph_variants("recommender.embed") == ["int8"]
+    int4 = load_profile(PROFILES_DIR / "cpu-int4.toml")
+    assert int4.graph_variants("recommender.scorer") == ["int4"] and int4.merged_decoder == "fallback"
+    assert int4.graph_variants("recommender.vision") == ["fp32"]
     # ... the comparison profile ships both, fp32 by default, with a looser score gate for int8 only
     from mmsrarec_edge.exporter.parity import DEFAULT_TOLERANCES, tolerances
 
@@ -44,7 +47,7 @@ def test_variant_policy_of_shipped_profiles():
     trt = load_profile(PROFILES_DIR / "tensorrt-fp16.toml")
     # TensorRT builds fp16 itself from fp32 graphs.
     assert trt.precision == "fp16" and trt.graph_variants("recommender.decoder") == ["fp32"]
-    assert trt.tensorrt.enabled and trt.tensorrt.fp16
+    assert trt.tensorrt.enabled and trt.tensorrt.fp16 and trt.merged_decoder == "always"
     orin = load_profile(PROFILES_DIR / "jetson-orin.toml")
     assert orin.tensorrt.workspace_mb < trt.tensorrt.workspace_mb
     assert orin.limits.max_prefix_tokens < trt.limits.max_prefix_tokens
@@ -54,7 +57,8 @@ def test_unknown_keys_and_bad_values_are_named(tmp_path):
     cases = {
         'precison = "int8"\n': "unknown key 'precison'",
         '[limits]\nmax_candidate = 3\n': "unknown key 'limits.max_candidate'",
-        'precision = "int4"\n': "precision must be one of",
+        'precision = "int2"\n': "precision must be one of",
+        'merged_decoder = "never"\n': "merged_decoder must be one of",
         'graphs = ["recommender.decodr"]\n': "unknown graph 'recommender.decodr'",
         'providers = ["CoreMLExecutionProvider"]\n': "unknown execution provider",
         '[limits]\nmax_candidates = 0\n': "limits.max_candidates must be >= 1",

@@ -72,3 +72,41 @@ def test_errors_are_clear(tiny_synth, tmp_path):
 def test_out_of_range_settings_are_user_errors(tiny_synth, change, needle):
     with pytest.raises(UserError, match=needle):
         build_protocol(tiny_synth, ProtocolConfig(**change))
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mmsrarec_edge.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=120, env={"MMSRAREC_QUIET": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_single_interaction_users_name_the_cause(tmp_path):
+    """Issue 17, finding 3: on one-interaction users (a sequence column imported as one item per user) the k-core
+    hint names that cause, and --kcore 1 no longer writes a protocol with 0 validation/test cases (evaluate used to
+    crash on it): one line, exit 2, nothing written. An old 0-case protocol is refused by evaluate in one line."""
+    from mmsrarec_edge.data.schema import Dataset, Item, save_dataset
+
+    n = 40
+    save_dataset(Dataset("one", {i: Item(i, f"T{i}") for i in range(1, 8)}, np.arange(1, n + 1),
+                         np.arange(n) % 7 + 1, np.zeros(n, np.int64)), tmp_path / "ds")
+    r = _cli("data", "protocol", tmp_path / "ds", "--out", tmp_path / "p")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "the 5-core filter removed every interaction" in r.stderr
+    assert "all 40 users have a single interaction: is the history in a sequence column?" in r.stderr
+    r = _cli("data", "protocol", tmp_path / "ds", "--out", tmp_path / "p", "--kcore", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "the protocol would have 0 validation cases" in r.stderr and "single interaction" in r.stderr
+    assert not (tmp_path / "p").exists()
+
+    # a protocol written before this check (0 test cases) : evaluate says so instead of a reshape error
+    from mmsrarec_edge.data.protocol import Cases, Protocol, ProtocolConfig, save_protocol
+
+    empty = Cases(*(np.zeros(0, np.int64) for _ in range(4)), [], np.zeros((0, 21), np.int64))
+    seqs = {u: [int(u % 7 + 1)] for u in range(1, n + 1)}
+    save_protocol(Protocol(ProtocolConfig(kcore=1), list(range(1, 8)), list(range(1, 33)), list(range(33, 37)),
+                           list(range(37, 41)), seqs, {u: [0] for u in seqs}, empty, empty), tmp_path / "old")
+    r = _cli("evaluate", tmp_path / "old", "--out", tmp_path / "report")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "has 0 test cases: there is nothing to evaluate" in r.stderr and not (tmp_path / "report").exists()

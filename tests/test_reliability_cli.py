@@ -164,6 +164,15 @@ def corrupt_checkpoint(w: Work) -> Path:
     return d
 
 
+def foreign_sasrec(w: Work) -> Path:
+    """A SASRec whose recorded dataset fingerprint is not the dataset's (trained on another one)."""
+    d = w.root / "sasrec_foreign"
+    shutil.copytree(big_sasrec(w), d)
+    meta = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**meta, "dataset_fingerprint": "0123456789abcdef"}))
+    return d
+
+
 def externalize(bundle: Path, rel: str) -> None:
     """Store graph `rel`'s weights as ONNX external data (`<rel>.data`), as real-size exports do; relist both."""
     import onnx
@@ -315,6 +324,8 @@ CASES = [
     Case("not a protocol directory", lambda w: ["train", "sasrec", w.root / "no_protocol", "--out", w.root / "s"]),
     Case("the 1000-core filter removed every interaction",
          lambda w: ["data", "protocol", w.dataset(), "--kcore", 1000, "--out", w.root / "proto"]),
+    Case("the protocol would have 0 validation cases",
+         lambda w: ["data", "protocol", w.dataset(), "--history-len", 1000, "--out", w.root / "proto0"]),
     # --- requests
     Case("unknown user id 1000000", lambda w: ["recommend", w.b, "--user", 1000000]),
     Case("unknown item id 999999 in the history", lambda w: ["recommend", w.b, "--history", "1,999999"]),
@@ -406,6 +417,9 @@ CASES = [
     Case("--device cuda: PyTorch sees no CUDA device here", train_on_missing_cuda, runner=True),
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
+    Case("is not the dataset the SASRec model was trained on", lambda w: [
+        "export", "--profile", w.root / "sasrec.toml", "--sasrec", foreign_sasrec(w), "--dataset", w.dataset(),
+        "--out", w.root / "never2"]),
     Case("no space left on the device", full_disk_export, runner=True),
     Case("cannot create the lock file", read_only_bundle, runner=True),
     Case("interrupted", interrupted_export(signal.SIGINT), rc=130, runner=True),

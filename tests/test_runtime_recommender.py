@@ -120,8 +120,8 @@ def test_precision_variants(bundle, rec):
 
 
 def test_session_choices_are_checked(bundle):
-    with pytest.raises(UserError, match="unknown precision 'int4'"):
-        Recommender(bundle.dir, precision="int4")
+    with pytest.raises(UserError, match="unknown precision 'int2'"):
+        Recommender(bundle.dir, precision="int2")
     with pytest.raises(UserError, match="unknown execution provider 'rocm'"):
         Recommender(bundle.dir, provider="rocm")
 

@@ -42,8 +42,8 @@ def test_unavailable_provider_names_it_and_what_is_available():
 def test_unknown_provider_and_precision():
     with pytest.raises(UserError, match="unknown execution provider 'rocm'"):
         resolve_provider("rocm", ["cpu"])
-    with pytest.raises(UserError, match="unknown precision 'int4'"):
-        resolve_precision("int4")
+    with pytest.raises(UserError, match="unknown precision 'int2'"):
+        resolve_precision("int2")
     with pytest.raises(UserError, match="threads must be >= 1"):
         SessionConfig.resolve("cpu", threads=0)
 

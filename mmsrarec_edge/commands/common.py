@@ -35,6 +35,7 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+    int4 = "int4"
 
 
 PROVIDER_HELP = "Execution provider (default: the fastest available)."

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import status
+from .common import status, warn
 
 
 def synth(
@@ -36,6 +36,7 @@ class ImportFormat(str, Enum):
     ml100k = "ml100k"
     ml100k_mm = "ml100k_mm"
     recbole = "recbole"
+    sequences = "sequences"
     amazon = "amazon"
 
 
@@ -47,13 +48,17 @@ def import_(
                                 help="Folder of <item id>.jpg/.png (Amazon: <parent_asin>.jpg/.png)."),
     min_rating: float = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
 ):
-    """Import MovieLens-100K, ml100k_mm, RecBole atomic files or Amazon Reviews 2023 JSONL."""
+    """Import MovieLens-100K, ml100k_mm, RecBole atomic files (one interaction or one sequence per row), a
+    'user item1 item2 ...' sequence text file or Amazon Reviews 2023 JSONL.
+
+    Auto-detection says what it recognised; files and columns not imported are named in one warning."""
     from ..core.outputs import DATASET, check_output_dir
     from ..core.progress import progress_bar
     from ..data.importers import import_dataset
 
     check_output_dir(out, DATASET)  # before reading the source: import_dataset's own check comes after it
-    ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar)
+    ds = import_dataset(source, out, fmt=fmt.value, images=images, min_rating=min_rating, progress=progress_bar,
+                        warn=warn, status=status)
     typer.echo(json.dumps(ds.stats()))
     status(f"wrote {out}")
 

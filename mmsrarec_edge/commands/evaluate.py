@@ -40,6 +40,9 @@ def evaluate(
 
     check_output_dir(out, REPORT)
     p = load_protocol(protocol_dir)
+    if not len(p.test if split == Split.test else p.val):  # a protocol written before `data protocol` refused these
+        raise UserError(f"protocol {protocol_dir} has 0 {split.value} cases: there is nothing to evaluate",
+                        "rebuild it with `mmsrarec-edge data protocol` (its message says what the data lacks)")
     scorers = {}
     if popularity:
         from ..models.popularity import Popularity

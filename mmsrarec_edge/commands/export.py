@@ -7,13 +7,14 @@ from `--config FILE.toml` (its [export] table in a pipeline file); options given
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import CONFIG_HELP, EXPORT, config_command, threads
+from .common import CONFIG_HELP, EXPORT, config_command, threads, warn
 
 
 @dataclass
@@ -28,6 +29,9 @@ class ExportOptions:
     keywords: str = ""
     dataset: str = ""
     threads: int = 2  # torch/onnxruntime threads of export and parity checks
+    catalog: str = "known"  # known: the dataset items SASRec knows; all: every dataset item (the rest cold-start)
+    vision_graphs: bool = False  # True: vision graphs even for a text-only dataset (default: skipped, with the reason)
+    allow_dataset_mismatch: bool = False  # export a dataset whose fingerprint is not the models' (with a warning)
 
 
 def build_options(config: Path | None = None, **options) -> ExportOptions:
@@ -53,6 +57,18 @@ def export(
                                                       "@dataset"),
     threads_: int = typer.Option(None, "--threads", help="Torch/ONNX Runtime threads used by export and parity "
                                                          "checks, at most the CPU count @threads"),
+    catalog: Optional[str] = typer.Option(None, "--catalog",
+                                          help="Catalog items: known (the dataset items SASRec knows; the others, "
+                                               "dropped by the k-core filter, are left out and counted) or all (they "
+                                               "are kept as cold-start items) @catalog"),
+    vision_graphs: Optional[bool] = typer.Option(None, "--vision-graphs/--no-vision-graphs",
+                                                 help="Export the vision graphs even when the dataset has no item "
+                                                      "images (default: skipped, the reason in the manifest's "
+                                                      "graphs_skipped) @vision_graphs"),
+    allow_dataset_mismatch: Optional[bool] = typer.Option(None, "--allow-dataset-mismatch",
+                                                          help="Export even when --dataset is not the dataset the "
+                                                               "models were trained on (a warning) "
+                                                               "@allow_dataset_mismatch"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key",
                                             help="Sign the bundle's manifest with this Ed25519 private key "
@@ -65,13 +81,18 @@ def export(
     from ..core.io_utils import check_output_dir
 
     opts = build_options(config, profile=profile, out=out, sasrec=sasrec, recommender=recommender,
-                         summarizer=summarizer, keywords=keywords, dataset=dataset, threads=threads_)
+                         summarizer=summarizer, keywords=keywords, dataset=dataset, threads=threads_, catalog=catalog,
+                         vision_graphs=vision_graphs, allow_dataset_mismatch=allow_dataset_mismatch)
     if not opts.profile:
         raise UserError("export needs a profile", "pass --profile NAME (e.g. cpu-int8) or a TOML file")
     if not opts.out:
         raise UserError("export needs an output directory", "pass --out DIR")
     if opts.threads < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--threads")
+    from ..exporter.catalog import CATALOG_MODES
+
+    if opts.catalog not in CATALOG_MODES:
+        raise UserError(f"--catalog must be one of {', '.join(CATALOG_MODES)}, got {opts.catalog!r}")
     n_threads = threads(opts.threads)
     prof_file = profile_path(opts.profile)
     out_dir = Path(opts.out)
@@ -94,7 +115,9 @@ def export(
     torch.set_num_threads(n_threads)
     prof = load_profile(prof_file)
     inputs = load_inputs(given(opts.summarizer), given(opts.recommender), given(opts.sasrec), given(opts.keywords),
-                         given(opts.dataset))
+                         given(opts.dataset), opts.catalog, opts.vision_graphs, opts.allow_dataset_mismatch)
+    for message in inputs.warnings:
+        warn(message)
     n = sum(len(prof.graph_variants(g)) for g in prof.graphs)
     with progress_bar(f"exporting ({prof.name})", n) as advance:
         manifest = export_bundle(inputs, prof, out_dir, profile_source=opts.profile, progress=advance,
@@ -102,6 +125,14 @@ def export(
     for graph, precision, metrics in parity_summary(manifest):
         figures = ", ".join(f"{k} {v:.2e}" for k, v in metrics.items())
         typer.echo(f"parity {graph} [{precision}]: {figures}  (pass)")
+    for graph, why in manifest.get("graphs_skipped", {}).items():
+        typer.echo(f"skipped {graph}: {why}")
+    catalog_section = (json.loads((out_dir / "config.json").read_text()).get("catalog")
+                       if (out_dir / "config.json").is_file() else None)
+    if catalog_section:
+        from ..exporter.catalog import describe_catalog
+
+        typer.echo(describe_catalog(catalog_section))
     total = sum(f["bytes"] for f in manifest["files"].values())
     # the export's summary is its result (stdout), as the parity lines above
     typer.echo(f"wrote {out_dir} ({len(manifest['files'])} files, {total / 1e6:.1f} MB, "

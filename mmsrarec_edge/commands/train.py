@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from .common import CONFIG_HELP, DATA, TRAIN, config_command, renamed, status
+from .common import CONFIG_HELP, DATA, TRAIN, config_command, renamed, status, threads
 
 
 def protocol(
@@ -65,7 +65,7 @@ def default_sasrec() -> SASRecRun:
 
 
 def build_config(config: Path | None = None, *, hidden=None, layers=None, heads=None, max_len=None, dropout=None,
-                 epochs=None, patience=None, lr=None, batch_size=None, seed=None) -> SASRecRun:
+                 epochs=None, patience=None, lr=None, batch_size=None, seed=None, threads=None) -> SASRecRun:
     """What `train sasrec` trains with: the dataclass defaults <- `config`'s [sasrec] settings <- the options given
     (None: not given). Without arguments it equals `default_sasrec()`."""
     from ..core.config import build
@@ -73,7 +73,7 @@ def build_config(config: Path | None = None, *, hidden=None, layers=None, heads=
     return build(default_sasrec(), config, "sasrec", {
         "model.hidden": hidden, "model.layers": layers, "model.heads": heads, "model.max_len": max_len,
         "model.dropout": dropout, "model.seed": seed, "train.epochs": epochs, "train.patience": patience,
-        "train.lr": lr, "train.batch_size": batch_size, "train.seed": seed})
+        "train.lr": lr, "train.batch_size": batch_size, "train.seed": seed, "train.threads": threads})
 
 
 def sasrec(
@@ -90,6 +90,8 @@ def sasrec(
     lr: float = typer.Option(None, help="Adam learning rate @train.lr"),
     batch_size: int = typer.Option(None, help="Training sequences per step @train.batch_size"),
     seed: int = typer.Option(None, help="Seed of the weights and the batches @model.seed,train.seed"),
+    threads_: int = typer.Option(None, "--threads", help="Torch threads, at most the CPU count (0: torch's choice) "
+                                                         "@train.threads"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " Tables: model, train."),
 ):
     """Train SASRec on the training users (PyTorch), early-stopped on validation.
@@ -101,7 +103,10 @@ def sasrec(
 
     check_output_dir(out, SASREC)  # before training, not after
     run = build_config(config, hidden=hidden, layers=layers, heads=heads, max_len=max_len, dropout=dropout,
-                       epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, seed=seed)
+                       epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, seed=seed, threads=threads_)
+    if run.train.threads < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--threads")
+    run.train.threads = threads(run.train.threads or None) or 0
     p = load_protocol(protocol_dir)
 
     from ..core.progress import progress_bar

@@ -23,6 +23,9 @@ from .importers import ID_MAP_FILE, ID_MAP_SCHEMA, RawImport, SourceLineError, a
 from .schema import Item
 
 _SUFFIXES = (".jsonl", ".jsonl.gz")
+# the keys each file's objects are read for; any other key is named in the import's "not imported" warning
+META_KEYS = {"parent_asin", "title", "description", "features", "main_category", "categories", "store", "images"}
+REVIEW_KEYS = {"user_id", "parent_asin", "asin", "timestamp", "rating"}
 
 
 def _stem(name: str) -> str | None:
@@ -97,7 +100,9 @@ def read_amazon(source: Path, images: Path | None = None) -> RawImport:
     item_lines: dict[int, int] = {}
     asin_to_id: dict[str, int] = {}
     urls: dict[int, str | None] = {}
+    meta_keys: set[str] = set()
     for n, obj in _json_objects(meta_path):
+        meta_keys.update(obj)
         asin = _string(obj, "parent_asin", meta_path, n, required=True)
         iid = asin_to_id.get(asin, len(asin_to_id) + 1)
         title = " ".join(_string(obj, "title", meta_path, n).split()) or f"Item {asin}"
@@ -118,7 +123,9 @@ def read_amazon(source: Path, images: Path | None = None) -> RawImport:
 
     raw_users: list[str] = []
     item_ids, stamps_ms, ratings, lines = [], [], [], []
+    review_keys: set[str] = set()
     for n, obj in _json_objects(reviews_path):
+        review_keys.update(obj)
         user = _string(obj, "user_id", reviews_path, n, required=True)
         asin = _string(obj, "parent_asin" if "parent_asin" in obj else "asin", reviews_path, n, required=True)
         if asin not in asin_to_id:
@@ -155,4 +162,5 @@ def read_amazon(source: Path, images: Path | None = None) -> RawImport:
     }, schema=ID_MAP_SCHEMA)
     raw.images = find_images(images, asin_to_id)
     raw.meta = {"timestamp_unit": "s", "category": category, "id_map": ID_MAP_FILE}
+    raw.unused = {meta_path.name: sorted(meta_keys - META_KEYS), reviews_path.name: sorted(review_keys - REVIEW_KEYS)}
     return raw

@@ -1,15 +1,23 @@
 """Import public recommendation datasets into the canonical format (see schema.py), with line-accurate errors.
 
-Readers (movielens.py, amazon.py) parse a source directory into a `RawImport`; `import_dataset` filters it, copies the
-item images into `images/`, and writes the canonical dataset atomically. Every problem in a source file raises a
-`SourceLineError` (a DataError) whose message names the file, the 1-based line number in that file and the problem.
-Torch-free and pandas-free on purpose: importing must work on the slim install.
+Readers (movielens.py, sequences.py, amazon.py) parse a source directory into a `RawImport`; `import_dataset`
+filters it, normalizes the item text, copies the item images into `images/`, and writes the canonical dataset
+atomically. Every problem in a source file raises a `SourceLineError` (a DataError) whose message names the file, the
+1-based line number in that file and the problem. Torch-free and pandas-free on purpose: importing must work on the
+slim install.
+
+Nothing is dropped silently: each reader records the files it read (`used_files`) and the columns or keys it did not
+use (`unused`); `import_dataset` reports the source's other files and those columns in one warning line (also kept in
+dataset.json's `meta.import_warnings`), so a sequence column or an item file the reader did not recognise is visible.
+Item text is normalized once here (`normalize_text`: HTML entities unescaped, whitespace collapsed; Amazon and
+RecBole titles carry `&amp;`, `&rsquo;`, ...) and the step is recorded in dataset.json (`meta.text_normalization`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import html
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +32,7 @@ from ..core.errors import DataError, UserError
 from ..core.io_utils import atomic_dir
 from .schema import Dataset, Item, load_dataset, save_dataset
 
-FORMATS = ("ml100k", "ml100k_mm", "recbole", "amazon")
+FORMATS = ("ml100k", "ml100k_mm", "recbole", "sequences", "amazon")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")  # preference order when an item has several
 ID_MAP_FILE = "id_map.parquet"
 ID_MAP_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.int64()), ("source_id", pa.string()), ("url", pa.string())])
@@ -55,9 +63,13 @@ class RawImport:
     timestamps: list[int] = field(default_factory=list)
     ratings: list[float] | None = field(default_factory=list)  # None: the source has no ratings
     lines: list[int] = field(default_factory=list)  # line of each interaction in inter_path, for error messages
+    line_files: list[Path] = field(default_factory=list)  # the file of each line when there are several, else empty
     images: dict[int, Path] = field(default_factory=dict)  # item_id -> image file to copy
     meta: dict = field(default_factory=dict)
     side_tables: dict[str, pa.Table] = field(default_factory=dict)  # extra Parquet files, e.g. the id map
+    used_files: set[Path] = field(default_factory=set)  # besides items_path and inter_path (e.g. ml100k's u.genre)
+    unused: dict[str, list[str]] = field(default_factory=dict)  # file name -> its columns/keys not imported
+    warnings: list[str] = field(default_factory=list)  # what the reader noticed (shown at import, kept in meta)
 
 
 # ---------------------------------------------------------------- text helpers shared by the readers
@@ -168,26 +180,56 @@ def find_images(folder: Path | None, keys: dict[str, int]) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+# ---------------------------------------------------------------- item text
+
+
+TEXT_NORMALIZATION = "HTML entities unescaped (&amp; -> &, &rsquo; -> \u2019, ...), whitespace collapsed to one space"
+
+
+def normalize_text(text: str) -> str:
+    """`text` with HTML entities unescaped (twice-escaped ones too, e.g. `&amp;rsquo;`) and runs of whitespace
+    (tabs, line breaks, non-breaking spaces) collapsed to one space."""
+    for _ in range(3):
+        out = html.unescape(text)
+        if out == text:
+            break
+        text = out
+    return " ".join(text.split())
+
+
 # ---------------------------------------------------------------- detection and the entry point
 
 
-def detect_format(source: Path) -> str:
-    """Guess the format of a source directory from the files it holds."""
+def detect(source: Path) -> tuple[str, str]:
+    """(format, what was recognised, in words) of a source directory, from the files it holds."""
     source = Path(source)
     if not source.is_dir():
         raise UserError(f"source {source} is not a directory", "pass the folder that holds the dataset files")
     names = {p.name for p in source.iterdir()}
     if {"u.data", "u.item"} <= names:
-        return "ml100k"
+        return "ml100k", "MovieLens-100K (u.data + u.item)"
     if {"interactions.csv", "items.csv"} <= names:
-        return "ml100k_mm"
+        return "ml100k_mm", "ml100k_mm (interactions.csv + items.csv)"
     if any(n.endswith(".inter") for n in names):
-        return "recbole"
+        from .sequences import describe_atomic
+
+        return "recbole", describe_atomic(source)
     if any(n.startswith("meta_") and (n.endswith(".jsonl") or n.endswith(".jsonl.gz")) for n in names):
-        return "amazon"
+        return "amazon", "Amazon Reviews 2023 JSONL (meta_<category>.jsonl + <category>.jsonl)"
+    from .sequences import find_sequence_text
+
+    seq = find_sequence_text(source)
+    if seq is not None:
+        return "sequences", f"a sequence text file, one user per line (user item1 item2 ...): {seq.name}"
     raise UserError(f"cannot tell the format of {source}",
-                    "expected u.data+u.item (ml100k), interactions.csv+items.csv (ml100k_mm), <name>.inter (recbole) "
-                    "or meta_<cat>.jsonl + <cat>.jsonl (amazon); or pass --format")
+                    "expected u.data+u.item (ml100k), interactions.csv+items.csv (ml100k_mm), <name>.inter or "
+                    "<name>.train/.valid/.test.inter (recbole), meta_<cat>.jsonl + <cat>.jsonl (amazon) or a "
+                    "'user item1 item2 ...' .txt file (sequences); or pass --format")
+
+
+def detect_format(source: Path) -> str:
+    """The format `detect` recognises in `source`."""
+    return detect(source)[0]
 
 
 def read_source(source: Path, fmt: str, images: Path | None = None) -> RawImport:
@@ -196,6 +238,8 @@ def read_source(source: Path, fmt: str, images: Path | None = None) -> RawImport
 
         reader = {"ml100k": movielens.read_ml100k, "ml100k_mm": movielens.read_ml100k_mm,
                   "recbole": movielens.read_recbole}[fmt]
+    elif fmt == "sequences":
+        from .sequences import read_sequence_text as reader
     elif fmt == "amazon":
         from .amazon import read_amazon as reader
     else:
@@ -226,20 +270,46 @@ def _copy_image(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def unused_report(source: Path, raw: RawImport, images: Path | None = None) -> str | None:
+    """One line naming the source's files the reader did not read and the columns/keys it did not import; None when
+    everything was used. Hidden files and folders (an image folder, say) are not listed."""
+    used = {Path(p).resolve() for p in (raw.items_path, raw.inter_path, *raw.used_files)}
+    skip = Path(images).resolve() if images is not None else None
+    files = sorted(p.name for p in Path(source).iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.resolve() not in used and p.resolve() != skip)
+    parts = [f"file{'s' if len(files) > 1 else ''} {', '.join(files)}"] if files else []
+    parts += [f"{name} field{'s' if len(cols) > 1 else ''} {', '.join(cols)}"
+              for name, cols in sorted(raw.unused.items()) if cols]
+    return f"not imported: {'; '.join(parts)}" if parts else None
+
+
 def import_dataset(source: Path, out: Path, fmt: str | None = None, images: Path | None = None,
-                   min_rating: float | None = None, progress: Callable = _no_progress) -> Dataset:
+                   min_rating: float | None = None, progress: Callable = _no_progress,
+                   warn: Callable[[str], None] | None = None, status: Callable[[str], None] | None = None) -> Dataset:
     """Import `source` (a directory in one of FORMATS; None or "auto" detects it) into the canonical dataset `out`.
 
     `images`: a folder of `<item id>.jpg/.png` (Amazon: `<parent_asin>.jpg/.png`) copied into `out/images/`; for
     ml100k_mm it replaces the `poster` column. `min_rating`: drop interactions rated below it. `progress` is a
-    context manager factory like `progress.progress_bar`. Returns the dataset as loaded back from `out`.
+    context manager factory like `progress.progress_bar`. `status(line)` hears what auto-detection recognised (once
+    the source was read),
+    `warn(line)` each warning (the files and columns not imported, what a reader noticed); the warnings are kept in
+    dataset.json's `meta.import_warnings` too. Returns the dataset as loaded back from `out`.
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise UserError(f"source {source} is not a directory", "pass the folder that holds the dataset files")
-    fmt = detect_format(source) if fmt in (None, "auto") else fmt
+    what = None
+    if fmt in (None, "auto"):
+        fmt, what = detect(source)
     _check_out(source, out)
     raw = read_source(source, fmt, images)
+    if what and status is not None:  # once the source reads: a bad source gets its one error line, nothing else
+        status(f"detected format {fmt}: {what}")
+    report = unused_report(source, raw, images)
+    warnings = [*raw.warnings, *([report] if report else [])]
+    for line in warnings:
+        if warn is not None:
+            warn(line)
     if not raw.items:
         raise DataError(raw.items_path, "no items", hint="is this the right file?")
     if not raw.users:
@@ -252,10 +322,12 @@ def import_dataset(source: Path, out: Path, fmt: str | None = None, images: Path
     unknown = ~np.isin(item_ids, known)
     if unknown.any():
         k = int(np.argmax(unknown))
-        raise SourceLineError(raw.inter_path, raw.lines[k],
+        raise SourceLineError(raw.line_files[k] if raw.line_files else raw.inter_path, raw.lines[k],
                               f"item id {int(item_ids[k])} is not in {raw.items_path.name}",
                               hint="every interacted item must be listed in the item file")
     meta = {"import_format": fmt, **raw.meta}
+    if warnings:
+        meta["import_warnings"] = warnings
     if min_rating is not None:
         if raw.ratings is None:
             raise UserError(f"{raw.inter_path} has no ratings, so --min-rating cannot be applied",
@@ -266,7 +338,12 @@ def import_dataset(source: Path, out: Path, fmt: str | None = None, images: Path
         if not len(users):
             raise UserError(f"no interactions are rated {min_rating} or more", "lower --min-rating")
 
-    items = {iid: Item(it.item_id, it.title, it.description, None, it.attributes) for iid, it in raw.items.items()}
+    items, changed = {}, 0
+    for iid, it in raw.items.items():
+        title, desc = normalize_text(it.title), normalize_text(it.description or "")
+        changed += (title, desc) != (it.title, it.description or "")
+        items[iid] = Item(it.item_id, title or f"Item {iid}", desc, None, it.attributes)
+    meta["text_normalization"] = {"applied": TEXT_NORMALIZATION, "items_changed": changed}
     with atomic_dir(out) as tmp:
         if raw.images:
             (tmp / "images").mkdir()

@@ -5,7 +5,8 @@ atomic files.
   release date, video release date, IMDb URL, 19 genre flags; genre names from `u.genre` when present).
 - ml100k_mm: `interactions.csv` (user_id,item_id,rating,timestamp) and `items.csv` (item_id, ml1m_movie_id, title,
   release_date, genres '|'-separated, description, director and cast as Python list literals, imdb_url, poster).
-- recbole: `<name>.inter` and optional `<name>.item`, tab-separated with `field:type` headers.
+- recbole: `<name>.inter` and optional `<name>.item`, tab-separated with `field:type` headers. A sequence-per-row
+  layout (an `item_id_list` column, or `<name>.train/.valid/.test.inter` files) is read by sequences.py.
 
 Item descriptions (see `describe_movie`): the plot when there is one, followed by "Genres: ...", up to 2 directors and
 the top 3 billed cast members; without a plot it starts with "A <genres> film from <year>." so that every movie has some
@@ -21,7 +22,6 @@ import io
 import re
 from pathlib import Path
 
-from ..core.errors import UserError
 from .importers import (
     RawImport,
     SourceLineError,
@@ -124,6 +124,9 @@ def read_ml100k(source: Path, images: Path | None = None) -> RawImport:
         _add_inter(raw, n, f[0], f[1], f[2], f[3])
     raw.images = find_images(images, _id_keys(items))
     raw.meta = {"timestamp_unit": "s"}
+    if (source / "u.genre").exists():
+        raw.used_files.add(source / "u.genre")
+    raw.unused = {"u.item": ["video release date", "IMDb URL"]}
     return raw
 
 
@@ -140,8 +143,9 @@ def _add_inter(raw: RawImport, n: int, user: str, item: str, rating: str | None,
 # ---------------------------------------------------------------- ml100k_mm (CSV)
 
 
-def _csv_rows(path: Path, required: list[str]):
-    """Yield (line the record starts on, {column: value}); quoted fields may span lines."""
+def _csv_rows(path: Path, required: list[str], header_out: list | None = None):
+    """Yield (line the record starts on, {column: value}); quoted fields may span lines. The header's columns are
+    appended to `header_out` when given."""
     reader = csv.reader(io.StringIO(read_text(path, "utf-8"), newline=""), strict=True)
     start = 1
     try:
@@ -151,6 +155,8 @@ def _csv_rows(path: Path, required: list[str]):
         missing = [c for c in required if c not in header]
         if missing:
             raise SourceLineError(path, 1, f"header lacks column(s) {', '.join(missing)} (has: {', '.join(header)})")
+        if header_out is not None:
+            header_out.extend(header)
         start = reader.line_num + 1
         for rec in reader:
             if rec and any(x.strip() for x in rec):
@@ -181,7 +187,8 @@ def read_ml100k_mm(source: Path, images: Path | None = None) -> RawImport:
     items: dict[int, Item] = {}
     item_lines: dict[int, int] = {}
     posters: dict[int, Path] = {}
-    for n, r in _csv_rows(items_path, ["item_id", "title", "genres"]):
+    item_cols: list[str] = []
+    for n, r in _csv_rows(items_path, ["item_id", "title", "genres"], item_cols):
         iid = parse_int(r["item_id"], items_path, n, "item_id")
         title = r["title"].strip()
         if not title:
@@ -199,12 +206,16 @@ def read_ml100k_mm(source: Path, images: Path | None = None) -> RawImport:
                 raise SourceLineError(items_path, n, f"poster {poster!r} does not exist under {source}")
             posters[iid] = p
     raw = RawImport(source.name, f"ml100k_mm:{source}", items, items_path, inter_path)
-    for n, r in _csv_rows(inter_path, ["user_id", "item_id", "timestamp"]):
+    inter_cols: list[str] = []
+    for n, r in _csv_rows(inter_path, ["user_id", "item_id", "timestamp"], inter_cols):
         if "rating" not in r:
             raw.ratings = None
         _add_inter(raw, n, r["user_id"], r["item_id"], r.get("rating"), r["timestamp"])
     raw.images = find_images(images, _id_keys(items)) if images is not None else posters
     raw.meta = {"timestamp_unit": "s", "description": "plot + genres + up to 2 directors + top 3 cast"}
+    used_items = {"item_id", "title", "genres", "release_date", "director", "cast", "description", "poster"}
+    raw.unused = {items_path.name: [c for c in item_cols if c not in used_items],
+                  inter_path.name: [c for c in inter_cols if c not in ("user_id", "item_id", "rating", "timestamp")]}
     return raw
 
 
@@ -247,43 +258,63 @@ def _pick(names, candidates) -> str | None:
     return next((c for c in candidates if c in names), None)
 
 
-def read_recbole(source: Path, images: Path | None = None) -> RawImport:
-    inters = sorted(source.glob("*.inter"))
-    if len(inters) != 1:
-        raise UserError(f"expected exactly one <name>.inter file in {source}, found {len(inters)}",
-                        "keep one dataset per directory")
-    inter_path = inters[0]
-    items_path = inter_path.with_suffix(".item")
+def read_recbole_items(items_path: Path) -> tuple[dict[int, Item], list[str]]:
+    """The items of a RecBole `.item` file and the names of its fields not imported. Title, description, genres and
+    year come from the first field of each kind present (_TITLE_FIELDS, ...); with only a `text` field, its first
+    sentence (at most 80 characters) becomes the title."""
     items: dict[int, Item] = {}
     item_lines: dict[int, int] = {}
-    if items_path.exists():
-        rows = _recbole_rows(items_path)
-        _, names = next(rows)
-        if "item_id" not in names:
-            raise SourceLineError(items_path, 1, f"header has no item_id field (has: {', '.join(names)})")
-        tf, df, gf, yf = (_pick(names, c) for c in (_TITLE_FIELDS, _DESC_FIELDS, _GENRE_FIELDS, _YEAR_FIELDS))
-        for n, r in rows:
-            iid = parse_int(r["item_id"], items_path, n, "item_id")
-            title = r[tf].strip() if tf else ""
-            genres = [g.replace("_", " ") for g in r[gf].split()] if gf else []
-            year = r[yf].strip() if yf else ""
-            desc = r[df].strip() if df else ""
-            if not desc and (genres or year):
-                desc = describe_movie("", genres, year)
-            add_item(items, item_lines, Item(iid, title or f"Item {iid}", desc, None, _attributes(genres, year)),
-                     items_path, n)
+    rows = _recbole_rows(items_path)
+    _, names = next(rows)
+    if "item_id" not in names:
+        raise SourceLineError(items_path, 1, f"header has no item_id field (has: {', '.join(names)})")
+    tf, df, gf, yf = (_pick(names, c) for c in (_TITLE_FIELDS, _DESC_FIELDS, _GENRE_FIELDS, _YEAR_FIELDS))
+    for n, r in rows:
+        iid = parse_int(r["item_id"], items_path, n, "item_id")
+        title = r[tf].strip() if tf else ""
+        genres = [g.replace("_", " ") for g in r[gf].split()] if gf else []
+        year = r[yf].strip() if yf else ""
+        desc = r[df].strip() if df else ""
+        if not title and desc and not tf:  # a text-only item file (e.g. <name>.text): title from its first sentence
+            head = " ".join(desc.split()).split(". ")[0]
+            title = head if len(head) <= 80 else head[:79].rstrip() + "…"
+        if not desc and (genres or year):
+            desc = describe_movie("", genres, year)
+        add_item(items, item_lines, Item(iid, title or f"Item {iid}", desc, None, _attributes(genres, year)),
+                 items_path, n)
+    used = {"item_id", tf, df, gf, yf}
+    return items, [n for n in names if n not in used]
+
+
+def read_recbole(source: Path, images: Path | None = None) -> RawImport:
+    from .sequences import atomic_layout, find_item_file, read_atomic_sequences
+
+    layout = atomic_layout(source)
+    if layout.sequence:
+        return read_atomic_sequences(source, layout, images)
+    inter_path = layout.files[0]
+    items_path, notes = find_item_file(source, inter_path)
+    items: dict[int, Item] = {}
+    unused: dict[str, list[str]] = {}
+    if items_path is not None:
+        items, unused[items_path.name] = read_recbole_items(items_path)
     rows = _recbole_rows(inter_path)
     _, names = next(rows)
     missing = [c for c in ("user_id", "item_id") if c not in names]
     if missing:
         raise SourceLineError(inter_path, 1, f"header lacks field(s) {', '.join(missing)} (has: {', '.join(names)})")
-    raw = RawImport(inter_path.stem, f"recbole:{inter_path}", items, items_path, inter_path)
+    raw = RawImport(inter_path.stem, f"recbole:{inter_path}", items, items_path or inter_path.with_suffix(".item"),
+                    inter_path)
     if "rating" not in names:
         raw.ratings = None
     for n, r in rows:
         _add_inter(raw, n, r["user_id"], r["item_id"], r.get("rating"), r.get("timestamp"))
-    if not items_path.exists():  # an id-only dataset: every interacted item becomes a bare item
+    if items_path is None:  # an id-only dataset: every interacted item becomes a bare item
         raw.items = {i: Item(i, f"Item {i}") for i in sorted(set(raw.item_ids))}
+        raw.items_path = inter_path
     raw.images = find_images(images, _id_keys(raw.items))
     raw.meta = {"timestamp_unit": "s" if "timestamp" in names else "none (file order)"}
+    unused[inter_path.name] = [c for c in names if c not in ("user_id", "item_id", "rating", "timestamp")]
+    raw.unused = unused
+    raw.warnings = notes
     return raw

@@ -10,6 +10,11 @@
    interacted with (over the whole sequence), seeded per case. Column 0 is always the positive.
 
 A protocol directory holds protocol.json (config, split, item universe) and cases_{val,test}.parquet.
+
+A protocol that cannot be built says why, naming the cause it finds in the data (`empty_hint`): a k-core filter that
+removes everything, or a split with no evaluation case (no user has more than `history_len` items). Users who all have
+a single interaction usually mean the history sat in a column the import did not expand; the hint says so. A protocol
+with 0 validation or 0 test cases is refused here: every model would be evaluated on nothing later.
 """
 
 from __future__ import annotations
@@ -105,6 +110,25 @@ def fingerprint(ds: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def empty_hint(ds: Dataset, k: int | None = None, history_len: int | None = None) -> str:
+    """What to do when the k-core filter (`k`) or the windows (`history_len`) leave nothing, from the data's shape."""
+    if not len(ds.users):
+        return "the dataset has no interactions"
+    counts = np.unique(ds.users, return_counts=True)[1]
+    longest = int(counts.max())
+    if longest == 1:
+        return (f"all {len(counts)} users have a single interaction: is the history in a sequence column? (`data "
+                "import` expands RecBole's item_id_list and 'user item1 item2 ...' files; import the source again)")
+    if k is not None:
+        if longest < k:
+            return f"the longest user history has {longest} interactions: lower --kcore to {longest} or less"
+        return (f"users and items with fewer than {k} interactions remove each other until none is left "
+                f"(the most popular item has {int(np.unique(ds.item_ids, return_counts=True)[1].max())}): "
+                "lower --kcore")
+    return (f"a case needs more than --history-len {history_len} items in its user's sequence (the longest has "
+            f"{longest}): lower --history-len, or split more users into validation and test")
+
+
 def _make_cases(users: list[int], seqs, times, universe: np.ndarray, cfg: ProtocolConfig, salt: int) -> Cases:
     rows = []
     for u in users:
@@ -142,7 +166,7 @@ def build_protocol(ds: Dataset, cfg: ProtocolConfig | None = None) -> Protocol:
         raise UserError(f"split fractions {cfg.split} must be >= 0 and sum to 1")
     keep = kcore_filter(ds.users, ds.item_ids, cfg.kcore)
     if keep.sum() == 0:
-        raise UserError(f"the {cfg.kcore}-core filter removed every interaction", "lower --kcore")
+        raise UserError(f"the {cfg.kcore}-core filter removed every interaction", empty_hint(ds, k=cfg.kcore))
     sub = Dataset(ds.name, ds.items, ds.users[keep], ds.item_ids[keep], ds.timestamps[keep])
     st = sub.sequences_with_time()
     seqs = {u: s for u, (s, _) in st.items()}
@@ -157,6 +181,12 @@ def build_protocol(ds: Dataset, cfg: ProtocolConfig | None = None) -> Protocol:
     universe = np.unique(sub.item_ids)
     val_cases = _make_cases(sorted(val.tolist()), seqs, times, universe, cfg, salt=1)
     test_cases = _make_cases(sorted(test.tolist()), seqs, times, universe, cfg, salt=2)
+    for name, cases, users in (("validation", val_cases, val), ("test", test_cases, test)):
+        if not len(cases):
+            longest = max(len(seqs[u]) for u in users.tolist())
+            raise UserError(f"the protocol would have 0 {name} cases: no {name} user has more than --history-len "
+                            f"{cfg.history_len} items (the longest has {longest})",
+                            empty_hint(sub, history_len=cfg.history_len))
     return Protocol(cfg, universe.tolist(), sorted(train.tolist()), sorted(val.tolist()), sorted(test.tolist()),
                     seqs, times, val_cases, test_cases, dataset_fingerprint=fingerprint(ds))
 
@@ -169,13 +199,13 @@ def _cases_table(c: Cases) -> pa.Table:
     })
 
 
-def _cases_from_table(t: pa.Table) -> Cases:
-    cands = t.column("candidates").to_pylist()
+def _cases_from_table(t: pa.Table, n_candidates: int) -> Cases:
+    cands = t.column("candidates").to_pylist() or np.zeros((0, n_candidates), np.int64)
     return Cases(np.asarray(t.column("case_id").to_pylist(), np.int64),
                  np.asarray(t.column("user_id").to_pylist(), np.int64),
                  np.asarray(t.column("position").to_pylist(), np.int64),
                  np.asarray(t.column("target_ts").to_pylist(), np.int64),
-                 t.column("prefix").to_pylist(), np.asarray(cands, np.int64).reshape(len(cands), -1))
+                 t.column("prefix").to_pylist(), np.asarray(cands, np.int64).reshape(len(cands), n_candidates))
 
 
 def save_protocol(p: Protocol, out_dir: Path) -> Path:
@@ -210,7 +240,9 @@ def load_protocol(path: Path) -> Protocol:
     users = seq_t.column("user_id").to_pylist()
     seqs = dict(zip(users, seq_t.column("items").to_pylist()))
     times = dict(zip(users, seq_t.column("timestamps").to_pylist()))
-    return Protocol(ProtocolConfig(**cfg), meta["items"], meta["train_users"], meta["val_users"], meta["test_users"],
-                    seqs, times, _cases_from_table(pq.read_table(path / "cases_val.parquet")),
-                    _cases_from_table(pq.read_table(path / "cases_test.parquet")),
+    config = ProtocolConfig(**cfg)
+    n_cand = 1 + config.n_negatives
+    return Protocol(config, meta["items"], meta["train_users"], meta["val_users"], meta["test_users"],
+                    seqs, times, _cases_from_table(pq.read_table(path / "cases_val.parquet"), n_cand),
+                    _cases_from_table(pq.read_table(path / "cases_test.parquet"), n_cand),
                     dataset_fingerprint=meta.get("dataset_fingerprint", ""))

@@ -79,7 +79,9 @@ config.json
     sasrec               graph, max_len, hidden, item_ids (path), item_embeddings (path), padding_index
     keywords             {file, items, meta}                          (when a keyword store was given)
     retrieval            {dir: "index", files: [...]}                 (when the recommender dir has retrieval/)
-    catalog              {items, count, image_features (path or null), image_feature_shape, candidate_token_ids?}
+    catalog              {items, count, image_features (path or null), image_feature_shape, candidate_token_ids?,
+                         mode (known|all), known_items (items SASRec knows), cold_start_items (catalog items it
+                         does not), left_out_items (dataset items not in the catalog: dropped by the k-core filter)}
 
 manifest.json
 -------------
@@ -95,6 +97,6 @@ manifest.json
                    inputs / outputs [{name, dtype, shape (ints and dim names)}],
                    tensorrt {profiles [{name, shapes {input: {min, opt, max}}}], fp32_nodes [ONNX node names]}}},
     graphs_skipped {name: reason} (optional graphs the model cannot have, e.g. recommender.scorer for a decoder
-                   suffix_graph.py does not cover),
+                   suffix_graph.py does not cover; the vision graphs of a text-only dataset unless --vision-graphs),
     engines {graph: {file, tensorrt_version, fp16, workspace_mb, fp32_layers, profiles}} (filled by build-engine).
 """

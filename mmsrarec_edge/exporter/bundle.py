@@ -20,6 +20,7 @@ import torch
 
 from ..core.bundle import FORMAT, FORMAT_VERSION, MANIFEST, allowed_file, write_safetensors
 from ..core.errors import UserError
+from ..core.graph_kinds import kind_of as core_kind_of
 from ..core.io_utils import atomic_dir, sha256_file, write_json
 from . import catalog as catalog_mod
 from .graphs import export_graph, kv_shape
@@ -51,6 +52,9 @@ class ExportInputs:
     yes_no_ids: tuple[int, int] | None = None
     image_features: bool = True  # precompute the recommender's per-item image features into the catalog
     real_prompts: dict = field(default_factory=dict)  # graph -> real parity inputs (see parity.check)
+    catalog: str = "known"  # catalog_mod.CATALOG_MODES: the items the models know, or every dataset item
+    vision_graphs: bool = False  # export vision graphs even for a text-only dataset
+    warnings: list[str] = field(default_factory=list)  # what loading the inputs noticed (the CLI prints them)
 
 
 def _io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
@@ -75,17 +79,36 @@ def _versions() -> dict:
 def _graph_plan(inputs: ExportInputs, profile: ExportProfile,
                 skipped: dict | None = None) -> list[tuple[str, ExportKind, object]]:
     """(graph name, its kind (exporter/kinds.py), the PyTorch object it is exported from) for every graph the profile
-    asks for. Optional graphs the model cannot have (recommender.scorer for an unsupported decoder) go into `skipped`
-    with the reason."""
+    asks for. Optional graphs the model cannot have (recommender.scorer for an unsupported decoder) and vision graphs
+    of a text-only dataset (`_text_only`) go into `skipped` with the reason."""
     plan = []
     skipped = {} if skipped is None else skipped
+    text_only = _text_only(inputs)
     for graph in profile.graphs:
+        if text_only and core_kind_of(graph) == "vision":
+            skipped[graph] = text_only
+            continue
         kind, model, why = plan_graph(graph, inputs)
         if kind is None:
             skipped[graph] = why
             continue
         plan.append((graph, kind, model))
+    names = [g for g, _, _ in plan]
+    if profile.merged_decoder == "fallback" and "recommender.scorer" in names and "recommender.decoder" in names:
+        plan = [p for p in plan if p[0] != "recommender.decoder"]
+        skipped["recommender.decoder"] = ("not needed: recommender.scorer serves every scoring path "
+                                          "(profile merged_decoder = \"fallback\"; each weight stored once)")
     return plan
+
+
+def _text_only(inputs: ExportInputs) -> str | None:
+    """Why the vision graphs are left out (the export's dataset has no item image, so they could only be gated on
+    random pixels and no catalog item needs them), or None: no dataset, an image in it, or `vision_graphs` asked."""
+    ds = inputs.dataset
+    if ds is None or inputs.vision_graphs or any(it.image for it in ds.items.values()):
+        return None
+    return (f"the dataset {ds.name} has no item images (text-only): a vision graph would be gated on random pixels "
+            "only; export --vision-graphs keeps it (for cold-start items with images)")
 
 
 def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scratch: Path, progress=None,

@@ -3,6 +3,12 @@
 Catalog items never change between requests, so everything the runtime would otherwise recompute per request is done
 here once: each item's keywords (from the keyword store), the candidate part's token ids when the recommender's prompt
 builder offers them, and the recommender's projected image features (PyTorch fp32) for items with an image.
+
+Which items: the catalog matches the models (`catalog_ids`). By default (`known`) it holds the dataset's items that
+SASRec knows -- the protocol's items after the k-core filter, the only ones the user encoder and the first stage can
+rank; the dataset's other items are left out and counted (`left_out_items`). With `all` they are kept as cold-start
+items (`cold_start_items`): the runtime cannot rank them and rescores at most its budget of them per request
+(runtime/first_stage.py). Without SASRec every dataset item is in the catalog.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ..core.errors import UserError
 # Above this, caching per-item image features would bloat the bundle (a 7B LLaVA: 576 x 4096 floats per item); the
 # runtime then runs recommender.vision per candidate instead.
 MAX_FEATURE_BYTES = 1 << 30
+CATALOG_MODES = ("known", "all")  # export --catalog: the items the models know, or every dataset item
 
 
 def copy_keyword_store(src: Path, dst: Path) -> dict:
@@ -63,18 +70,52 @@ def _item_keywords(keywords_path: Path | None) -> dict:
     return read_keyword_store(keywords_path)
 
 
+def catalog_ids(inputs) -> tuple[list[int], dict]:
+    """(the catalog's item ids, its counts for config.json) under `inputs.catalog` (module docstring)."""
+    mode = getattr(inputs, "catalog", "known")
+    if mode not in CATALOG_MODES:
+        raise UserError(f"--catalog must be one of {', '.join(CATALOG_MODES)}, got {mode!r}")
+    every = sorted(inputs.dataset.items)
+    if inputs.sasrec is None:
+        return every, {"mode": mode, "known_items": None, "cold_start_items": 0, "left_out_items": 0}
+    known = set(int(i) for i in inputs.sasrec.item_ids)
+    kept = [i for i in every if i in known]
+    if not kept:
+        raise UserError(f"none of the {len(every)} items of dataset {inputs.dataset.name} is known to the SASRec "
+                        "model", "pass the dataset the models were trained on")
+    ids = every if mode == "all" else kept
+    return ids, {"mode": mode, "known_items": len(kept), "cold_start_items": len(ids) - len(kept),
+                 "left_out_items": len(every) - len(ids)}
+
+
+def describe_catalog(section: dict) -> str:
+    """The export's line about the catalog: how many items, how many the models know, what was left out."""
+    n, known = section.get("count"), section.get("known_items")
+    if known is None:
+        return f"catalog: {n} items (no SASRec: every dataset item)"
+    text = f"catalog: {n} items, {known} known to the models"
+    if section.get("cold_start_items"):
+        text += (f"; {section['cold_start_items']} cold-start items the models do not know (dropped by the k-core "
+                 "filter; the runtime rescores at most its budget of them per request)")
+    if section.get("left_out_items"):
+        text += (f"; {section['left_out_items']} dataset items left out (dropped by the k-core filter; --catalog all "
+                 "keeps them as cold-start items)")
+    return text
+
+
 def write_catalog(inputs, out_dir: Path) -> dict:
-    """items.parquet (+ image_features.safetensors). Returns the config.json `catalog` section."""
+    """items.parquet (+ image_features.safetensors) of the items `catalog_ids` picks. Returns the config.json
+    `catalog` section."""
     ds = inputs.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     kws = _item_keywords(inputs.keywords)
-    ids = sorted(ds.items)
+    ids, counts = catalog_ids(inputs)
     rows = {"item_id": ids, "title": [ds.items[i].title for i in ids],
             "text_keywords": [list(kws[i].text_keywords) if i in kws else [] for i in ids],
             "image_keywords": [list(kws[i].image_keywords) if i in kws else [] for i in ids],
             "keywords": [list(kws[i].keywords) if i in kws else [] for i in ids],
             "has_image": [bool(ds.items[i].image) for i in ids]}
-    section: dict = {"items": "catalog/items.parquet", "count": len(ids), "image_features": None}
+    section: dict = {"items": "catalog/items.parquet", "count": len(ids), "image_features": None, **counts}
     cand = candidate_token_ids(inputs, ids, kws)
     if cand is not None:
         rows["candidate_token_ids"] = cand

@@ -7,6 +7,10 @@ Directory conventions (written by the training stages):
 - recommender DIR: DIR/model/ (or DIR itself) holds the checkpoint, DIR/recommender.json its settings (answer words or
   token ids, prompt settings), DIR/retrieval/ the hnswlib index and collaborative keyword tables copied into index/.
 - sasrec DIR: `SASRecModel.save` output.
+
+The dataset must be the one the models were trained on: recommender.json (`inputs.dataset.fingerprint`) and the
+SASRec directory (`dataset_fingerprint`) record its fingerprint (data.protocol.fingerprint), and a different one is
+refused (`check_dataset`); `allow_dataset_mismatch` exports anyway, with a warning.
 """
 
 from __future__ import annotations
@@ -85,12 +89,40 @@ def yes_no_ids(rec: MLLMInput) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def check_dataset(inp: ExportInputs, dataset: Path, allow_mismatch: bool = False) -> list[str]:
+    """Compare the dataset's fingerprint with the ones the recommender and SASRec recorded: a UserError on a
+    mismatch, or with `allow_mismatch` the warnings to print."""
+    from ..data.protocol import fingerprint
+
+    recorded = []
+    if inp.recommender is not None:
+        fp = ((inp.recommender.meta.get("inputs") or {}).get("dataset") or {}).get("fingerprint")
+        recorded.append(("the recommender", fp))
+    if inp.sasrec is not None:
+        recorded.append(("the SASRec model", getattr(inp.sasrec, "dataset_fingerprint", "")))
+    have = fingerprint(inp.dataset)
+    warnings = []
+    for who, fp in recorded:
+        if fp and fp != have:
+            message = (f"--dataset {dataset} (fingerprint {have}) is not the dataset {who} was trained on "
+                       f"(fingerprint {fp})")
+            if not allow_mismatch:
+                raise UserError(message, "pass the dataset its protocol was built from, or --allow-dataset-mismatch "
+                                         "to export anyway")
+            warnings.append(f"{message}: exporting anyway (--allow-dataset-mismatch); the catalog may hold items the "
+                            "models do not know, or miss some they do")
+    return warnings
+
+
 def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path | None, keywords: Path | None,
-                dataset: Path | None) -> ExportInputs:
+                dataset: Path | None, catalog: str = "known", vision_graphs: bool = False,
+                allow_dataset_mismatch: bool = False) -> ExportInputs:
+    """The export's inputs from the stages' directories (module docstring); `catalog`, `vision_graphs`: ExportInputs'
+    fields; `allow_dataset_mismatch`: see check_dataset."""
     from ..data.schema import load_dataset
     from ..models.sasrec import SASRecModel
 
-    inp = ExportInputs()
+    inp = ExportInputs(catalog=catalog, vision_graphs=vision_graphs)
     if summarizer:
         inp.summarizer = load_mllm_dir(summarizer, "summarizer.json", ("rl", "sft", "model"))
     if recommender:
@@ -115,6 +147,7 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
     inp.keywords = Path(keywords) if keywords else None
     if dataset:
         inp.dataset = load_dataset(dataset)
+        inp.warnings += check_dataset(inp, Path(dataset), allow_dataset_mismatch)
         inp.real_prompts = real_parity_inputs(inp)
     return inp
 

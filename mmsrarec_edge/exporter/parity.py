@@ -57,6 +57,7 @@ DEFAULT_TOLERANCES = {
     "fp32": {"features": 1e-4, "logits": 1e-4, "score": 1e-4},
     "fp16": {"features": 1e-2, "logits": 2e-2, "score": 1e-2},
     "int8": {"features": 0.1, "logits": 0.25, "score": 0.05},
+    "int4": {"features": 0.2, "logits": 0.5, "score": 0.1},
 }
 GATED = ("features", "logits", "score")
 

@@ -20,13 +20,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS = ("fp32", "int8", "int4", "fp16")
 # every graph a bundle can hold, in export order (each has a kind in core/graph_kinds.py): the default `graphs`
 ALL_GRAPHS = ("summarizer.vision", "summarizer.embed", "summarizer.decoder",
               "recommender.vision", "recommender.embed", "recommender.decoder", "recommender.scorer",
               "sasrec.user_encoder")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 EXPORTERS = ("legacy", "dynamo")
+# recommender.decoder beside recommender.scorer: "always" ships both (Triton BLS and TensorRT serve the merged decoder);
+# "fallback" ships the merged decoder only when the model has no scorer graph, so each recommender weight is stored
+# once per precision (the scorer serves every path `recommend` takes: the prompt's prefix is never empty).
+MERGED_DECODER = ("always", "fallback")
 
 
 @dataclass
@@ -74,6 +78,7 @@ class ExportProfile:
     variants: list[str] = field(default_factory=list)
     fp32_graphs: list[str] = field(default_factory=list)  # graphs shipped fp32 only, whatever `precision` says
     exporter: str = "legacy"
+    merged_decoder: str = "always"  # MERGED_DECODER
     limits: Limits = field(default_factory=Limits)
     parity: Parity = field(default_factory=Parity)
     tensorrt: TensorRT = field(default_factory=TensorRT)
@@ -118,6 +123,9 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
         raise UserError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {prof.precision!r}")
     if prof.exporter not in EXPORTERS:
         raise UserError(f"{path}: exporter must be one of {', '.join(EXPORTERS)}, got {prof.exporter!r}")
+    if prof.merged_decoder not in MERGED_DECODER:
+        raise UserError(f"{path}: merged_decoder must be one of {', '.join(MERGED_DECODER)}, "
+                        f"got {prof.merged_decoder!r}")
     if prof.parity.only and prof.parity.only not in PRECISIONS:
         raise UserError(f"{path}: parity.only must be one of {', '.join(PRECISIONS)}, got {prof.parity.only!r}")
     bad = [v for v in prof.variants if v not in PRECISIONS]

@@ -1,4 +1,4 @@
-"""Precision variants of an exported fp32 graph: int8 (dynamic quantization, CPU) and fp16 (GPU).
+"""Precision variants of an exported fp32 graph: int8 (dynamic quantization, CPU), int4 (weight-only, CPU), fp16 (GPU).
 
 int8: `quant_pre_process(..., skip_symbolic_shape=True)` first (without it, quantize_dynamic on a dynamo export can
 quantize nothing), then `quantize_dynamic` with int8 weights; we then count the quantized nodes and refuse a
@@ -6,6 +6,14 @@ quantize nothing), then `quantize_dynamic` with int8 weights; we then count the 
 numerically fragile ops kept in fp32 -- normalisation statistics (LayerNorm, and RMSNorm's
 Pow/ReduceMean/Sqrt/Reciprocal as exported at opset 17), Softmax -- and graph inputs/outputs kept fp32, so the
 runtime feeds every precision the same arrays.
+int4: onnxruntime's MatMulNBits quantizer, round-to-nearest, symmetric blocks of INT4_BLOCK weights along the input
+axis (llama.cpp's Q4_0 layout: 32 weights share one scale), MatMul -> MatMulNBits and the embedding Gather ->
+GatherBlockQuantized. INT4_ACCURACY_LEVEL picks the kernel's compute type; chosen by measurement on the CPUs we ship
+for (../shared/FINDINGS.md, 0.5B scorer MLP shape, 2 threads, AVX2 without VNNI): accuracy level 0 (fp32 compute over
+dequantized blocks) 124-129 GFLOP/s, level 4 (int8 compute) 99-118, fp32 MatMul 103-147, dynamic int8 184-235. So on
+such a CPU int4 buys size (weights /8 vs fp32, /2 vs int8), not prefill speed, and dynamic int8 stays the fast path;
+weight-only int8 (MatMulNBits 8 bits, 83-101 GFLOP/s) is not offered: it is slower than both. On AVX-512-VNNI or ARM
+dot-product CPUs level 4 can win: set it per profile (`int4_accuracy_level`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ FP32_OPS = ["LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalizat
             "Pow", "Sqrt", "Reciprocal"]
 QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "DequantizeLinear",
                  "QuantizeLinear", "ConvInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
-                 "GatherBlockQuantized", "QAttention"}
+                 "GatherBlockQuantized", "QAttention", "MatMulNBits"}
+INT4_BLOCK = 32
+INT4_ACCURACY_LEVEL = 0
 # Large models exceed protobuf's 2 GB limit: weights then go to a side file `<name>.onnx.data`.
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -77,6 +87,101 @@ def to_int8(src: Path, dst: Path, per_channel: bool = False) -> dict:
     return {"quantized_nodes": count}
 
 
+def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
+    """Rewrite in place so that every weight reaches its MatMul directly, as the weight-only quantizer needs:
+    - the legacy exporter passes a weight used twice (the scorer's prefix and suffix paths share every layer) to its
+      second consumer through an Identity node: consumers now read the initializer itself;
+    - Linear layers with a bias on 2-D inputs are exported as Gemm(A, W, b, transB=1): now MatMul(A, W^T) + b, with
+      one transposed initializer shared by every such Gemm of W.
+    Returns counts of what changed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in init}
+    outputs = {o.name for o in graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    transposed: dict[str, str] = {}
+    nodes, gemms = [], 0
+    for n in graph.node:
+        if n.op_type == "Identity" and n.output[0] in alias:
+            continue
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type == "Gemm" and len(n.input) >= 2 and n.input[1] in init and attrs.get("transA", 0) == 0
+                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0):
+            w = n.input[1]
+            if attrs.get("transB", 0):
+                if w not in transposed:
+                    t = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(init[w]).T), w + "_T")
+                    graph.initializer.append(t)
+                    init[t.name] = t
+                    transposed[w] = t.name
+                w = transposed[w]
+            out = n.output[0]
+            if len(n.input) > 2 and n.input[2]:
+                mid = out + "_matmul"
+                nodes.append(helper.make_node("MatMul", [n.input[0], w], [mid], name=n.name + "_MatMul"))
+                nodes.append(helper.make_node("Add", [mid, n.input[2]], [out], name=n.name + "_Add"))
+            else:
+                nodes.append(helper.make_node("MatMul", [n.input[0], w], [out], name=n.name + "_MatMul"))
+            gemms += 1
+            continue
+        nodes.append(n)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input} | outputs
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    return {"identities_removed": len(alias), "gemms_rewritten": gemms}
+
+
+def _dedupe_initializers(model: onnx.ModelProto) -> None:
+    """The quantizer writes a shared weight's quantized tensors once per consumer, under the same name: keep one."""
+    seen, kept = set(), []
+    for t in model.graph.initializer:
+        if t.name not in seen:
+            seen.add(t.name)
+            kept.append(t)
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept)
+
+
+def to_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, accuracy_level: int = INT4_ACCURACY_LEVEL) -> dict:
+    """fp32 graph -> int4 weight-only graph (MatMulNBits / GatherBlockQuantized). Raises ExportError if nothing got
+    quantized. Graph I/O stays fp32 (the runtime feeds every precision the same arrays)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    _weights_as_matmul_inputs(model)
+    # MatMuls where the graph has them (decoders: their token embeddings live in the embed graph). The embedding
+    # graph's Gather otherwise: GatherBlockQuantized needs opset 21, which the quantizer then sets -- harmless for a
+    # lone Gather, invalid for decoders (ReduceMean's `axes` became an input at opset 18), hence one or the other.
+    weights = {i.name for i in model.graph.initializer}
+    has_matmul = any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights for n in model.graph.node)
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
+                                          op_types_to_quantize=("MatMul",) if has_matmul else ("Gather",), bits=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=accuracy_level, algo_config=config)
+        del model
+        quantizer.process()
+    out = quantizer.model.model
+    _dedupe_initializers(out)
+    count = quantized_node_count(out)
+    if count == 0:
+        raise ExportError(f"int4 quantization of {src.name} produced no quantized nodes",
+                          "the graph has no MatMul/Gather weights the weight-only quantizer recognises")
+    save_onnx(out, dst)
+    return {"quantized_nodes": count, "block_size": block_size, "accuracy_level": accuracy_level}
+
+
 def to_fp16(src: Path, dst: Path) -> dict:
     """fp32 graph -> fp16 weights/compute, FP32_OPS and graph I/O kept in fp32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -94,6 +199,8 @@ def to_fp16(src: Path, dst: Path) -> dict:
 def make_variant(src: Path, precision: str, dst: Path) -> dict:
     if precision == "int8":
         return to_int8(src, dst)
+    if precision == "int4":
+        return to_int4(src, dst)
     if precision == "fp16":
         return to_fp16(src, dst)
     raise ValueError(f"no variant conversion for {precision!r}")

@@ -80,12 +80,15 @@ class SASRec(nn.Module):
 
 
 class SASRecModel:
-    """A trained SASRec with its item-id vocabulary; saved as safetensors + JSON (no pickle)."""
+    """A trained SASRec with its item-id vocabulary; saved as safetensors + JSON (no pickle). `dataset_fingerprint`:
+    the fingerprint (data.protocol.fingerprint) of the dataset its protocol was built from, "" when unknown; `export`
+    compares it with the dataset it is given."""
 
-    def __init__(self, net: SASRec, item_ids: list[int]):
+    def __init__(self, net: SASRec, item_ids: list[int], dataset_fingerprint: str = ""):
         self.net = net.eval()
         self.item_ids = list(item_ids)
         self.index = {iid: k + 1 for k, iid in enumerate(self.item_ids)}
+        self.dataset_fingerprint = dataset_fingerprint
 
     @property
     def cfg(self) -> SASRecConfig:
@@ -129,8 +132,10 @@ class SASRecModel:
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out_dir / "model.safetensors"))
         # "sasrec-recbole": RecBole's architecture and key names (models/recbole_sasrec.py), imported by import-model
         kind = "sasrec-recbole" if getattr(self.cfg, "arch", None) == "recbole" else "sasrec"
-        (out_dir / "config.json").write_text(json.dumps({"model": kind, "config": asdict(self.cfg),
-                                                         "item_ids": self.item_ids}) + "\n")
+        meta = {"model": kind, "config": asdict(self.cfg), "item_ids": self.item_ids}
+        if self.dataset_fingerprint:
+            meta["dataset_fingerprint"] = self.dataset_fingerprint
+        (out_dir / "config.json").write_text(json.dumps(meta) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "SASRecModel":
@@ -148,4 +153,4 @@ class SASRecModel:
         else:
             net = SASRec(len(meta["item_ids"]), SASRecConfig(**meta["config"]))
         net.load_state_dict(load_file(str(path / "model.safetensors")))
-        return cls(net, meta["item_ids"])
+        return cls(net, meta["item_ids"], meta.get("dataset_fingerprint", ""))

@@ -60,7 +60,7 @@ def train_sasrec(protocol: Protocol, cfg: SASRecConfig | None = None, tcfg: SASR
     rng = np.random.default_rng(tcfg.seed)
     item_ids = list(protocol.items)
     net = SASRec(len(item_ids), cfg)
-    model = SASRecModel(net, item_ids)
+    model = SASRecModel(net, item_ids, protocol.dataset_fingerprint)
     train = [s for s in protocol.train_sequences().values() if len(s) >= 2]
     val = protocol.val
 

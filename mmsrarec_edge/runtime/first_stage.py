@@ -8,9 +8,12 @@ and the cheap first stage that ranks the whole catalog for the default spec. Tor
   `recommender.n_rescore`, written by `train recommender`, else core.candidates.DEFAULT_RESCORE) are rescored by the
   LLM. The first stage is the SASRec dot product with the item embeddings when the bundle ships them (config
   sasrec.item_embeddings), else popularity among the known users' histories, else catalog order. Items the first
-  stage cannot rank (no SASRec embedding: cold-start items added with `summarize-item --add-to-catalog`) are always
-  rescored: the LLM reads their keywords and image, which is the point of summarizing them. Why a first stage: the
-  LLM costs one batched decoder call per `max_candidates` items, the dot product costs microseconds for the catalog.
+  stage cannot rank (no SASRec embedding: cold-start items added with `summarize-item --add-to-catalog`, or the
+  k-core-dropped items of an `export --catalog all`) are rescored too, at most `n_rescore` of them (the last ones in
+  catalog order: the most recently added): the LLM reads their keywords and image, which is the point of summarizing
+  them, but thousands of them must not silently cost seconds per request; a warning says how many were left out. So
+  the LLM scores at most 2 x n_rescore items by default. Why a first stage: the LLM costs one batched decoder call per
+  `max_candidates` items, the dot product costs microseconds for the catalog.
 
 Read-only after construction, so one FirstStage serves many threads.
 """
@@ -49,8 +52,10 @@ class FirstStage:
         self.n_rescore = int(n_rescore)
 
     def candidates(self, candidates, history: Sequence[int], user_embedding: np.ndarray | None,
-                   n_rescore: int | None = None, seed: int = 0) -> tuple[list[int], list[float | None] | None, str]:
-        """(candidate ids, first-stage scores or None, mode) for any accepted candidate spec."""
+                   n_rescore: int | None = None, seed: int = 0,
+                   warnings: list[str] | None = None) -> tuple[list[int], list[float | None] | None, str]:
+        """(candidate ids, first-stage scores or None, mode) for any accepted candidate spec; what the caller should
+        know (cold-start items over the budget) is appended to `warnings`."""
         seen = set(history)
         pool = [int(i) for i in self.catalog.ids if int(i) not in seen]
         spec = CandidateSpec.parse(candidates)
@@ -65,11 +70,12 @@ class FirstStage:
         if spec.kind == IDS:
             check_candidate_ids(spec.ids, self.catalog)
             return list(spec.ids), None, "list"
-        return self.rank(pool, user_embedding, self.n_rescore if n_rescore is None else int(n_rescore))
+        return self.rank(pool, user_embedding, self.n_rescore if n_rescore is None else int(n_rescore), warnings)
 
-    def rank(self, pool: list[int], user_embedding: np.ndarray | None,
-             n: int) -> tuple[list[int], list[float | None], str]:
-        """The top `n` of `pool` by the first stage, then every item it cannot rank; mode "<stage>+llm"."""
+    def rank(self, pool: list[int], user_embedding: np.ndarray | None, n: int,
+             warnings: list[str] | None = None) -> tuple[list[int], list[float | None], str]:
+        """The top `n` of `pool` by the first stage, then at most `n` items it cannot rank (the last in catalog order;
+        a warning in `warnings` when there are more); mode "<stage>+llm"."""
         if n < 1:
             raise UserError(f"n_rescore must be >= 1, got {n}")
         if self.item_embeddings is not None and user_embedding is not None:
@@ -88,4 +94,10 @@ class FirstStage:
         first: list[float | None] = [float(scores[k]) for k in order]
         ranked = set(rankable)
         cold = [i for i in pool if i not in ranked]
+        if len(cold) > n:
+            if warnings is not None:
+                warnings.append(f"{len(cold)} cold-start items (the first stage cannot rank them) exceed the "
+                                f"rescoring budget of {n}: the LLM rescored the {n} most recently added; --rescore N "
+                                "or --candidates all score more")
+            cold = cold[-n:]
         return chosen + cold, first + [None] * len(cold), f"{mode}+llm"

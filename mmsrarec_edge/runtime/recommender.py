@@ -14,7 +14,13 @@ item without cached features is shown without an image.
 
 Candidates (runtime/first_stage.py): an explicit list of item ids, "sampled:N", "all", or by default the cheap first
 stage (SASRec dot product, else popularity, else catalog order) picks `n_rescore` items (the bundle's
-`recommender.n_rescore`) for the LLM to rescore; any accepted form is parsed by core.candidates.CandidateSpec.
+`recommender.n_rescore`) for the LLM to rescore, plus at most `n_rescore` cold-start items it cannot rank (a warning
+when there are more; the result's `rescore_budget` says both numbers); any accepted form is parsed by
+core.candidates.CandidateSpec.
+
+History items the user encoder (SASRec) does not know are read by the LLM's prompt but not by the encoder: a warning
+says how many; when none is known, the request uses no user embedding (no neighbours, the first stage ranks by
+popularity or catalog order) and the warning says so.
 
 Histories: every id must be in the catalog, without duplicates, and not empty (UserError otherwise). A history longer
 than SASRec's max_len is truncated to its last max_len items (older items cannot reach the encoder, and the prompt
@@ -74,6 +80,9 @@ class Recommendation:
     provider: str = "cpu"
     variants: dict[str, str] = field(default_factory=dict)  # graph -> precision variant loaded
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the default candidates' LLM budget, {"first_stage": n_rescore, "cold_start": n_rescore}: the first stage's top
+    # n_rescore plus at most n_rescore cold-start items; None for a list, sampled:N or all (exactly those are scored)
+    rescore_budget: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,6 +108,7 @@ class Case:
     features: list[list[np.ndarray] | None]  # image features per candidate (spliced over its <image> slots)
     timings_ms: dict[str, float] = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)  # the whole history (`history` is its last max_len items)
+    rescore_budget: dict | None = None  # Recommendation.rescore_budget
 
 
 class Recommender:
@@ -110,9 +120,11 @@ class Recommender:
         check_config(config, RECOMMENDER)  # a wrong type: one line naming the key, not a ValueError below
         self.session_config = cfg = SessionConfig.resolve(provider, precision, threads)
         rec = config.get("recommender")
-        if not rec or not self.manifest.has_graph("recommender.decoder"):
+        has_decoder = self.manifest.has_graph("recommender.decoder")
+        if not rec or not (has_decoder or self.manifest.has_graph("recommender.scorer")):
             raise BundleError(f"bundle {self.manifest.root} has no recommender",
-                              "export it with the recommender graphs (recommender.embed, recommender.decoder)")
+                              "export it with the recommender graphs (recommender.embed, recommender.scorer or "
+                              "recommender.decoder)")
         self.rec_conf = rec
         self.limits = config.get("limits", {})
         special = rec.get("special_tokens", {})
@@ -126,11 +138,13 @@ class Recommender:
         # The suffix-scorer graph when the bundle has one (`suffix_scorer=False` forces the expanded-KV decoder path,
         # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py). Beside
         # it the merged decoder is opened only if a request needs it (an empty prefix), never at start.
-        use = suffix_scorer and self.manifest.has_graph("recommender.scorer")
+        use = self.manifest.has_graph("recommender.scorer") and (suffix_scorer or not has_decoder)
         manifest = self.manifest
 
-        def decoder():
+        def open_decoder():
             return Decoder(open_bundle_graph(manifest, "recommender.decoder", cfg))
+
+        decoder = open_decoder if has_decoder else None  # scorer-only bundles (profile merged_decoder = "fallback")
 
         suffix = SuffixScorer(open_bundle_graph(self.manifest, "recommender.scorer", cfg)) if use else None
         self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
@@ -232,6 +246,26 @@ class Recommender:
             row[0, self.max_len - len(idx):] = idx
         return self.user_encoder.run(None, {"history": row})[0][0]
 
+    def _encoder_coverage(self, hist: list[int], warnings: list[str]) -> bool:
+        """Whether the user embedding carries any signal; a warning in `warnings` (saying what is used instead) when
+        history items are unknown to the user encoder (SASRec): cold-start items, or items the k-core filter
+        dropped."""
+        if self.user_encoder is None:
+            return False
+        unknown = [i for i in hist if i not in self.sasrec_index]
+        if not unknown:
+            return True
+        if len(unknown) < len(hist):
+            warnings.append(f"{len(unknown)} of the {len(hist)} history items are unknown to the user encoder "
+                            f"(SASRec), e.g. item {unknown[0]}: the user embedding uses the other "
+                            f"{len(hist) - len(unknown)}")
+            return True
+        stage = "popularity" if self.first_stage.popularity is not None else "catalog order"
+        warnings.append(f"none of the {len(hist)} history items is known to the user encoder (SASRec): no user "
+                        f"embedding, so no collaborative context (neighbours) and the first stage ranks by {stage}; "
+                        "the LLM reads the history's keywords")
+        return False
+
     def _context(self, emb, user: int | None) -> tuple[list[int], list[int], list[list[str]]]:
         """(neighbour user ids, their next items, keyword groups) of the collaborative context."""
         if self.retrieval is None or emb is None:
@@ -276,17 +310,23 @@ class Recommender:
         t0 = time.perf_counter()
         hist, warnings, whole = self._history(user, history)
         emb = self._user_embedding(hist)
+        signal = self._encoder_coverage(hist, warnings)
         t1 = time.perf_counter()
-        neighbours, _, groups = self._context(emb, user)
+        neighbours, _, groups = self._context(emb if signal else None, user)
         t2 = time.perf_counter()
         # excluded: the whole history, not only the part the model reads
-        cands, first, mode = self.first_stage.candidates(candidates, whole, emb, n_rescore, seed)
+        cands, first, mode = self.first_stage.candidates(candidates, whole, emb if signal else None, n_rescore, seed,
+                                                         warnings)
         prefix, suffixes, feats = self._prompts(hist, groups, cands, emb)
         self._check_lengths(prefix, suffixes)
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "prompt": (t3 - t2) * 1e3}
+        budget = None
+        if mode.endswith("+llm"):
+            n = self.n_rescore if n_rescore is None else int(n_rescore)
+            budget = {"first_stage": n, "cold_start": n}
         return Case(user, hist, warnings, emb, neighbours, groups, cands, first, mode, prefix, suffixes, feats,
-                    timings, whole)
+                    timings, whole, budget)
 
     def recommend(self, user: int | None = None, history: Sequence[int] | None = None, candidates=None,
                   top_k: int = 10, n_rescore: int | None = None, seed: int = 0) -> Recommendation:
@@ -309,4 +349,4 @@ class Recommender:
                  for r, k in enumerate(order)]
         return Recommendation(items, user, case.history, case.candidate_mode,
                               [(c, float(s)) for c, s in zip(cands, scores)], case.neighbours, collab,
-                              case.warnings, self.provider, dict(self.variants), timings)
+                              case.warnings, self.provider, dict(self.variants), timings, case.rescore_budget)

@@ -5,15 +5,16 @@ unless the user names one (`--provider cpu|cuda|tensorrt`); naming one that this
 UserError that says what is available. A session on TensorRT or CUDA keeps the slower providers behind it, so a node
 TensorRT cannot take still runs.
 
-Precision: a bundle holds each graph in one or more variants (fp32, int8, fp16). The default is each graph's default
-variant (the precision of the export profile the bundle was made with); `--precision` picks another; a graph shipped
-in fp32 only (profiles pin numerically fragile graphs to fp32) stays fp32, and any other missing variant is a
+Precision: a bundle holds each graph in one or more variants (fp32, int8, int4, fp16). The default is each graph's
+default variant (the precision of the export profile the bundle was made with); `--precision` picks another; a graph
+shipped in fp32 only (profiles pin numerically fragile graphs to fp32) stays fp32, and any other missing variant is a
 UserError naming what the bundle has. Two provider-specific rules:
 - TensorRT builds its own fp16 engine from the fp32 graph (`trt_fp16_enable`): feeding it the onnxruntime-converted
   fp16 graph would add Cast nodes TensorRT cannot fuse, so `fp16` on TensorRT means fp32 graph + fp16 engine when
   the bundle has the fp32 graph.
-- int8 variants are dynamic-quantization graphs (MatMulInteger, DynamicQuantizeLinear): CPU kernels. They run on GPU
-  providers only by falling back to the CPU, which is accepted but slow.
+- int8 variants are dynamic-quantization graphs (MatMulInteger, DynamicQuantizeLinear) and int4 variants weight-only
+  block-quantized graphs (MatMulNBits, GatherBlockQuantized): CPU kernels. They run on GPU providers only by falling
+  back to the CPU, which is accepted but slow.
 
 Optimization level: ORT_ENABLE_ALL, except for fp16 graphs on the CPU provider, which open at ORT_ENABLE_EXTENDED:
 ONNX Runtime 1.32's level-ALL layout optimizations crash (segfault) while building the session of some fp16 graphs on
@@ -34,7 +35,7 @@ from ..core.errors import BundleError, UserError
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 PREFERENCE = ("tensorrt", "cuda", "cpu")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 def _ort():
