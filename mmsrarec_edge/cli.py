@@ -26,8 +26,8 @@ from typer.core import TyperGroup
 from .commands.common import DATA, PANELS, TRAIN
 from .core.errors import UserError
 
-STAGES = ["data", "train", "recommend_train", "summarize", "evaluate", "export", "runtime", "scale", "bench", "serve",
-          "demo", "env"]
+STAGES = ["data", "train", "recommend_train", "summarize", "evaluate", "byom", "export", "runtime", "scale", "bench",
+          "serve", "demo", "env"]
 
 
 class PipelineGroup(TyperGroup):

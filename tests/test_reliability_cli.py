@@ -202,6 +202,45 @@ def tmpfs(path: Path, size: str):
         subprocess.run(["umount", str(path)], capture_output=True)
 
 
+def vl_checkpoint(w: Work) -> Path:
+    """A checkpoint folder of an architecture the toolkit does not take (config.json is all import-model reads)."""
+    d = w.dir("qwen2_vl")
+    (d / "config.json").write_text('{"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}')
+    return d
+
+
+def pickled_sasrec_import(w: Work) -> Result:
+    """import-model with a SASRec file that needs pickle (RecBole's own checkpoint keeps its Config object)."""
+    import argparse
+
+    import torch
+
+    from mmsrarec_edge.models.mllm import save_mllm
+
+    d = w.dir("import_pickle")
+    g = w.bundle.graphs
+    save_mllm(g.model, g.tokenizer, d / "model")
+    torch.save({"state_dict": {}, "config": argparse.Namespace(model="SASRec")}, str(d / "recbole.pth"))
+    (d / "kw.csv").write_text("item_id,text_keywords\n" + "".join(f"{i},x\n" for i in w.bundle.dataset.items))
+    r = subprocess.run([*CLI, "import-model", "--model", d / "model", "--sasrec", d / "recbole.pth", "--keywords",
+                        d / "kw.csv", "--dataset", w.dataset(), "--out", d / "out"], capture_output=True, text=True,
+                       timeout=300, env=ENV, cwd=ROOT)
+    return Result(r.returncode, r.stdout, r.stderr, {"left": [n.name for n in d.iterdir() if "out" in n.name]})
+
+
+def train_on_missing_cuda(w: Work) -> Result:
+    import torch
+
+    if torch.cuda.is_available():
+        return Result(2, "", "", {"skip": "this machine has CUDA"})
+    r = subprocess.run([*CLI, "train", "recommender", "--device", "cuda", "--dtype", "bf16", "--dataset", w.dataset(),
+                        "--protocol", w.root / "p", "--sasrec", w.root / "s", "--keywords", w.root / "k.parquet",
+                        "--out", w.root / "never_trained"], capture_output=True, text=True, timeout=300, env=ENV,
+                       cwd=ROOT)
+    return Result(r.returncode, r.stdout, r.stderr,
+                  {"left": [n.name for n in w.root.iterdir() if "never_trained" in n.name]})
+
+
 def full_disk_export(w: Work) -> Result:
     """`export` over an existing bundle on a file system with room for one copy only: the new bundle cannot be
     written; the old one must be left exactly as it was (and the temporary directory removed)."""
@@ -371,6 +410,11 @@ CASES = [
         "export", "--profile", "cpu-fp32", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
     Case("is not a keyword store; refusing to replace it", lambda w: [
         "summarize", w.dataset(), "--model", w.root / "no_model", "--out", garbage(w.root / "notes.parquet")]),
+    Case("unsupported architecture 'qwen2_vl'", lambda w: [
+        "import-model", "--model", vl_checkpoint(w), "--sasrec", w.root / "none.safetensors", "--keywords",
+        w.root / "none.csv", "--dataset", w.dataset(), "--out", w.root / "imported"]),
+    Case("needs pickle to load, which can run code", pickled_sasrec_import, runner=True),
+    Case("--device cuda: PyTorch sees no CUDA device here", train_on_missing_cuda, runner=True),
     Case("cannot load the model in", lambda w: ["export", "--profile", w.root / "sasrec.toml", "--sasrec",
                                                  corrupt_checkpoint(w), "--out", w.root / "never"]),
     Case("is not the dataset the SASRec model was trained on", lambda w: [

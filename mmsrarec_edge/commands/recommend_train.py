@@ -26,7 +26,8 @@ def build_config(config: Path | None = None, *, retrieval=None, aux=None, init=N
                  neighbours=None, items_per_neighbour=None, rank_hint=None, rank_digits=None,
                  collab_item_keywords=None, crossfit=None, sasrec_folds=None, candidate_image=None, epochs=None,
                  batch_size=None, lr=None, windows_per_user=None, negatives_per_window=None, val_cases=None,
-                 lora_r=None, hidden=None, layers=None, max_steps=None, threads=None, seed=None, rescore=None):
+                 lora_r=None, hidden=None, layers=None, max_steps=None, threads=None, seed=None, rescore=None,
+                 device=None, dtype=None):
     """The RecommenderConfig `train recommender` trains with: the defaults <- `config`'s [recommender] settings <-
     the options given (None: not given)."""
     from ..core.config import build
@@ -44,6 +45,7 @@ def build_config(config: Path | None = None, *, retrieval=None, aux=None, init=N
         "tasks.windows_per_user": windows_per_user, "tasks.negatives": negatives_per_window, "tasks.aux": aux,
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "train.val_cases": val_cases,
         "train.lora_r": lora_r, "train.max_steps": max_steps, "train.threads": threads,
+        "train.device": device, "train.dtype": dtype,
     }
     for key in ("mllm.seed", "retrieval.seed", "tasks.seed", "train.seed"):
         options[key] = seed
@@ -115,6 +117,10 @@ def recommender(
     layers: int = typer.Option(None, help="Layers of a fresh decoder @mllm.num_layers"),
     max_steps: int = typer.Option(None, help="Cap on optimizer steps; 0 = none @train.max_steps"),
     threads_: int = typer.Option(None, "--threads", help="torch threads, at most the CPU count @train.threads"),
+    device: str = typer.Option(None, "--device", help="cpu or cuda: the model and every batch tensor @train.device"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (autocast; trainable weights stay fp32; "
+                                                    "decoders from 1B up train LoRA with gradient checkpointing) "
+                                                    "@train.dtype"),
     seed: int = typer.Option(None, help="Seed of the model, retrieval, tasks and training "
                                         "@mllm.seed,retrieval.seed,tasks.seed,train.seed"),
     rescore: int = typer.Option(None, "--rescore", help="First-stage items the bundle's runtime has the LLM rescore "
@@ -140,8 +146,12 @@ def recommender(
                        sasrec_folds=sasrec_folds, candidate_image=candidate_image, epochs=epochs,
                        batch_size=batch_size, lr=lr, windows_per_user=windows_per_user,
                        negatives_per_window=negatives_per_window, val_cases=val_cases, lora_r=lora_r, hidden=hidden,
-                       layers=layers, max_steps=max_steps, threads=threads_, seed=seed, rescore=rescore)
+                       layers=layers, max_steps=max_steps, threads=threads_, seed=seed, rescore=rescore,
+                       device=device, dtype=dtype)
     cfg.train.threads = threads(cfg.train.threads)
+    from ..models.device import Placement, resolve
+
+    resolve(Placement(cfg.train.device, cfg.train.dtype))  # before any work: no CUDA here is one line
     use_protocol_history(cfg, config, protocol_dir)
     meta = run(dataset, protocol_dir, sasrec, keywords, out, cfg, progress_factory=progress_bar)
     log = meta["training"]

@@ -71,6 +71,10 @@ def train_summarizer(
                                                                         "@max_train_items"),
     seed: int = typer.Option(None, "--seed", help="Seed of the item split, the models and the sampling @seed"),
     threads_: int = typer.Option(None, "--threads", help="Torch threads, at most the CPU count @threads"),
+    device: str = typer.Option(None, "--device", help="cpu or cuda: the model and every batch tensor @device"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (autocast; trainable weights stay fp32; "
+                                                    "decoders from 1B up train LoRA with gradient checkpointing) "
+                                                    "@dtype"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
     a_old: float = typer.Option(None, "--a", hidden=True, help="Old name of --info-weight."),
     b_old: float = typer.Option(None, "--b", hidden=True, help="Old name of --recon-weight."),
@@ -91,8 +95,11 @@ def train_summarizer(
                        b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
                        c=renamed(len_weight, c_old, "--len-weight", "--c"),
                        targets=targets.value if targets else None, max_train_items=max_train_items, seed=seed,
-                       threads=threads_)
+                       threads=threads_, device=device, dtype=dtype)
     cfg.threads = threads(cfg.threads)
+    from ..models.device import resolve
+
+    resolve(cfg.placement())  # before any work: no CUDA here is one line
     ds = load_dataset(dataset)
     log = run(ds, out, cfg, base=base, sft_only=sft_only, echo=status)
     typer.echo("held-out items, greedy decoding (both tasks):")

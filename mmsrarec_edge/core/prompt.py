@@ -43,6 +43,8 @@ class PromptConfig:
     # on validation (benchmarks/results/recommender/NOTES.md).
     rank_hint: bool = True
     rank_digits: int = 2  # significant digits of the rank hint
+    # A recommender trained elsewhere: its own prefix/suffix templates (core/prompt_template.py), None = the text above
+    template: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +72,12 @@ def _groups(groups: Sequence[Sequence[str]], per_group: int) -> str:
     return " ; ".join(p for p in parts if p) or NONE
 
 
+def _groups_t(groups: Sequence[Sequence[str]], per_group: int, t: dict) -> str:
+    """_groups with a template's separators."""
+    parts = [t["keyword_separator"].join(_clean(k) for k in list(g)[:per_group]) for g in groups]
+    return t["group_separator"].join(p for p in parts if p) or t["empty"]
+
+
 def rank_bucket(rank: int, digits: int = 1) -> str:
     """0-based catalog rank -> the 1-based rank rounded down to `digits` significant digits (1 digit: "1".."9",
     "10".."90", "100".."900", ...): exact where it matters most, coarse in the tail, independent of the catalog size."""
@@ -83,8 +91,14 @@ def prefix_text(history_keywords: Sequence[Sequence[str]], collab_keywords: Sequ
     """history_keywords: one keyword list per history item (oldest first); collab_keywords: keyword groups of the
     collaborative context (None or empty: "none", the w/o-retrieval ablation)."""
     cfg = cfg or PromptConfig()
-    hist = _groups(list(history_keywords)[-cfg.history_len:] if cfg.history_len else [], cfg.item_keywords)
-    collab = _groups(list(collab_keywords or [])[: cfg.collab_items], cfg.collab_item_keywords)
+    hist = list(history_keywords)[-cfg.history_len:] if cfg.history_len else []
+    collab = list(collab_keywords or [])[: cfg.collab_items]
+    if cfg.template:
+        from .prompt_template import render_prefix
+
+        t = cfg.template
+        return render_prefix(t, _groups_t(hist, cfg.item_keywords, t), _groups_t(collab, cfg.collab_item_keywords, t))
+    hist, collab = _groups(hist, cfg.item_keywords), _groups(collab, cfg.collab_item_keywords)
     return (f"predict if the user will choose the candidate next . user history : {hist} . "
             f"similar users then chose : {collab} . candidate :")
 
@@ -101,8 +115,17 @@ def candidate_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0,
 
 def suffix_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0, rank: int | None = None,
                 cfg: PromptConfig | None = None) -> str:
-    if (cfg or PromptConfig()).rank_hint and rank is None:
+    cfg = cfg or PromptConfig()
+    if cfg.rank_hint and rank is None:
         raise ValueError("this recommender's prompt carries the SASRec rank hint: pass the candidate's rank")
+    if cfg.template:
+        from .prompt_template import render_suffix
+
+        t = cfg.template
+        kws = t["keyword_separator"].join(_clean(k) for k in list(keywords)[: cfg.candidate_keywords]) or t["empty"]
+        image = (" " + " ".join([IMAGE_TOKEN] * n_image_tokens)) if n_image_tokens else ""
+        hint = rank_bucket(rank, cfg.rank_digits) if cfg.rank_hint and rank is not None else ""
+        return render_suffix(t, _clean(title), kws, image, hint)
     return candidate_text(title, keywords, n_image_tokens, rank, cfg) + " . will the user choose it ? answer :"
 
 

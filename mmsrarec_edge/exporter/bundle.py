@@ -29,7 +29,7 @@ from .parity import check, gate
 from .profile import ExportProfile
 from .variants import FP32_OPS, make_variant, onnx_files, release_memory
 
-META_EXCLUDED = ("inputs", "training", "ablations")
+META_EXCLUDED = ("inputs", "training", "ablations", "import")
 _NP = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}
 
 
@@ -160,7 +160,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
 
 def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
     from ..models import families
-    from ..models.mllm import IMAGE_TOKEN, image_size, num_image_tokens
+    from ..models.mllm import IMAGE_TOKEN, image_preprocess, image_size, num_image_tokens
 
     layers, kv_heads, head_dim = kv_shape(m.model)
     tc = m.model.config.text_config
@@ -171,6 +171,7 @@ def _mllm_config(m: MLLMInput, graphs: dict, stage: str) -> dict:
         "vocab_size": int(m.model.get_input_embeddings().weight.shape[0]),
         "max_position_embeddings": tc.max_position_embeddings,
         "image_size": image_size(m.model), "num_image_tokens": num_image_tokens(m.model),
+        "image_preprocess": image_preprocess(m.model).to_dict(),
         "image_token_id": m.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **families.config_section(m.model),  # family; rope (multimodal positions, core/rope_index.py)
         # The stage's own settings (prompt config, answer tokens, ...), without its provenance and training log:
@@ -200,6 +201,11 @@ def write_config(inputs: ExportInputs, profile: ExportProfile, root: Path, graph
 
     cfg: dict = {"format_version": FORMAT_VERSION, "limits": profile.to_dict()["limits"],
                  "image_preprocess": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    first = inputs.recommender or inputs.summarizer
+    if first is not None:  # top level: the recommender's (else the summarizer's); each stage has its own below
+        from ..models.mllm import image_preprocess
+
+        cfg["image_preprocess"] = image_preprocess(first.model).to_dict()
     toks = {}
     for stage in ("recommender", "summarizer"):
         m = getattr(inputs, stage)
@@ -298,7 +304,11 @@ def export_bundle(inputs: ExportInputs, profile: ExportProfile, out: Path, profi
             "profile": {**profile.to_dict(), "source": profile_source},
             "sources": {k: v for k, v in {
                 "summarizer": inputs.summarizer.source if inputs.summarizer else None,
-                "recommender": inputs.recommender.source if inputs.recommender else None}.items() if v},
+                "recommender": inputs.recommender.source if inputs.recommender else None,
+                # a model trained elsewhere (import-model): checkpoint, merged LoRA adapter, template, SASRec, keywords
+                "imported": {s: m.meta["import"] for s in ("summarizer", "recommender")
+                             for m in [getattr(inputs, s)] if m is not None and m.meta.get("import")} or None,
+            }.items() if v},
             "graphs": graphs,
             "graphs_skipped": skipped,
             "files": _file_table(tmp),

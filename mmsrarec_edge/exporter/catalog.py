@@ -151,8 +151,8 @@ def candidate_token_ids(inputs, ids, kws) -> list[list[int]] | None:
 
 
 def _write_image_features(inputs, ids, out_dir: Path) -> dict:
-    from ..core.imaging import load_image, preprocess
-    from ..models.mllm import image_size, num_image_tokens
+    from ..core.imaging import load_image
+    from ..models.mllm import image_preprocess, num_image_tokens
     from .bundle import image_features_array
 
     ds, m = inputs.dataset, inputs.recommender.model
@@ -163,8 +163,8 @@ def _write_image_features(inputs, ids, out_dir: Path) -> dict:
         return {}
     if need > MAX_FEATURE_BYTES:
         return {"image_features_skipped": f"{need} bytes > {MAX_FEATURE_BYTES}: run recommender.vision at runtime"}
-    size = image_size(m)
-    pixels = np.stack([preprocess(load_image(ds.image_path(i)), size) for i in with_img])
+    pre = image_preprocess(m)
+    pixels = np.stack([pre(load_image(ds.image_path(i))) for i in with_img])
     feats = image_features_array(m, pixels).astype(np.float32)
     write_safetensors(out_dir / "image_features.safetensors",
                       {"item_ids": np.asarray(with_img, np.int64), "features": feats},

@@ -142,6 +142,8 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
         sasrec = sasrec or rec_sasrec
     if sasrec:
         inp.sasrec = _checkpoint(Path(sasrec), lambda: SASRecModel.load(sasrec))
+    if not keywords and recommender and (Path(recommender) / "keywords.parquet").is_file():
+        keywords = Path(recommender) / "keywords.parquet"  # an imported recommender carries its keyword store
     inp.keywords = Path(keywords) if keywords else None
     if dataset:
         inp.dataset = load_dataset(dataset)
@@ -152,8 +154,8 @@ def load_inputs(summarizer: Path | None, recommender: Path | None, sasrec: Path 
 
 def real_parity_inputs(inp: ExportInputs, n: int = 8, seed: int = 0) -> dict:
     """A few real inputs per graph from the dataset: images, item texts as prompts, user histories."""
-    from ..core.imaging import load_image, preprocess
-    from ..models.mllm import image_size
+    from ..core.imaging import load_image
+    from ..models.mllm import image_preprocess
 
     ds, rng, out = inp.dataset, np.random.default_rng(seed), {}
     ids = sorted(ds.items)
@@ -165,7 +167,7 @@ def real_parity_inputs(inp: ExportInputs, n: int = 8, seed: int = 0) -> dict:
         enc = lambda s, tok=m.tokenizer: tok.encode(s, add_special_tokens=False)[:64]  # noqa: E731
         imgs = [ds.image_path(i) for i in pick if ds.items[i].image and ds.image_path(i) is not None]
         if imgs:
-            out[f"{stage}.vision"] = np.stack([preprocess(load_image(p), image_size(m.model)) for p in imgs[:2]])
+            out[f"{stage}.vision"] = np.stack([image_preprocess(m.model)(load_image(p)) for p in imgs[:2]])
         texts = [enc(ds.items[i].text) or [m.tokenizer.unk_token_id] for i in pick]
         out[f"{stage}.embed"] = texts
         if stage == "summarizer":

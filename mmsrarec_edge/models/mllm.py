@@ -24,10 +24,24 @@ from transformers import (
 )
 
 from ..core.errors import UserError
+from ..core.imaging import PREPROCESSOR_CONFIG, ImagePreprocess, read_processor_config
 from ..core.prompt import IMAGE_TOKEN
 
 SUPPORTED_TEXT = {"qwen2", "llama"}
 SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
+# model_type -> what a user checkpoint of that family must hold (the one line an unsupported one gets lists these)
+SUPPORTED_FAMILIES = {"llava": lambda: f"llava (LlavaForConditionalGeneration: {' or '.join(sorted(SUPPORTED_VISION))} "
+                                       f"tower, {' or '.join(sorted(SUPPORTED_TEXT))} decoder)"}
+
+
+def supported_architectures() -> str:
+    """One line listing the architectures load_mllm takes."""
+    return "supported: " + "; ".join(describe() for describe in SUPPORTED_FAMILIES.values())
+
+
+def unsupported(model_type, where: str = "", architectures=None) -> UserError:
+    arch = f" ({', '.join(architectures)})" if architectures else ""
+    return UserError(f"unsupported architecture {model_type!r}{arch}{where}", supported_architectures())
 
 
 @dataclass
@@ -125,23 +139,43 @@ def image_size(model) -> int:
     return size(model)
 
 
+def image_preprocess(model) -> ImagePreprocess:
+    """The model's image preprocessing: its checkpoint's preprocessor_config.json (load_mllm attaches it), else the
+    embedded default's (bicubic square resize to the tower's size, CLIP mean/std)."""
+    pre = getattr(model, "mmsrarec_image_preprocess", None)
+    return pre if pre is not None else ImagePreprocess.square(image_size(model))
+
+
+def attach_image_preprocess(model, pre: ImagePreprocess | None, where: str = "the checkpoint") -> None:
+    """Record `pre` as the model's preprocessing (None: the default); refuses pixels the tower cannot take."""
+    if pre is not None:
+        size = image_size(model)
+        if pre.output_size != (size, size):
+            raise UserError(f"{where}: preprocessor_config.json gives {pre.output_size or 'variable-size'} pixels, "
+                            f"the vision tower takes {size}x{size}",
+                            "set size/crop_size to the tower's image_size in preprocessor_config.json")
+    model.mmsrarec_image_preprocess = pre
+
+
 def check_supported(config) -> None:
     from .families import family_of
 
     if family_of(config) != "llava":  # one line listing the supported families for anything unknown
         return
     if config.text_config.model_type not in SUPPORTED_TEXT:
-        raise UserError(f"unsupported decoder {config.text_config.model_type!r}",
-                        f"supported: {sorted(SUPPORTED_TEXT)}")
+        raise UserError(f"unsupported decoder {config.text_config.model_type!r}", supported_architectures())
     if config.vision_config.model_type not in SUPPORTED_VISION:
-        raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}",
-                        f"supported: {sorted(SUPPORTED_VISION)}")
+        raise UserError(f"unsupported vision tower {config.vision_config.model_type!r}", supported_architectures())
 
 
 def save_mllm(model, tokenizer, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # every checkpoint carries its image preprocessing (transformers' format), so training, export and the runtime
+    # read the same settings
+    (out_dir / PREPROCESSOR_CONFIG).write_text(json.dumps(image_preprocess(model).to_processor_config(), indent=1)
+                                               + "\n")
 
 
 def load_mllm(path: Path):
@@ -167,6 +201,8 @@ def load_mllm(path: Path):
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
     model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    if family == "llava":  # the Qwen families' processors resize to a patch grid: models/families.py
+        attach_image_preprocess(model, read_processor_config(path), str(path))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):

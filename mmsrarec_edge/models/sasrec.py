@@ -130,7 +130,9 @@ class SASRecModel:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out_dir / "model.safetensors"))
-        meta = {"model": "sasrec", "config": asdict(self.cfg), "item_ids": self.item_ids}
+        # "sasrec-recbole": RecBole's architecture and key names (models/recbole_sasrec.py), imported by import-model
+        kind = "sasrec-recbole" if getattr(self.cfg, "arch", None) == "recbole" else "sasrec"
+        meta = {"model": kind, "config": asdict(self.cfg), "item_ids": self.item_ids}
         if self.dataset_fingerprint:
             meta["dataset_fingerprint"] = self.dataset_fingerprint
         (out_dir / "config.json").write_text(json.dumps(meta) + "\n")
@@ -144,6 +146,11 @@ class SASRecModel:
             raise UserError(f"{path} is not a SASRec model directory (needs config.json and model.safetensors)",
                             "train one with `mmsrarec-edge train sasrec`")
         meta = json.loads((path / "config.json").read_text())
-        net = SASRec(len(meta["item_ids"]), SASRecConfig(**meta["config"]))
+        if meta.get("model") == "sasrec-recbole":
+            from .recbole_sasrec import RecBoleSASRec, RecBoleSASRecConfig
+
+            net = RecBoleSASRec(len(meta["item_ids"]), RecBoleSASRecConfig(**meta["config"]))
+        else:
+            net = SASRec(len(meta["item_ids"]), SASRecConfig(**meta["config"]))
         net.load_state_dict(load_file(str(path / "model.safetensors")))
         return cls(net, meta["item_ids"], meta.get("dataset_fingerprint", ""))

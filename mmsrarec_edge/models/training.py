@@ -43,6 +43,7 @@ class OptimConfig:
     warmup: int = 0
     clip: float | None = 1.0
     decoupled: bool = True  # AdamW; False = Adam with an L2 penalty (SASRec's optimizer)
+    grad_scale: bool = False  # fp16 autocast: scale the loss (torch.amp.GradScaler), unscale before clipping
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -80,6 +81,7 @@ class Stepper:
         cls = torch.optim.AdamW if cfg.decoupled else torch.optim.Adam
         self.opt = cls(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = None
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.grad_scale else None
         if cfg.schedule != "constant":
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg.schedule, total_steps, cfg.warmup))
 
@@ -90,10 +92,18 @@ class Stepper:
 
     def __call__(self, loss: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
         if self.cfg.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         if self.sched is not None:
             self.sched.step()
         self.steps += 1

@@ -112,14 +112,14 @@ class RecommenderDir:
 
 
 def load_item_pixels(dataset_dir, images: dict[int, str], model) -> dict[int, np.ndarray]:
-    from ..core.imaging import load_image, preprocess
-    from ..models.mllm import image_size
+    from ..core.imaging import load_image
+    from ..models.mllm import image_preprocess
 
-    root, size = Path(dataset_dir), image_size(model)
+    root, pre = Path(dataset_dir), image_preprocess(model)
     if not root.is_dir():
         raise UserError(f"dataset {root} (for the candidates' images) not found",
                         "the recommender was trained with candidate images: keep its dataset where it was")
-    return {i: preprocess(load_image(root / rel), size) for i, rel in images.items()}
+    return {i: pre(load_image(root / rel)) for i, rel in images.items()}
 
 
 def score_cases(scorer, maker: PromptMaker, sasrec, cases, pixels=None, progress=None) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.scores import yes_probability
+from ..models.device import on
 
 
 def _legacy(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +49,7 @@ class TorchScorer:
         out = hidden @ w.T
         if getattr(self.model.lm_head, "bias", None) is not None:
             out = out + self.model.lm_head.bias[[self.yes_id, self.no_id]]
-        return yes_probability(out[..., 0].double(), out[..., 1].double())
+        return yes_probability(out[..., 0].double().cpu(), out[..., 1].double().cpu())
 
     @staticmethod
     def _pixels(pixels: Sequence[np.ndarray | None] | None):
@@ -63,14 +64,14 @@ class TorchScorer:
         out = np.empty(len(suffixes), np.float64)
         for c, suf in enumerate(suffixes):
             ids = torch.tensor([list(prefix) + list(suf)])
-            pv = self._pixels([suffix_pixels[c]] if suffix_pixels else None)
+            ids, pv = on(self.model, ids, self._pixels([suffix_pixels[c]] if suffix_pixels else None))
             logits = self.model(input_ids=ids, pixel_values=pv).logits[0, -1].double()
             out[c] = float(yes_probability(logits[self.yes_id], logits[self.no_id]))
         return out
 
     @torch.no_grad()
     def prefill(self, prefix: Sequence[int]):
-        ids = torch.tensor([list(prefix)])
+        ids = on(self.model, torch.tensor([list(prefix)]))
         res = self.model.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
         return _legacy(res.past_key_values), len(prefix)
 
@@ -94,10 +95,11 @@ class TorchScorer:
                 mask[r, P:P + len(s)] = 1
             pos = torch.arange(P, P + S).expand(C, S)
             pv = self._pixels(suffix_pixels[start:start + C] if suffix_pixels else None)
+            ids, mask, pos, pv = on(self.model, ids, mask, pos, pv)  # every tensor on the model's device
             h = self.model.model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos,
                                  past_key_values=expand_cache(layers, C), use_cache=True).last_hidden_state
-            last = torch.tensor([len(s) - 1 for s in chunk])
-            out[start:start + C] = self._yes_no(h[torch.arange(C), last])
+            last = on(self.model, torch.tensor([len(s) - 1 for s in chunk]))
+            out[start:start + C] = self._yes_no(h[torch.arange(C, device=h.device), last])
         return out
 
 

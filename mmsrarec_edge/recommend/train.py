@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import metrics
+from ..models.device import Placement, on, place, resolve, unplace
 from ..models.training import OptimConfig, add_lora, fit
 from .tasks import Row
 
@@ -43,6 +44,15 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no cap
     threads: int = 1  # tiny matmuls: on 2 shared cores a second thread only adds OpenMP barrier spinning
     seed: int = 0
+    device: str = "cpu"  # cpu | cuda: the model and every batch tensor (models/device.py)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast precision; trainable weights stay fp32
+    gradient_checkpointing: str = "auto"  # auto: on for decoders of large_decoder_params and up | on | off
+    large_decoder_params: int = 1_000_000_000  # from this decoder size up, LoRA (rank 16 when lora_r is 0)
+
+    def __post_init__(self):
+        from ..models.device import check
+
+        check(self.device, self.dtype, self.gradient_checkpointing)
 
 
 def length_batches(rows: list[Row], batch_size: int, rng: np.random.Generator) -> list[list[Row]]:
@@ -88,26 +98,29 @@ def pack(rows: list[Row], pad_id: int):
     return ids, mask[:, None], pos, where
 
 
-def batch_loss(model, batch: list[Row], pad_id: int, aux_weight: float, pixels: dict | None = None
-               ) -> tuple[torch.Tensor, dict]:
+def batch_loss(model, batch: list[Row], pad_id: int, aux_weight: float, pixels: dict | None = None,
+               with_stats: bool = True) -> tuple[torch.Tensor, dict]:
+    """The step's loss and, `with_stats`, its mean per task (read back to the host: a sync point)."""
     ids, mask, pos, where = pack(batch, pad_id)
     segs = [seg for row in batch for seg in row.segments]
     pv = None
     if pixels is not None:
         imgs = [pixels[s.image_item] for s in segs if s.image_item is not None]
         pv = torch.from_numpy(np.stack(imgs)) if imgs else None
+    ids, mask, pos, pv = on(model, ids, mask, pos, pv)  # every tensor on the model's device
     h = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pv).last_hidden_state
-    rr, pp, tt, owner = (torch.tensor(c) for c in zip(*where))
+    rr, pp, tt, owner = on(model, *(torch.tensor(c) for c in zip(*where)))
     logits = model.lm_head(h[rr, pp])
     tok_loss = F.cross_entropy(logits.float(), tt, reduction="none")
     n = len(segs)
-    per_seg = torch.zeros(n).index_add_(0, owner, tok_loss) / torch.bincount(owner, minlength=n)
-    w = torch.tensor([1.0 if s.task == "rec" else aux_weight for s in segs])
+    zeros = torch.zeros(n, device=h.device)
+    per_seg = zeros.index_add(0, owner, tok_loss) / zeros.index_add(0, owner, torch.ones_like(tok_loss))
+    w = torch.tensor([1.0 if s.task == "rec" else aux_weight for s in segs], device=h.device)
     loss = (per_seg * w).sum() / w.sum()
     stats = {}
     with torch.no_grad():
-        for task in {s.task for s in segs}:
-            sel = torch.tensor([s.task == task for s in segs])
+        for task in {s.task for s in segs} if with_stats else ():
+            sel = torch.tensor([s.task == task for s in segs], device=h.device)
             stats[task] = float(per_seg[sel].mean())
     return loss, stats
 
@@ -120,26 +133,39 @@ def train_recommender(model, make_epoch, pad_id: int, cfg: TrainConfig, validate
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    peft_model = add_lora(model, cfg.lora_r, 2 * cfg.lora_r) if cfg.lora_r > 0 else None
+    placement = resolve(Placement(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.large_decoder_params))
+    # decoders from 1B parameters up train LoRA adapters (rank 16 unless lora_r says), smaller ones every weight
+    lora_r = cfg.lora_r or (16 if placement.large(model) else 0)
+    placed = place(model, placement, lora=lora_r > 0 and placement.large(model))
+    peft_model = add_lora(model, lora_r, 2 * lora_r) if lora_r > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     first = make_epoch(0)
     total = total_steps(len(first), cfg)
     segs = [s.task for row in first for s in row.segments]
-    log = {"config": cfg.__dict__.copy(), "epochs": [], "rows_per_epoch": len(first),
+    log = {"config": cfg.__dict__.copy(), "placement": {**placed, "lora_r": lora_r}, "epochs": [],
+           "rows_per_epoch": len(first),
            "examples_per_epoch": {t: segs.count(t) for t in sorted(set(segs))}}
     t0 = time.perf_counter()
+    def loss_fn(batch):
+        with placement.autocast():
+            return batch_loss(model, batch, pad_id, cfg.aux_weight, pixels)
+
+    def validate_on_device(m):
+        with placement.autocast():
+            return validate(m)
+
     res = fit(model, params, lambda e: length_batches(first if e == 0 else make_epoch(e), cfg.batch_size, rng),
-              lambda batch: batch_loss(model, batch, pad_id, cfg.aux_weight, pixels),
-              OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="warmup_cosine",
-                          warmup=int(total * cfg.warmup), clip=1.0),
-              total_steps=total, epochs=cfg.epochs, max_steps=cfg.max_steps, validate=validate, metric="NDCG@5",
-              patience=cfg.patience, progress=progress)
+              loss_fn, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="warmup_cosine",
+                                   warmup=int(total * cfg.warmup), clip=1.0, grad_scale=cfg.dtype == "fp16"),
+              total_steps=total, epochs=cfg.epochs, max_steps=cfg.max_steps, validate=validate_on_device,
+              metric="NDCG@5", patience=cfg.patience, progress=progress)
     for rec in res.epochs:
         log["epochs"].append({"epoch": rec["epoch"], "steps": rec["steps"], "seconds": round(rec["seconds"], 1),
                               "loss": {k: float(np.mean(v)) for k, v in rec["stats"].items()},
                               "val": {m: round(float(rec["val"][m]), 4) for m in ("HR@1", "HR@5", "NDCG@5", "AUC")}})
     if peft_model is not None:
         model = peft_model.merge_and_unload()
+    model = unplace(model)  # saving, evaluation and the export read it on the CPU in fp32
     log.update({"best_epoch": res.best_epoch, "best_val_NDCG@5": res.best, "steps": res.steps,
                 "train_seconds": round(time.perf_counter() - t0, 1)})
     return model.eval(), log

@@ -47,7 +47,9 @@ RECOMMENDER = {
     "recommender.prompt.candidate_keywords": "int", "recommender.prompt.collab_items": "int",
     "recommender.prompt.collab_item_keywords": "int", "recommender.prompt.candidate_title": "bool",
     "recommender.prompt.candidate_image": "bool", "recommender.prompt.rank_hint": "bool",
-    "recommender.prompt.rank_digits": "int", "recommender.retrieval": "object?",
+    "recommender.prompt.rank_digits": "int", "recommender.prompt.template": "object?",
+    "recommender.image_preprocess": "object?", "recommender.image_preprocess.mean": "numbers",
+    "recommender.image_preprocess.std": "numbers", "recommender.retrieval": "object?",
     "recommender.retrieval.k": "int?", "recommender.retrieval.items_per_neighbour": "int?",
     "recommender.rope": "object?",
     "limits": "object", "limits.max_candidates": "int", "limits.max_prefix_tokens": "int",
@@ -68,6 +70,8 @@ SUMMARIZER = {
     "summarizer.rope": "object?",
     "limits": "object", "limits.max_new_tokens": "int",
     "image_preprocess": "object", "image_preprocess.mean": "numbers", "image_preprocess.std": "numbers",
+    "summarizer.image_preprocess": "object?", "summarizer.image_preprocess.mean": "numbers",
+    "summarizer.image_preprocess.std": "numbers", "summarizer.image_preprocess.resample": "str",
 }
 
 _MISSING = object()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import BundleError, UserError
-from ..core.imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
+from ..core.imaging import config_preprocess, load_image
 from .catalog import CatalogItem, add_item
 from .sessions import SessionConfig, open_bundle_graph
 from .summarizer import ItemSummary
@@ -35,12 +35,12 @@ def recommender_image_features(manifest, cfg: SessionConfig, image) -> np.ndarra
     from .llm import ImageEncoder
 
     config = manifest.config()
-    conf, pre = config.get("recommender", {}), config.get("image_preprocess", {})
+    conf = config.get("recommender", {})
     size = int(conf.get("image_size", 0))
     if size < 1:
         raise BundleError("config.json: recommender.image_size is missing", "re-export the bundle")
     pil = load_image(Path(image)) if isinstance(image, (str, Path)) else image
-    px = preprocess(pil, size, pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+    px = config_preprocess(config, "recommender")(pil)
     return ImageEncoder(open_bundle_graph(manifest, "recommender.vision", cfg))(px[None])[0]
 
 

@@ -20,7 +20,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from ..core.errors import BundleError, UserError
-from ..core.imaging import CLIP_MEAN, CLIP_STD, load_image, preprocess
+from ..core.imaging import CLIP_MEAN, CLIP_STD, ImagePreprocess, config_preprocess, load_image
 from ..core.keywords import parse_keywords
 from ..core.rope_index import MRope, rope_from_config, text_positions
 from ..core.summary_prompts import (
@@ -122,10 +122,13 @@ class ItemSummarizer:
 
     def __init__(self, vision: ImageEncoder | None, embedder: Embedder, decoder: Decoder, codec: TextCodec,
                  spec: PromptSpec, image_size: int, max_new_tokens: int = 20, max_keywords: int = 8,
-                 mean=CLIP_MEAN, std=CLIP_STD, rope: MRope | None = None):
+                 mean=CLIP_MEAN, std=CLIP_STD, rope: MRope | None = None,
+                 preprocess: ImagePreprocess | None = None):
         self.vision, self.embedder, self.decoder, self.codec = vision, embedder, decoder, codec
         self.rope = rope
-        self.spec, self.image_size, self.mean, self.std = spec, int(image_size), tuple(mean), tuple(std)
+        self.spec, self.image_size = spec, int(image_size)
+        # the checkpoint's preprocessing (config.json); mean/std alone: the default square resize
+        self.preprocess = preprocess or ImagePreprocess.square(self.image_size, mean, std)
         self.max_new_tokens, self.max_keywords = int(max_new_tokens), int(max_keywords)
         if vision is not None and vision.tokens is not None and vision.tokens != spec.num_image_tokens:
             raise ValueError(f"vision graph gives {vision.tokens} image tokens, prompt spec says "
@@ -140,7 +143,7 @@ class ItemSummarizer:
                 raise UserError(f"preprocessed image has shape {image.shape}, expected (3, {self.image_size}, "
                                 f"{self.image_size})")
             return image.astype(np.float32, copy=False)
-        return preprocess(image, self.image_size, self.mean, self.std)
+        return self.preprocess(image)
 
     def summarize(self, image=None, text: str | None = None) -> ItemSummary:
         prompts, feats, tasks = [], [], []
@@ -195,8 +198,7 @@ def load_item_summarizer(manifest, cfg: SessionConfig) -> ItemSummarizer:
     embedder = Embedder(open_bundle_graph(manifest, "summarizer.embed", cfg), spec.image_token_id)
     decoder = Decoder(open_bundle_graph(manifest, "summarizer.decoder", cfg))
     limit = int(config.get("limits", {}).get("max_new_tokens", 32))
-    pre = config.get("image_preprocess", {})
     return ItemSummarizer(vision, embedder, decoder, Codec(manifest.path(conf.get("tokenizer", "tokenizer.json"))),
                           spec, int(conf["image_size"]), min(int(conf.get("max_new_tokens", 20)), limit),
-                          int(conf.get("max_keywords", 8)), pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD),
-                          rope_from_config(conf.get("rope")))
+                          int(conf.get("max_keywords", 8)), rope=rope_from_config(conf.get("rope")),
+                          preprocess=config_preprocess(config, "summarizer"))

@@ -17,6 +17,10 @@ from .targets import SYNTH_IMAGE_ATTRIBUTES, SYNTH_TEXT_ATTRIBUTES
 class SummarizerConfig:
     seed: int = 0
     threads: int = 1  # tiny matmuls: one thread beats two on 2 shared cores (OpenMP barriers spin)
+    device: str = "cpu"  # cpu | cuda: the summarizer and every batch tensor (models/device.py)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: autocast precision; trainable weights stay fp32
+    gradient_checkpointing: str = "auto"  # auto: on for decoders of large_decoder_params and up | on | off
+    large_decoder_params: int = 1_000_000_000  # from this decoder size up, SFT trains LoRA too (lora_r, lora_alpha)
     # items
     held_out_fraction: float = 0.15  # items never trained on; the before/after-RL comparison is made on them
     max_train_items: int = 0  # 0 = every non-held-out item; large catalogs subsample to stay within minutes
@@ -80,8 +84,18 @@ class SummarizerConfig:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.recon_vocab < 16:
             raise UserError(f"recon_vocab must be at least 16, got {self.recon_vocab}")
+        if self.device not in ("cpu", "cuda") or self.dtype not in ("fp32", "bf16", "fp16") or \
+                self.gradient_checkpointing not in ("auto", "on", "off"):
+            raise UserError(f"device must be cpu or cuda, dtype bf16, fp16 or fp32, gradient_checkpointing auto, on "
+                            f"or off; got {self.device!r}, {self.dtype!r}, {self.gradient_checkpointing!r}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
+
+    def placement(self):
+        """Where the summarizer trains (models/device.Placement; needs torch)."""
+        from ..models.device import Placement
+
+        return Placement(self.device, self.dtype, self.gradient_checkpointing, self.large_decoder_params)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..core.summary_prompts import PromptSpec, completion_until_eos, suppressed_token_ids
+from ..models.device import on
 
 
 @dataclass
@@ -77,7 +78,7 @@ def generate(model, prompts: Sequence[Prompt], spec: PromptSpec, max_new_tokens:
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         ids, mask = collate_left([p.ids for p in chunk], spec.pad_id)
-        pixels = stack_pixels(chunk)
+        ids, mask, pixels = on(model, ids, mask, stack_pixels(chunk))  # every tensor on the model's device
         seqs = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, generation_config=gcfg)
         for row in seqs[:, ids.shape[1]:].tolist():
             body = completion_until_eos(row, spec.eos_id)
@@ -100,10 +101,11 @@ def completion_logps(model, prompts: Sequence[Prompt], completions: Sequence[Seq
     """Per-token log p(completion token | prompt, previous tokens): ([B, L], mask [B, L]); differentiable."""
     p_ids, p_mask = collate_left([p.ids for p in prompts], spec.pad_id)
     c_ids, c_mask = collate_right(completions, spec.pad_id)
+    p_ids, p_mask, c_ids, c_mask = on(model, p_ids, p_mask, c_ids, c_mask)
     ids = torch.cat([p_ids, c_ids], 1)
     mask = torch.cat([p_mask, c_mask], 1)
     n = c_ids.shape[1]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                   pixel_values=stack_pixels(prompts), logits_to_keep=n + 1).logits[:, :-1].float()
+                   pixel_values=on(model, stack_pixels(prompts)), logits_to_keep=n + 1).logits[:, :-1].float()
     logp = torch.log_softmax(logits / temperature, dim=-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1)
     return logp, c_mask.float()

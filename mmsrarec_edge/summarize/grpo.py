@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..core.summary_prompts import PromptSpec
+from ..models.device import on
 from ..models.training import OptimConfig, Stepper, add_lora
 from .generation import Prompt, completion_logps, decode_keywords, generate
 
@@ -74,7 +75,9 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
     pools = {t: [p for p in prompts if p.task == t] for t in ("image", "text")}
     policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     params = [p for p in policy.parameters() if p.requires_grad]
-    stepper = Stepper(params, OptimConfig(lr=cfg.grpo_lr, weight_decay=0.0, schedule="constant", clip=1.0))
+    placement = cfg.placement()
+    stepper = Stepper(params, OptimConfig(lr=cfg.grpo_lr, weight_decay=0.0, schedule="constant", clip=1.0,
+                                          grad_scale=placement.dtype == "fp16"))
     G = cfg.num_generations
     log: list[dict] = []
     for step in range(cfg.grpo_steps):
@@ -82,13 +85,14 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
         batch = _balanced_batch(pools, cfg.grpo_batch_size, rng)
         rep = [p for p in batch for _ in range(G)]
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # the samples of step s do not depend on earlier timing
-        comps = generate(policy, rep, spec, cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
-                         batch_size=len(rep))
+        with placement.autocast():
+            comps = generate(policy, rep, spec, cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
+                             batch_size=len(rep))
         kws = [decode_keywords(tokenizer, c, spec, cfg.max_keywords) for c in comps]
         rb = reward_model.score([p.item_id for p in rep], kws)
-        adv = torch.as_tensor(group_advantages(rb.total, G), dtype=torch.float32)
+        adv = on(policy, torch.as_tensor(group_advantages(rb.total, G), dtype=torch.float32))
         policy.train()
-        with torch.no_grad():
+        with torch.no_grad(), placement.autocast():
             ref_logp = None
             if cfg.beta:
                 with policy.disable_adapter():
@@ -97,7 +101,8 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
             if cfg.grpo_iterations > 1:
                 old_logp, _ = completion_logps(policy, rep, comps, spec, cfg.temperature)
         for _ in range(cfg.grpo_iterations):
-            logp, mask = completion_logps(policy, rep, comps, spec, cfg.temperature)
+            with placement.autocast():
+                logp, mask = completion_logps(policy, rep, comps, spec, cfg.temperature)
             loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, mask, adv,
                                     cfg.beta, cfg.clip_eps)
             stepper(loss)

@@ -84,14 +84,16 @@ def prompt_spec(model, tokenizer, cfg: SummarizerConfig) -> PromptSpec:
                       max_text_tokens=cfg.max_text_tokens, **families.image_wrap(model))
 
 
-def load_pixels(ds: Dataset, ids, size: int, label: str = "loading images") -> dict[int, np.ndarray]:
-    from ..core.imaging import load_image, preprocess
+def load_pixels(ds: Dataset, ids, pre, label: str = "loading images") -> dict[int, np.ndarray]:
+    """item id -> pixels by `pre` (the model's imaging.ImagePreprocess; an int: the default square resize)."""
+    from ..core.imaging import ImagePreprocess, load_image
 
+    pre = ImagePreprocess.square(pre) if isinstance(pre, int) else pre
     ids = [i for i in ids if ds.items[i].image]
     out = {}
     with progress_bar(label, len(ids)) as adv:
         for i in ids:
-            out[i] = preprocess(load_image(ds.image_path(i)), size)
+            out[i] = pre(load_image(ds.image_path(i)))
             adv()
     return out
 
@@ -193,7 +195,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
     """SFT then GRPO on `ds`; writes OUT (see module doc) atomically and returns the training log."""
     import torch
 
-    from ..models.mllm import image_size
+    from ..models.mllm import image_preprocess
 
     cfg = cfg or SummarizerConfig()
     torch.set_num_threads(cfg.threads)
@@ -204,8 +206,13 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
          f"({len(split.eval_ids)} evaluated)")
     model, tok, spec = init_summarizer(base, cfg)
     encode = encoder_of(tok)
-    pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_size(model))
+    pixels = load_pixels(ds, [*split.train_ids, *split.eval_ids], image_preprocess(model))
     warm, trainable = warm_start(model, split, pixels, encode, base, cfg)
+    from ..models.device import place, resolve, unplace
+
+    placement = resolve(cfg.placement())
+    large = placement.large(model)  # decoders from 1B up: LoRA in SFT too, base weights in the dtype
+    warm["placement"] = place(model, placement, lora=large)
     timings["setup"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -221,20 +228,22 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
 
     t = time.perf_counter()
     train_prompts = make_prompts(ds, split.train_ids, encode, spec, pixels)
-    sft_losses = sft_warm_start(model, train_prompts, split, spec, encode, trainable, cfg)
+    model, sft_losses = sft_warm_start(model, train_prompts, split, spec, encode, trainable, cfg, placement, large)
     timings["sft"] = time.perf_counter() - t
     echo(f"SFT: {timings['sft']:.0f} s, final loss {np.mean(sft_losses[-20:] or [0]):.3f}")
 
     def evaluate(m, label):
-        kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
-                                label=f"held-out keywords ({label})")
+        with placement.autocast():
+            kws = summarize_prompts(m, tok, spec, eval_prompts, cfg.max_new_tokens, cfg.max_keywords,
+                                    label=f"held-out keywords ({label})")
         return score_keywords(ds, eval_prompts, kws, rewards, cfg, gold), kws
 
     evals["sft"], sft_kws = evaluate(model, "SFT")
     kws = {"sft": sft_kws}
     grpo_log: list[dict] = []
     with atomic_dir(out, marker=SUMMARIZER) as tmp:
-        save_summarizer(model, tok, spec, cfg, tmp / "sft", "sft")
+        save_summarizer(unplace(model), tok, spec, cfg, tmp / "sft", "sft")  # saved on the CPU in fp32
+        place(model, placement, lora=large)
         recon.save(tmp / "reconstructor")
         if not sft_only and cfg.grpo_steps:
             t = time.perf_counter()
@@ -243,7 +252,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
             first, last = (np.mean([e["total"] for e in g]) for g in (grpo_log[:10], grpo_log[-10:]))
             echo(f"GRPO: {timings['grpo']:.0f} s, mean reward first/last 10 steps {first:.4f} / {last:.4f}")
             evals["rl"], kws["rl"] = evaluate(model, "RL")
-            save_summarizer(model, tok, spec, cfg, tmp / "rl", "rl")
+            save_summarizer(unplace(model), tok, spec, cfg, tmp / "rl", "rl")
         timings["total"] = time.perf_counter() - t0
         log = training_log(ds, split, cfg, base, warm, timings, recon_losses, sft_losses, grpo_log, evals,
                            eval_prompts, kws)
@@ -345,14 +354,21 @@ def reward_model(ds: Dataset, split: ItemSplit, recon, cfg: SummarizerConfig):
 
 
 def sft_warm_start(model, train_prompts: list[Prompt], split: ItemSplit, spec: PromptSpec, encode, trainable,
-                   cfg: SummarizerConfig) -> list[float]:
-    """SFT on the pseudo-keywords of every training prompt (sft.py); returns the loss curve."""
+                   cfg: SummarizerConfig, placement=None, lora: bool = False):
+    """SFT on the pseudo-keywords of every training prompt (sft.py); with `lora` (a decoder from 1B up) LoRA
+    adapters (cfg.lora_r, cfg.lora_alpha) merged afterwards. Returns (the model, the loss curve)."""
+    from ..models.training import add_lora
     from .sft import SFTExample, train_sft
 
     examples = [SFTExample(p, target_ids(encode, spec, split.targets[p.item_id][p.task])) for p in train_prompts]
+    net = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if lora else model
+    if lora:
+        def trainable(name: str) -> bool:
+            return "lora_" in name
     with progress_bar("SFT warm start", cfg.sft_steps) as adv:
-        return train_sft(model, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
-                         cfg.seed, adv, trainable=trainable)
+        losses = train_sft(net, examples, spec, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup,
+                           cfg.seed, adv, trainable=trainable, placement=placement)
+    return (net.merge_and_unload().eval() if lora else model), losses
 
 
 def reinforce(model, tok, spec: PromptSpec, train_prompts: list[Prompt], rewards, cfg: SummarizerConfig):
@@ -384,13 +400,13 @@ def summarize_dataset(ds: Dataset, model_dir: Path, out: Path, batch_size: int =
                       rewards: bool = True, echo=print) -> Path:
     """Greedy image and text keywords for every item of `ds` -> keyword store at `out` (atomic)."""
     from ..core.keyword_store import ItemKeywords, RewardTerms, write_keyword_store
-    from ..models.mllm import image_size
+    from ..models.mllm import image_preprocess
     from .reconstructor import Reconstructor
     from .rewards import RewardModel, SentenceEncoder
 
     model_dir = Path(model_dir)
     model, tok, spec, meta = load_summarizer(model_dir)
-    pixels = load_pixels(ds, list(ds.items), image_size(model))
+    pixels = load_pixels(ds, list(ds.items), image_preprocess(model))
     prompts = make_prompts(ds, sorted(ds.items), encoder_of(tok), spec, pixels)
     kws = summarize_prompts(model, tok, spec, prompts, meta["max_new_tokens"], meta["max_keywords"], batch_size)
     rows = {i: ItemKeywords(i, has_image=i in pixels) for i in ds.items}

@@ -6,6 +6,7 @@ so there is nothing for a low-rank adapter to adapt. Loss = cross-entropy on the
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.summary_prompts import PromptSpec
+from ..models.device import on
 from ..models.training import OptimConfig, fit
 from .generation import Prompt, collate_left, position_ids, stack_pixels
 
@@ -34,7 +36,7 @@ def sft_batch(examples: Sequence[SFTExample], spec: PromptSpec):
 
 
 def sft_loss(model, examples: Sequence[SFTExample], spec: PromptSpec) -> torch.Tensor:
-    ids, mask, labels, pixels = sft_batch(examples, spec)
+    ids, mask, labels, pixels = on(model, *sft_batch(examples, spec))  # every tensor on the model's device
     # Left padding puts every target at the right end: only the last n+1 positions need logits. Over a 30k vocabulary
     # the LM head on the whole sequence would cost more than the rest of the model.
     n = max(len(e.target) for e in examples)
@@ -57,7 +59,7 @@ def _batches(examples: list[SFTExample], steps: int, batch_size: int, rng: rando
 
 def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, batch_size: int, lr: float,
               warmup: int = 25, seed: int = 0, progress=None,
-              trainable: Callable[[str], bool] | None = None) -> list[float]:
+              trainable: Callable[[str], bool] | None = None, placement=None) -> list[float]:
     """Shuffled epochs over the examples for `steps` steps (AdamW, warm-up x cosine, gradient norm clipped at 1,
     through the shared loop models/training.py). Returns the loss curve.
 
@@ -72,9 +74,15 @@ def train_sft(model, examples: list[SFTExample], spec: PromptSpec, steps: int, b
         p.requires_grad_(trainable is None or trainable(n))
         if p.requires_grad:
             params.append(p)
-    res = fit(model, params, lambda _: _batches(examples, steps, batch_size, rng),
-              lambda batch: sft_loss(model, batch, spec),
-              OptimConfig(lr=lr, weight_decay=0.01, schedule="cosine", warmup=warmup, clip=1.0), total_steps=steps,
+    amp = placement.autocast if placement is not None else contextlib.nullcontext
+
+    def loss(batch):
+        with amp():
+            return sft_loss(model, batch, spec)
+
+    res = fit(model, params, lambda _: _batches(examples, steps, batch_size, rng), loss,
+              OptimConfig(lr=lr, weight_decay=0.01, schedule="cosine", warmup=warmup, clip=1.0,
+                          grad_scale=placement is not None and placement.dtype == "fp16"), total_steps=steps,
               progress=progress)
     for p in model.parameters():
         p.requires_grad_(True)
