@@ -19,9 +19,9 @@ The report records the spread of the PyTorch fp32 scores per size (`score_spread
 
 Bundling without training: the ladder runs the user's own path, `train recommender --init CKPT` on a small synthetic
 scaffold (`build_scaffold`: 60 items, 120 users, a tiny SASRec, ground-truth keywords) capped at one optimizer step of
-LoRA rank 8 at batch 1 (`TRAIN_ARGS`), then `export` with a recommender-only CPU profile (`PROFILE`: embed, decoder,
-scorer, vision, SASRec; fp32 + int8). Both run as CLI subprocesses; the export's wall time and peak RSS (the process
-tree's, sampled every 0.1 s) go into the report.
+LoRA rank 8 at batch 1 (`TRAIN_ARGS`), then `export` with a recommender-only CPU profile (`PROFILE`: embed, scorer,
+vision, SASRec, the merged decoder only for a model without a scorer; fp32, int8 and int4). Both run as CLI
+subprocesses; the export's wall time and peak RSS (the process tree's, sampled every 0.1 s) go into the report.
 """
 
 from __future__ import annotations
@@ -289,10 +289,11 @@ TRAIN_ARGS = ["--lora-r", "8", "--max-steps", "1", "--batch-size", "1", "--epoch
 # A recommender-only CPU bundle: fp32 and int8 side by side. The int8 gates are opened (score 0.5, logits 1.0):
 # random weights are not what the default gates were calibrated on, and the scale report measures every variant's
 # scores against PyTorch fp32 itself (max |delta score|, top-5 overlap) instead of refusing to write the bundle.
-PROFILE = """name = "ladder-cpu-fp32-int8"
-description = "scale ladder: recommender graphs on CPU, fp32 and int8"
+PROFILE = """name = "ladder-cpu"
+description = "scale ladder: recommender graphs on CPU, fp32, int8 and int4"
 precision = "fp32"
-variants = ["fp32", "int8"]
+variants = ["fp32", "int8", "int4"]
+merged_decoder = "fallback"
 providers = ["CPUExecutionProvider"]
 graphs = ["recommender.vision", "recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder"]
 fp32_graphs = ["sasrec.user_encoder", "recommender.vision"]
@@ -306,7 +307,7 @@ max_suffix_tokens = 96
 [parity]
 cases = 2
 seed = 0
-only = "int8"
+only = "int8,int4"
 score = 0.5
 logits = 1.0
 """

@@ -38,7 +38,7 @@ from ..core.errors import UserError
 from ..core.io_utils import save_figure
 
 ENGINES: dict[str, tuple[str, ...]] = {
-    "ours": ("fp32", "int8"),
+    "ours": ("fp32", "int8", "int4"),
     "pytorch": ("fp32", "bf16"),
     "optimum": ("fp32",),
     "llama.cpp": ("f32", "q8_0", "q4_0"),
@@ -108,7 +108,8 @@ def available_precisions(engine: str, d: SizeDirs, info: dict) -> list[str]:
         if not (d.bundle / "manifest.json").is_file():
             return []
         man = json.loads((d.bundle / "manifest.json").read_text())
-        return sorted(man["graphs"]["recommender.decoder"]["variants"], key=lambda p: (p != "fp32", p))
+        graph = "recommender.scorer" if "recommender.scorer" in man["graphs"] else "recommender.decoder"
+        return sorted(man["graphs"][graph]["variants"], key=lambda p: (p != "fp32", p))
     if engine == "optimum" and info.get("decoder_params", 0) > OPTIMUM_MAX_PARAMS:
         return []
     return list(ENGINES[engine])

@@ -90,7 +90,8 @@ class GraphParity:
 
 def tolerances(precision: str, overrides=None) -> dict[str, float]:
     tol = dict(DEFAULT_TOLERANCES[precision])
-    if getattr(overrides, "only", "") not in ("", precision):
+    only = getattr(overrides, "only", "")
+    if only and precision not in only.split(","):
         return tol
     for k in GATED:
         v = getattr(overrides, k, 0.0) if overrides is not None else 0.0

@@ -56,7 +56,7 @@ class Parity:
     features: float = 0.0  # vision/embed/user-encoder outputs: max|diff| / max|reference|
     logits: float = 0.0  # decoder logits: max|diff| / max|reference|
     score: float = 0.0  # recommender p(yes)/(p(yes)+p(no)), absolute
-    only: str = ""  # the precision the overrides above apply to ("" = every variant the profile ships)
+    only: str = ""  # the precisions the overrides above apply to, comma-separated ("" = every variant shipped)
 
 
 @dataclass
@@ -134,7 +134,7 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
     if prof.merged_decoder not in MERGED_DECODER:
         raise UserError(f"{path}: merged_decoder must be one of {', '.join(MERGED_DECODER)}, "
                         f"got {prof.merged_decoder!r}")
-    if prof.parity.only and prof.parity.only not in PRECISIONS:
+    if prof.parity.only and not set(prof.parity.only.split(",")) <= set(PRECISIONS):
         raise UserError(f"{path}: parity.only must be one of {', '.join(PRECISIONS)}, got {prof.parity.only!r}")
     bad = [v for v in prof.variants if v not in PRECISIONS]
     if bad:
