@@ -17,12 +17,13 @@ Layout
       config.json                    see "config.json" below
       tokenizer.json                 HF `tokenizers` JSON (Tokenizer.from_file); the recommender's, and the
                                      summarizer's when identical (else summarizer/tokenizer.json)
-      summarizer/vision[.P].onnx     P = precision variant: none for fp32, `.int8`, `.fp16`
+      summarizer/vision[.P].onnx     P = precision variant: none for fp32, `.int8`, `.int4`, `.fp16`
       summarizer/embed[.P].onnx
       summarizer/decoder[.P].onnx    head "last"
       recommender/vision[.P].onnx
       recommender/embed[.P].onnx
-      recommender/decoder[.P].onnx   head "yes_no"
+      recommender/decoder[.P].onnx   head "yes_no"; with profile merged_decoder = "fallback" (the CPU profiles) only
+                                     when there is no scorer graph, which then serves every scoring path
       recommender/scorer[.P].onnx    the candidate scorer (suffix_graph.py); absent for decoders it does not cover
       sasrec/user_encoder.onnx
       sasrec/item_ids.json           {"item_ids": [...]}: SASRec index k+1 <-> item_ids[k]; 0 = padding
