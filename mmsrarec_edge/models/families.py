@@ -36,8 +36,9 @@ VISION_END = "<|vision_end|>"
 
 
 def supported_line() -> str:
-    return ("supported model families: llava (LLaVA / LLaVA-1.5: CLIP or SigLIP + Llama or Qwen2), qwen2_vl "
-            "(Qwen2-VL), qwen2_5_vl (Qwen2.5-VL)")
+    from .mllm import supported_architectures  # one list of the supported families (models/mllm.py)
+
+    return supported_architectures()
 
 
 def family_of(model_or_config) -> str:

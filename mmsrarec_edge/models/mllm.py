@@ -31,7 +31,9 @@ SUPPORTED_TEXT = {"qwen2", "llama"}
 SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
 # model_type -> what a user checkpoint of that family must hold (the one line an unsupported one gets lists these)
 SUPPORTED_FAMILIES = {"llava": lambda: f"llava (LlavaForConditionalGeneration: {' or '.join(sorted(SUPPORTED_VISION))} "
-                                       f"tower, {' or '.join(sorted(SUPPORTED_TEXT))} decoder)"}
+                                       f"tower, {' or '.join(sorted(SUPPORTED_TEXT))} decoder; LLaVA-1.5 shapes)",
+                      "qwen2_vl": lambda: "qwen2_vl (Qwen2VLForConditionalGeneration)",
+                      "qwen2_5_vl": lambda: "qwen2_5_vl (Qwen2_5_VLForConditionalGeneration)"}
 
 
 def supported_architectures() -> str:
@@ -187,14 +189,14 @@ def load_mllm(path: Path):
         cfg = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
-    from .families import family_of, model_class, supported_line
+    from .families import family_of, model_class
 
     if not isinstance(cfg, dict):
         raise UserError(f"{path / 'config.json'} is not a JSON object")
     try:
         family = family_of(cfg)
     except UserError as exc:
-        raise UserError(f"unsupported model type {cfg.get('model_type')!r} in {path}", supported_line()) from exc
+        raise unsupported(cfg.get("model_type"), f" in {path}", cfg.get("architectures")) from exc
     cls = model_class(family)
     if family == "llava":
         check_supported(LlavaConfig.from_pretrained(path, local_files_only=True))
