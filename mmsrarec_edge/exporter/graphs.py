@@ -26,6 +26,7 @@ skip its vmap-based mask builders: both the legacy TorchScript exporter and the 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,9 +168,13 @@ def export_graph(spec: GraphSpec, path: Path, exporter: str = "legacy") -> Path:
         warnings.simplefilter("ignore")
         raw = Path(tmp) / path.name
         if exporter == "legacy":
-            torch.onnx.export(spec.module, spec.example, str(raw), input_names=spec.inputs,
-                              output_names=spec.outputs, dynamic_axes=spec.dynamic_axes, opset_version=OPSET,
-                              dynamo=False, do_constant_folding=True)
+            with _weights_streamed() as params:
+                torch.onnx.export(spec.module, spec.example, str(raw), input_names=spec.inputs,
+                                  output_names=spec.outputs, dynamic_axes=spec.dynamic_axes, opset_version=OPSET,
+                                  dynamo=False, do_constant_folding=True)
+            if params:
+                _write_weights(raw, params, path)
+                return path
         elif exporter == "dynamo":
             torch.onnx.export(spec.module, spec.example, str(raw), input_names=spec.inputs,
                               output_names=spec.outputs, dynamic_shapes=_dynamic_shapes(spec), dynamo=True,
@@ -183,6 +188,99 @@ def export_graph(spec: GraphSpec, path: Path, exporter: str = "legacy") -> Path:
         else:  # weights in side files (one per tensor with the legacy exporter): gather them into one
             save_onnx(onnx.load(str(raw)), path)
     return path
+
+
+@contextmanager
+def _weights_streamed():
+    """Inside this context the legacy exporter writes the graph without its weights, and the weights it would have
+    serialised (the model's parameters and the constants it folded, by initializer name) land in the yielded dict.
+
+    Why: the exporter serialises every weight into one in-memory protobuf and copies it on the way to the file; at
+    0.47B parameters (a 1.43 GB scorer graph) that step alone peaked 6.5 GB above the loaded model. `_write_weights`
+    then streams them into the graph's file (or its `.onnx.data`), one tensor at a time. Uses the TorchScript
+    exporter's `_model_to_graph` (torch 2.13, pinned); where it is missing the exporter runs unchanged (the dict stays
+    empty)."""
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils as ts_utils
+        original = ts_utils._model_to_graph
+    except (ImportError, AttributeError):  # another torch: the plain export
+        yield {}
+        return
+    captured: dict = {}
+
+    def model_to_graph(*args, **kwargs):
+        graph, params, out = original(*args, **kwargs)
+        captured.update(params)
+        return graph, {}, out  # no weights in the protobuf: they stay graph inputs, named as in `captured`
+
+    ts_utils._model_to_graph = model_to_graph
+    try:
+        yield captured
+    finally:
+        ts_utils._model_to_graph = original
+
+
+def _write_weights(raw: Path, params: dict, path: Path, align: int = 4096) -> None:
+    """The weightless graph at `raw` + `params` -> `path`: each graph input named in `params` becomes an initializer.
+    Graphs whose weights exceed variants.EXTERNAL_DATA_BYTES keep them in `<path>.data`, written tensor by tensor at
+    page-aligned offsets (memory-mappable); smaller ones inline."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from .variants import EXTERNAL_DATA_BYTES
+
+    model = onnx.load(str(raw))
+    graph = model.graph
+    names = [i.name for i in graph.input if i.name in params]
+    total = sum(params[n].numel() * params[n].element_size() for n in names)
+    external = total > EXTERNAL_DATA_BYTES
+    data_path = path.with_name(path.name + ".data")
+    inits, seen, alias = [], {}, {}
+    with (open(data_path, "wb") if external else _nullfile()) as data:
+        for name in names:
+            array = params[name].detach().cpu().contiguous().numpy()
+            # The exporter folds a weight once per consumer (the scorer's prefix and suffix paths share every
+            # layer): equal tensors are stored once (its own dedup pass, bypassed here, did that with Identity nodes)
+            key = (array.dtype.str, array.shape, hashlib.blake2b(array.tobytes() if array.nbytes < 1024
+                                                                  else memoryview(array).cast("B"),
+                                                                  digest_size=16).digest())
+            if key in seen:
+                alias[name] = seen[key]
+                params[name] = None
+                continue
+            seen[key] = name
+            t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                 dims=list(array.shape))
+            if external and array.nbytes >= 1024:
+                offset = data.tell()
+                if offset % align:
+                    data.write(b"\0" * (align - offset % align))
+                    offset = data.tell()
+                array.tofile(data)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                    t.external_data.add(key=k, value=v)
+            else:
+                t.raw_data = np.ascontiguousarray(array).tobytes()
+            inits.append(t)
+            params[name] = None  # a folded constant is freed once written
+    kept = [i for i in graph.input if i.name not in params]
+    graph.ClearField("input")
+    graph.input.extend(kept)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in alias:
+                node.input[k] = alias[name]
+    graph.initializer.extend(inits)
+    onnx.save_model(model, str(path))
+
+
+@contextmanager
+def _nullfile():
+    yield None
 
 
 def _dynamic_shapes(spec: GraphSpec):
