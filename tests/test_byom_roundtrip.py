@@ -145,12 +145,12 @@ def test_lora_import_export_recommend_equals_the_merged_model(parts, bundle, tin
 def test_import_errors_are_one_line(parts, tiny_synth, tmp_path):
     root, _, _ = parts
     (tmp_path / "vl").mkdir()
-    (tmp_path / "vl" / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (tmp_path / "vl" / "config.json").write_text('{"model_type": "blip-2"}')
     args = ["--sasrec", root / "sasrec.safetensors", "--keywords", root / "keywords.csv", "--dataset",
             tiny_synth.root, "--out", tmp_path / "out"]
     torch.save({"state_dict": {}, "config": np.dtype("float32")}, str(tmp_path / "pickled.pth"))
     cases = [
-        (["--model", tmp_path / "vl"], "unsupported architecture 'qwen2_vl'"),
+        (["--model", tmp_path / "vl"], "unsupported architecture 'blip-2'"),
         (["--model", root / "base", "--sasrec", tmp_path / "pickled.pth"], "needs pickle to load"),
         (["--model", root / "base", "--adapter", tmp_path], "is not a peft adapter directory"),
     ]

@@ -204,8 +204,8 @@ def tmpfs(path: Path, size: str):
 
 def vl_checkpoint(w: Work) -> Path:
     """A checkpoint folder of an architecture the toolkit does not take (config.json is all import-model reads)."""
-    d = w.dir("qwen2_vl")
-    (d / "config.json").write_text('{"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}')
+    d = w.dir("blip2")
+    (d / "config.json").write_text('{"model_type": "blip-2", "architectures": ["Blip2ForConditionalGeneration"]}')
     return d
 
 
@@ -410,7 +410,7 @@ CASES = [
         "export", "--profile", "cpu-fp32", "--out", garbage(w.dir("keep") / "notes.txt").parent]),
     Case("is not a keyword store; refusing to replace it", lambda w: [
         "summarize", w.dataset(), "--model", w.root / "no_model", "--out", garbage(w.root / "notes.parquet")]),
-    Case("unsupported architecture 'qwen2_vl'", lambda w: [
+    Case("unsupported architecture 'blip-2'", lambda w: [
         "import-model", "--model", vl_checkpoint(w), "--sasrec", w.root / "none.safetensors", "--keywords",
         w.root / "none.csv", "--dataset", w.dataset(), "--out", w.root / "imported"]),
     Case("needs pickle to load, which can run code", pickled_sasrec_import, runner=True),

@@ -3,7 +3,8 @@
 The bundle scan checks the files themselves (type by name, then by content: no pickle stream, no zip/torch archive,
 each file parses as what its name says), independently of the verifier's own allow-list. The source scan reads the
 code tokens of every module (comments and docstrings that say "no pickle" do not count) for pickle-family modules,
-torch.load, builtin eval/exec, weights_only=False, allow_pickle=True and trust_remote_code=True.
+torch.load (unless called with weights_only=True, the restricted unpickler), builtin eval/exec, weights_only=False,
+allow_pickle=True and trust_remote_code=True.
 """
 
 from __future__ import annotations
@@ -85,6 +86,21 @@ def test_content_checks_catch_pickles_and_archives(tmp_path):
 # ---------------------------------------------------------------- the source
 
 
+def _weights_only_call(toks, k: int) -> bool:
+    """Whether the call whose "(" is toks[k] passes weights_only=True (at its own parenthesis depth)."""
+    if k >= len(toks) or toks[k].string != "(":
+        return False
+    depth = 0
+    for j in range(k, len(toks)):
+        depth += {"(": 1, ")": -1}.get(toks[j].string, 0)
+        if depth == 0:
+            return False
+        if (depth == 1 and toks[j].string == "weights_only" and j + 2 < len(toks) and toks[j + 1].string == "="
+                and toks[j + 2].string == "True"):
+            return True
+    return False
+
+
 def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
     """Unsafe deserialization or code evaluation in `source`, as 'file:line: what', from code tokens only."""
     toks = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
@@ -97,8 +113,8 @@ def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
         if t.type == tokenize.NAME and t.string in PICKLE_MODULES | PICKLE_FUNCTIONS:
             what = t.string
         elif (t.type == tokenize.NAME and t.string == "load" and prev == "." and k >= 2
-              and toks[k - 2].string == "torch"):
-            what = "torch.load"
+              and toks[k - 2].string == "torch" and not _weights_only_call(toks, k + 1)):
+            what = "torch.load"  # torch.load(..., weights_only=True) is the restricted unpickler: allowed
         elif t.type == tokenize.NAME and t.string == "load" and prev == "import" and any(
                 x.string == "torch" for x in toks[max(0, k - 3):k]):
             what = "from torch import load"
@@ -130,6 +146,7 @@ def test_scanner_finds_what_it_looks_for():
         "to_pickle", "string 'dill'", "from torch import load", "trust_remote_code=True"]
     clean = ('"""No pickle here: we never call torch.load or eval(."""\n# pickle is banned\nmodel.eval()\n'
              "v = ast.literal_eval(s)\nnp.load(f, allow_pickle=False)\nsafetensors.torch.load_file(p)\n"
+             "sd = torch.load(p, map_location='cpu', weights_only=True)\n"
              "def eval(self):\n    pass\n")
     assert unsafe_calls(clean) == []
 

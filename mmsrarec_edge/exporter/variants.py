@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -33,6 +34,7 @@ QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinea
                  "QuantizeLinear", "ConvInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
                  "GatherBlockQuantized", "QAttention", "MatMulNBits"}
 INT4_BLOCK = 32
+LIGHT_QUANT_BYTES = 256 * 2**20  # int8 of larger legacy graphs skips quant_pre_process (to_int8)
 INT4_ACCURACY_LEVEL = 0
 # Large models exceed protobuf's 2 GB limit: weights then go to a side file `<name>.onnx.data`.
 EXTERNAL_DATA_BYTES = 1_500_000_000
@@ -65,6 +67,23 @@ def quantized_node_count(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.op_type in QUANTIZED_OPS)
 
 
+@contextmanager
+def _quiet_quantizers():
+    """onnxruntime's quantizers log advice at WARNING through the root logger (pre-processing, opset 21 for int4):
+    handled here (the pass above, the opset check in to_int4), so not shown to users."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def release_memory() -> None:
     """Collect garbage and hand freed heap back to the OS (glibc keeps it otherwise): between the export's steps, so
     that one graph's buffers do not add to the next one's peak."""
@@ -84,13 +103,14 @@ def to_int8(src: Path, dst: Path, per_channel: bool = False, legacy: bool = Fals
 
     src, dst = Path(src), Path(dst)
     big = src.stat().st_size > EXTERNAL_DATA_BYTES or onnx_files(src) != [src]
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, warnings.catch_warnings(), _quiet_quantizers():
         warnings.simplefilter("ignore")
         pre = Path(tmp) / "pre.onnx"
-        if legacy:
-            # The legacy exporter's graphs only need their weights wired straight into their MatMuls (what
-            # quant_pre_process's onnxruntime optimisation pass did for them); skipping that pass skips an
-            # onnxruntime session over the whole fp32 graph: at 0.47B parameters the export's peak RSS was there.
+        if legacy and sum(f.stat().st_size for f in onnx_files(src)) > LIGHT_QUANT_BYTES:
+            # A large legacy-exporter graph only needs its weights wired straight into its MatMuls (what
+            # quant_pre_process's onnxruntime optimisation pass did for it); skipping that pass skips an onnxruntime
+            # session over the whole fp32 graph, where the 0.47B export peaked. Small graphs keep the pass: its
+            # fusions shrink their node bytes, which at toy size are a good part of the file.
             model = onnx.load(str(src))
             _weights_as_matmul_inputs(model)
             save_onnx(model, pre)
@@ -126,9 +146,23 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
     outputs = {o.name for o in graph.output}
     alias = {k: v for k, v in alias.items() if k not in outputs}
     transposed: dict[str, str] = {}
+    # Transpose(weight) nodes the exporter did not fold (a weight it could not fold per consumer): folded here, once
+    folded = 0
+    for n in graph.node:
+        src = alias.get(n.input[0], n.input[0]) if n.input else None
+        if n.op_type == "Transpose" and src in init and n.output[0] not in outputs:
+            perm = next((list(helper.get_attribute_value(a)) for a in n.attribute if a.name == "perm"), None)
+            key = src + "_T" + ("" if perm is None else "".join(map(str, perm)))
+            if key not in init:
+                t = numpy_helper.from_array(np.ascontiguousarray(np.transpose(numpy_helper.to_array(init[src]), perm)),
+                                            key)
+                graph.initializer.append(t)
+                init[key] = t
+            alias[n.output[0]] = key
+            folded += 1
     nodes, gemms = [], 0
     for n in graph.node:
-        if n.op_type == "Identity" and n.output[0] in alias:
+        if n.op_type in ("Identity", "Transpose") and n.output[0] in alias:
             continue
         for i, name in enumerate(n.input):
             if name in alias:
@@ -160,7 +194,7 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
     kept = [t for t in graph.initializer if t.name in used]
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
-    return {"identities_removed": len(alias), "gemms_rewritten": gemms}
+    return {"aliases_removed": len(alias) - folded, "transposes_folded": folded, "gemms_rewritten": gemms}
 
 
 def _dedupe_initializers(model: onnx.ModelProto) -> None:
@@ -189,7 +223,7 @@ def to_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, accuracy_level: 
     has_matmul = any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights for n in model.graph.node)
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
                                           op_types_to_quantize=("MatMul",) if has_matmul else ("Gather",), bits=4)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_quantizers():
         warnings.simplefilter("ignore")
         quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
                                          accuracy_level=accuracy_level, algo_config=config)

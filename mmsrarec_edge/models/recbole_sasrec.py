@@ -156,19 +156,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:
             raise UserError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
-    import pickle
-
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # noqa: BLE001 - the unpickler's refusal is one kind among the file errors below
+        if type(exc).__name__ != "UnpicklingError":
+            raise UserError(f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).strip()[:160]})",
+                            "pass a .safetensors file or a torch.save'd state dict") from None
         first = str(exc).strip().splitlines()
         why = next((ln for ln in first if "Unsupported global" in ln), first[0] if first else "")
         raise UserError(f"{path} needs pickle to load, which can run code, so it is refused ({why.strip()[:160]})",
                         "save the state dict alone: torch.save(model.state_dict(), 'sasrec.pt') or "
                         "safetensors.torch.save_file(model.state_dict(), 'sasrec.safetensors')") from None
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).strip()[:160]})",
-                        "pass a .safetensors file or a torch.save'd state dict") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
