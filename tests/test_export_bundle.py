@@ -299,6 +299,7 @@ def test_missing_model_for_a_profile_graph_is_a_user_error(inputs, profile, tmp_
 
 def test_large_graphs_keep_weights_in_one_listed_data_file(inputs, profile, tmp_path, monkeypatch):
     """Graphs over protobuf's limit are written as X.onnx + X.onnx.data; the threshold is lowered to see it here."""
+    import onnx
     import onnxruntime as ort
 
     from mmsrarec_edge.exporter import variants
@@ -311,6 +312,9 @@ def test_large_graphs_keep_weights_in_one_listed_data_file(inputs, profile, tmp_
         assert f"recommender/decoder{suffix}.onnx.data" in man.files
         assert man.graphs["recommender.decoder"]["variants"][precision]["parity"]["passed"]
         ort.InferenceSession(str(man.graph_file("recommender.decoder", precision)), providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(man.graph_file("recommender.decoder", precision)), load_external_data=False)
+        offsets = [int(e.value) for t in graph.graph.initializer for e in t.external_data if e.key == "offset"]
+        assert offsets and all(o % variants.DATA_ALIGN == 0 for o in offsets)  # page-aligned: memory-mappable
     (tmp_path / "b" / "recommender" / "decoder.fp16.onnx.data").write_bytes(b"")
     with pytest.raises(BundleError, match=r"decoder\.fp16\.onnx\.data: size 0 bytes"):
         load_manifest(tmp_path / "b", verify=False)

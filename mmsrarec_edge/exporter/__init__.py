@@ -37,7 +37,8 @@ Layout
                                      recommender's projected image features (PyTorch fp32), for items with an image,
                                      when its prompt shows candidate images (recommender.json prompt.candidate_image)
       engines/<graph>.<fp16|fp32>.engine   only after `mmsrarec-edge build-engine` (serialized TensorRT engines)
-    Large graphs (> 1.5 GB) keep their weights in `<file>.onnx.data` next to the graph. Nothing else is allowed: only
+    Graphs over 64 MB keep their weights in `<file>.onnx.data` next to the graph, each tensor at a 4096-byte aligned
+    offset (onnxruntime memory-maps them: exporter/variants.py has the measured gain). Nothing else is allowed: only
     .onnx, .onnx.data, .json, .parquet, .safetensors, .hnsw, .bin, .engine files (no pickle); the verifier refuses
     unlisted files. runtime/bundle.read_safetensors reads the safetensors files with numpy alone.
 

@@ -220,7 +220,7 @@ def _weights_streamed():
         ts_utils._model_to_graph = original
 
 
-def _write_weights(raw: Path, params: dict, path: Path, align: int = 4096) -> None:
+def _write_weights(raw: Path, params: dict, path: Path) -> None:
     """The weightless graph at `raw` + `params` -> `path`: each graph input named in `params` becomes an initializer.
     Graphs whose weights exceed variants.EXTERNAL_DATA_BYTES keep them in `<path>.data`, written tensor by tensor at
     page-aligned offsets (memory-mappable); smaller ones inline."""
@@ -230,6 +230,7 @@ def _write_weights(raw: Path, params: dict, path: Path, align: int = 4096) -> No
     import onnx
     from onnx import helper
 
+    from .variants import DATA_ALIGN as align
     from .variants import EXTERNAL_DATA_BYTES
 
     model = onnx.load(str(raw))

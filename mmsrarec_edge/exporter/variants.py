@@ -36,8 +36,12 @@ QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinea
 INT4_BLOCK = 32
 LIGHT_QUANT_BYTES = 256 * 2**20  # int8 of larger legacy graphs skips quant_pre_process (to_int8)
 INT4_ACCURACY_LEVEL = 0
-# Large models exceed protobuf's 2 GB limit: weights then go to a side file `<name>.onnx.data`.
-EXTERNAL_DATA_BYTES = 1_500_000_000
+# Graphs over this size keep their weights in one side file `<name>.onnx.data`, each tensor at a page-aligned offset
+# (DATA_ALIGN): protobuf cannot hold more than 2 GB, and onnxruntime memory-maps aligned external weights instead of
+# parsing and copying them. Measured on the 0.47B int8 scorer graph (359 MB, 2 threads): session creation 1.71 s and
+# 458 MB RSS with aligned external data, 2.57 s and 741 MB inline.
+EXTERNAL_DATA_BYTES = 64 * 2**20
+DATA_ALIGN = 4096
 
 
 class ExportError(UserError):
@@ -45,15 +49,46 @@ class ExportError(UserError):
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Save `model`; weights go to `<path>.data` when the model is too big for one protobuf. Returns files written."""
+    """Save `model` (its external data loaded); weights go to `<path>.data`, page-aligned, when the model is over
+    EXTERNAL_DATA_BYTES. Returns the files written. Moves the weights out of `model` (it is not reusable)."""
     path = Path(path)
+    data = path.with_name(path.name + ".data")
     if model.ByteSize() > EXTERNAL_DATA_BYTES:
-        data = path.with_name(path.name + ".data")
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        with open(data, "wb") as f:
+            for t in model.graph.initializer:
+                if len(t.raw_data) < 1024:
+                    continue
+                offset = f.tell()
+                if offset % DATA_ALIGN:
+                    f.write(b"\0" * (DATA_ALIGN - offset % DATA_ALIGN))
+                    offset = f.tell()
+                f.write(t.raw_data)
+                n = len(t.raw_data)
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", data.name), ("offset", str(offset)), ("length", str(n))):
+                    t.external_data.add(key=k, value=v)
+        onnx.save_model(model, str(path))
         return [path, data]
+    data.unlink(missing_ok=True)
     onnx.save_model(model, str(path))
     return [path]
+
+
+def realign(path: Path) -> None:
+    """Rewrite a graph that another tool saved (onnxruntime's quantizer) in save_onnx's layout."""
+    path = Path(path)
+    if sum(f.stat().st_size for f in onnx_files(path)) > EXTERNAL_DATA_BYTES or onnx_files(path) != [path]:
+        model = onnx.load(str(path))
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            tmp_path = Path(tmp) / path.name
+            save_onnx(model, tmp_path)
+            del model
+            old_data = path.with_name(path.name + ".data")
+            old_data.unlink(missing_ok=True)
+            for f in onnx_files(tmp_path):
+                f.replace(path.with_name(f.name))
 
 
 def onnx_files(path: Path) -> list[Path]:
@@ -121,6 +156,7 @@ def to_int8(src: Path, dst: Path, per_channel: bool = False, legacy: bool = Fals
                               all_tensors_to_one_file=True)
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                          use_external_data_format=big)
+    realign(dst)
     model = onnx.load(str(dst), load_external_data=False)
     count = quantized_node_count(model)
     if count == 0:
