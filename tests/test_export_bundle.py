@@ -356,3 +356,43 @@ def test_cpu_int4_bundle_runs_weight_only_int4_on_the_hot_path(inputs, tmp_path)
         history=history, candidates="sampled:6", seed=1, top_k=6).scored)
     assert got.keys() == want.keys() and len(got) == 6
     assert max(abs(got[i] - want[i]) for i in got) < 0.1
+
+
+def test_streamed_int8_quantization_matches_onnxruntimes(inputs, tmp_path, monkeypatch):
+    """Large graphs are quantized one weight at a time (variants._stream_int8, the threshold lowered here to reach it
+    at toy size): the same op pattern and the same int8 weights as onnxruntime's quantize_dynamic, gated alike, and
+    the sessions fuse it into DynamicQuantizeMatMul."""
+    import onnx
+
+    from mmsrarec_edge.exporter import variants
+    from mmsrarec_edge.exporter.graphs import export_graph
+    from mmsrarec_edge.exporter.kinds import export_kind
+
+    model = inputs.recommender.model
+    spec = export_kind("decoder_scorer", "recommender.scorer", model).spec(model, inputs.yes_no_ids)
+    fp32 = export_graph(spec, tmp_path / "scorer.onnx", "legacy")
+    ref = variants.to_int8(fp32, tmp_path / "ref.int8.onnx", legacy=True)  # small: onnxruntime's path
+    monkeypatch.setattr(variants, "LIGHT_QUANT_BYTES", 0)
+    got = variants.to_int8(fp32, tmp_path / "stream.int8.onnx", legacy=True)
+    # every MatMul whose weight is an initializer is quantized; onnxruntime's pre-processing also folds the yes/no
+    # head's Cast+Transpose into a weight and quantizes that [hidden, 2] product: it stays fp32 here (one MatMul,
+    # one DynamicQuantizeLinear fewer)
+    assert got["quantized_nodes"] >= ref["quantized_nodes"] - 2 > 0
+    init = {t.name for t in onnx.load(str(tmp_path / "stream.int8.onnx"), load_external_data=False).graph.initializer}
+    assert not [n for n in onnx.load(str(tmp_path / "stream.int8.onnx"), load_external_data=False).graph.node
+                if n.op_type == "MatMul" and n.input[1] in init]
+    a, b = (onnx.load(str(tmp_path / n)) for n in ("ref.int8.onnx", "stream.int8.onnx"))
+    int8 = onnx.TensorProto.INT8
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer if t.data_type == int8}
+    mine = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer if t.data_type == int8}
+    shared = [k for k in weights if k in mine and weights[k].ndim == 2]
+    assert shared and all(np.array_equal(weights[k], mine[k]) for k in shared)  # onnxruntime's weight rule
+    prof = load_profile(PROFILES_DIR / "cpu-int8.toml")
+    out = tmp_path / "b"
+    graphs = ["recommender.embed", "recommender.scorer"]
+    export_bundle(replace(inputs, summarizer=None, retrieval=None),
+                  replace(prof, parity=replace(prof.parity, cases=1), graphs=graphs), out)
+    man = load_manifest(out)
+    assert man.graphs["recommender.scorer"]["variants"]["int8"]["parity"]["passed"]
+    ops = {n.op_type for n in onnx.load(str(man.graph_file("recommender.scorer")), load_external_data=False).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops

@@ -34,7 +34,7 @@ QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinea
                  "QuantizeLinear", "ConvInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
                  "GatherBlockQuantized", "QAttention", "MatMulNBits"}
 INT4_BLOCK = 32
-LIGHT_QUANT_BYTES = 256 * 2**20  # int8 of larger legacy graphs skips quant_pre_process (to_int8)
+LIGHT_QUANT_BYTES = 256 * 2**20  # int8 of larger legacy graphs is streamed (to_int8)
 INT4_ACCURACY_LEVEL = 0
 # Graphs over this size keep their weights in one side file `<name>.onnx.data`, each tensor at a page-aligned offset
 # (DATA_ALIGN): protobuf cannot hold more than 2 GB, and onnxruntime memory-maps aligned external weights instead of
@@ -138,24 +138,21 @@ def to_int8(src: Path, dst: Path, per_channel: bool = False, legacy: bool = Fals
 
     src, dst = Path(src), Path(dst)
     big = src.stat().st_size > EXTERNAL_DATA_BYTES or onnx_files(src) != [src]
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, warnings.catch_warnings(), _quiet_quantizers():
-        warnings.simplefilter("ignore")
-        pre = Path(tmp) / "pre.onnx"
-        if legacy and sum(f.stat().st_size for f in onnx_files(src)) > LIGHT_QUANT_BYTES:
-            # A large legacy-exporter graph only needs its weights wired straight into its MatMuls (what
-            # quant_pre_process's onnxruntime optimisation pass did for it); skipping that pass skips an onnxruntime
-            # session over the whole fp32 graph, where the 0.47B export peaked. Small graphs keep the pass: its
-            # fusions shrink their node bytes, which at toy size are a good part of the file.
-            model = onnx.load(str(src))
-            _weights_as_matmul_inputs(model)
-            save_onnx(model, pre)
-            del model
-            release_memory()
-        else:
+    streamed = 0
+    if legacy and sum(f.stat().st_size for f in onnx_files(src)) > LIGHT_QUANT_BYTES:
+        # A large legacy-exporter graph: quantized one weight at a time (_stream_int8), the same graph quantize_dynamic
+        # writes without loading the fp32 graph whole. Small graphs keep onnxruntime's path: quant_pre_process's
+        # fusions shrink their node bytes, which at toy size are a good part of the file. So do graphs without
+        # MatMul weights (an embedding table's Gather).
+        streamed = _stream_int8(src, dst)
+    if not streamed:
+        with tempfile.TemporaryDirectory(dir=dst.parent) as tmp, warnings.catch_warnings(), _quiet_quantizers():
+            warnings.simplefilter("ignore")
+            pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=big,
                               all_tensors_to_one_file=True)
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         use_external_data_format=big)
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             use_external_data_format=big)
     realign(dst)
     model = onnx.load(str(dst), load_external_data=False)
     count = quantized_node_count(model)
@@ -166,7 +163,7 @@ def to_int8(src: Path, dst: Path, per_channel: bool = False, legacy: bool = Fals
     return {"quantized_nodes": count}
 
 
-def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
+def _weights_as_matmul_inputs(model: onnx.ModelProto, base_dir: Path | None = None) -> dict:
     """Rewrite in place so that every weight reaches its MatMul directly, as the weight-only quantizer needs:
     - the legacy exporter passes a weight used twice (the scorer's prefix and suffix paths share every layer) to its
       second consumer through an Identity node: consumers now read the initializer itself;
@@ -190,7 +187,7 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
             perm = next((list(helper.get_attribute_value(a)) for a in n.attribute if a.name == "perm"), None)
             key = src + "_T" + ("" if perm is None else "".join(map(str, perm)))
             if key not in init:
-                t = numpy_helper.from_array(np.ascontiguousarray(np.transpose(numpy_helper.to_array(init[src]), perm)),
+                t = numpy_helper.from_array(np.ascontiguousarray(np.transpose(_array(init[src], base_dir), perm)),
                                             key)
                 graph.initializer.append(t)
                 init[key] = t
@@ -209,7 +206,7 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
             w = n.input[1]
             if attrs.get("transB", 0):
                 if w not in transposed:
-                    t = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(init[w]).T), w + "_T")
+                    t = numpy_helper.from_array(np.ascontiguousarray(_array(init[w], base_dir).T), w + "_T")
                     graph.initializer.append(t)
                     init[t.name] = t
                     transposed[w] = t.name
@@ -231,6 +228,82 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto) -> dict:
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
     return {"aliases_removed": len(alias) - folded, "transposes_folded": folded, "gemms_rewritten": gemms}
+
+
+def _array(t: onnx.TensorProto, base_dir: Path | None):
+    """One initializer as numpy, read from its external data file (under `base_dir`) when it has one."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t, str(base_dir) if base_dir is not None else "")
+
+
+def _stream_int8(src: Path, dst: Path) -> int:
+    """Dynamic int8 for a large graph, one weight at a time: the pattern onnxruntime's quantize_dynamic writes
+    (DynamicQuantizeLinear on the activation, MatMulInteger with the int8 weight, Cast, Mul by the product of the
+    two scales; fused into DynamicQuantizeMatMul when the session opens), with its weight rule: symmetric per-tensor
+    int8, scale = max|W| / 127, zero point 0, round half to even. The fp32 graph is never loaded whole: at 0.47B
+    quantize_dynamic held it about three times (+4.4 GB). Returns the number of MatMuls quantized."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    base = src.parent
+    _weights_as_matmul_inputs(model, base)
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    quantized: dict[str, tuple[str, str, str]] = {}
+    activations: dict[str, tuple[str, str, str]] = {}
+    nodes, count = [], 0
+    for n in graph.node:
+        w = n.input[1] if n.op_type == "MatMul" and len(n.input) == 2 else None
+        t = init.get(w) if w else None
+        if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2:
+            nodes.append(n)
+            continue
+        if w not in quantized:
+            array = _array(t, base)
+            scale = np.float32(max(float(np.abs(array).max()), 1e-12) / 127.0)
+            q = np.clip(np.rint(array / scale), -127, 127).astype(np.int8)
+            del array
+            graph.initializer.extend([numpy_helper.from_array(q, w + "_quantized"),
+                                      numpy_helper.from_array(np.array(scale, np.float32), w + "_scale"),
+                                      numpy_helper.from_array(np.array(0, np.int8), w + "_zero_point")])
+            quantized[w] = (w + "_quantized", w + "_scale", w + "_zero_point")
+        a = n.input[0]
+        if a not in activations:
+            activations[a] = (a + "_quantized", a + "_scale", a + "_zero_point")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [a], list(activations[a]),
+                                          name=a + "_QuantizeLinear"))
+        (aq, ascale, azp), (wq, wscale, wzp) = activations[a], quantized[w]
+        out = n.output[0]
+        nodes += [helper.make_node("MatMulInteger", [aq, wq, azp, wzp], [out + "_output_quantized"],
+                                   name=n.name + "_quant"),
+                  helper.make_node("Cast", [out + "_output_quantized"], [out + "_output_quantized_cast_output"],
+                                   to=onnx.TensorProto.FLOAT, name=n.name + "_quant_cast"),
+                  helper.make_node("Mul", [ascale, wscale], [n.name + "_quant_scales_mul:0"],
+                                   name=n.name + "_quant_scales_mul"),
+                  helper.make_node("Mul", [out + "_output_quantized_cast_output", n.name + "_quant_scales_mul:0"],
+                                   [out], name=n.name + "_quant_output_scale_mul")]
+        count += 1
+    if count == 0:  # nothing to stream (an embedding table): the caller takes onnxruntime's path
+        return 0
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    for t in kept:  # what stays fp32 (norms, biases, the yes/no rows) moves into the new file
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            from onnx.external_data_helper import load_external_data_for_tensor
+
+            load_external_data_for_tensor(t, str(base))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save_onnx(model, dst)
+    return count
 
 
 def _dedupe_initializers(model: onnx.ModelProto) -> None:
