@@ -358,7 +358,7 @@ def test_cpu_int4_bundle_runs_weight_only_int4_on_the_hot_path(inputs, tmp_path)
     assert max(abs(got[i] - want[i]) for i in got) < 0.1
 
 
-def test_streamed_int8_quantization_matches_onnxruntimes(inputs, tmp_path, monkeypatch):
+def test_streamed_quantization_matches_onnxruntimes(inputs, tmp_path, monkeypatch):
     """Large graphs are quantized one weight at a time (variants._stream_int8, the threshold lowered here to reach it
     at toy size): the same op pattern and the same int8 weights as onnxruntime's quantize_dynamic, gated alike, and
     the sessions fuse it into DynamicQuantizeMatMul."""
@@ -387,6 +387,16 @@ def test_streamed_int8_quantization_matches_onnxruntimes(inputs, tmp_path, monke
     mine = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer if t.data_type == int8}
     shared = [k for k in weights if k in mine and weights[k].ndim == 2]
     assert shared and all(np.array_equal(weights[k], mine[k]) for k in shared)  # onnxruntime's weight rule
+    # int4 likewise: onnxruntime's block quantizer per weight, the same bytes as the whole-graph quantizer
+    monkeypatch.setattr(variants, "LIGHT_QUANT_BYTES", 10**12)
+    whole = variants.to_int4(fp32, tmp_path / "whole.int4.onnx")
+    monkeypatch.setattr(variants, "LIGHT_QUANT_BYTES", 0)
+    streamed = variants.to_int4(fp32, tmp_path / "stream.int4.onnx")
+    assert streamed["quantized_nodes"] == whole["quantized_nodes"] > 0
+    a, b = (onnx.load(str(tmp_path / n)) for n in ("whole.int4.onnx", "stream.int4.onnx"))
+    packed = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer if t.name.endswith("_Q4")}
+    mine = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer if t.name.endswith("_Q4")}
+    assert packed.keys() == mine.keys() and all(np.array_equal(packed[k], mine[k]) for k in packed)
     prof = load_profile(PROFILES_DIR / "cpu-int8.toml")
     out = tmp_path / "b"
     graphs = ["recommender.embed", "recommender.scorer"]

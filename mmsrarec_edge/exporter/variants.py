@@ -306,6 +306,73 @@ def _stream_int8(src: Path, dst: Path) -> int:
     return count
 
 
+def _stream_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> int:
+    """to_int4 for a large graph, one weight at a time: each MatMul weight is loaded from the external data file,
+    quantized by onnxruntime's own block quantizer (DefaultWeightOnlyQuantizer.quantize_matmul: the bytes
+    MatMulNBitsQuantizer writes) and dropped; a weight shared by two MatMuls is quantized once. Returns the number of
+    MatMulNBits nodes (0: nothing to stream, nothing written)."""
+    from onnx import helper
+    from onnx.external_data_helper import load_external_data_for_tensor
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    model = onnx.load(str(src), load_external_data=False)
+    base = src.parent
+    _weights_as_matmul_inputs(model, base)
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
+                                          op_types_to_quantize=("MatMul",), bits=4)
+    quantizer = DefaultWeightOnlyQuantizer(config)
+    first: dict[str, onnx.NodeProto] = {}
+    nodes, count = [], 0
+
+    def inline(t):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data_for_tensor(t, str(base))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+
+    with warnings.catch_warnings(), _quiet_quantizers():
+        warnings.simplefilter("ignore")
+        for n in graph.node:
+            w = n.input[1] if n.op_type == "MatMul" and len(n.input) == 2 else None
+            t = init.get(w) if w else None
+            if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2:
+                nodes.append(n)
+                continue
+            if w in first:
+                done = first[w]
+                attrs = {a.name: helper.get_attribute_value(a) for a in done.attribute}
+                nodes.append(helper.make_node(done.op_type, [n.input[0], *done.input[1:]], list(n.output),
+                                              name=n.name + "_Q4", domain=done.domain, **attrs))
+            else:
+                inline(t)
+                out = quantizer.quantize_matmul(n, [graph])
+                t.ClearField("raw_data")  # the fp32 weight is done with
+                if len(out) != 1 or out[0].op_type != "MatMulNBits":
+                    raise ExportError(f"int4: unexpected quantizer output for {n.name}: {[o.op_type for o in out]}")
+                first[w] = out[0]
+                nodes.extend(out)
+            count += 1
+    if count == 0:
+        return 0
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    for t in kept:
+        inline(t)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save_onnx(model, dst)
+    return count
+
+
 def _dedupe_initializers(model: onnx.ModelProto) -> None:
     """The quantizer writes a shared weight's quantized tensors once per consumer, under the same name: keep one."""
     seen, kept = set(), []
@@ -323,6 +390,10 @@ def to_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, accuracy_level: 
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     src, dst = Path(src), Path(dst)
+    if sum(f.stat().st_size for f in onnx_files(src)) > LIGHT_QUANT_BYTES:
+        count = _stream_int4(src, dst, block_size, accuracy_level)
+        if count:
+            return {"quantized_nodes": count, "block_size": block_size, "accuracy_level": accuracy_level}
     model = onnx.load(str(src))
     _weights_as_matmul_inputs(model)
     # MatMuls where the graph has them (decoders: their token embeddings live in the embed graph). The embedding
