@@ -380,17 +380,19 @@ def train_recommender(ckpt: Path, scaffold: Scaffold, out: Path, threads: int = 
     return res
 
 
-def export_bundle(rec_dir: Path, scaffold: Scaffold, out: Path, threads: int = 2, log: Path | None = None) -> dict:
-    """`export` with PROFILE (skipped when the bundle exists). Returns rc, wall_s, peak_rss_mb."""
+def export_bundle(rec_dir: Path, scaffold: Scaffold, out: Path, threads: int = 2, log: Path | None = None,
+                  profile_text: str = PROFILE, env: dict | None = None) -> dict:
+    """`export` with PROFILE, or another profile's TOML text (skipped when the bundle exists). Returns rc, wall_s,
+    peak_rss_mb."""
     out = Path(out)
     if (out / "manifest.json").is_file():
         return {"skipped": True, "rc": 0}
-    profile = out.parent / "ladder-profile.toml"
-    profile.write_text(PROFILE)
+    profile = out.parent / ("ladder-profile.toml" if profile_text == PROFILE else f"{out.name}-profile.toml")
+    profile.write_text(profile_text)
     cmd = cli() + ["export", "--profile", str(profile), "--recommender", str(rec_dir), "--keywords",
                    str(scaffold.keywords), "--dataset", str(scaffold.data), "--out", str(out),
                    "--threads", str(threads)]
-    return run_monitored(cmd, log)
+    return run_monitored(cmd, log, env=env)
 
 
 def bundle_bytes(bundle: Path) -> dict:
