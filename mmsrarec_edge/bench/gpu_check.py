@@ -425,9 +425,12 @@ def check_size(name: str, cfg: CheckConfig, work: Path, scaffold, deadline: floa
                 on_step(entry)
 
     try:
-        step("checkpoint", lambda: entry.update(ladder.write_checkpoint(size, d.ckpt, cfg.seed)))
-        entry.pop("size", None)
-        entry["size"] = size.name
+        def checkpoint():
+            info = dict(ladder.write_checkpoint(size, d.ckpt, cfg.seed))
+            entry["ladder"] = info.pop("size", None)
+            entry.update(info)
+
+        step("checkpoint", checkpoint)
 
         def train():
             res = ladder.train_recommender(d.ckpt, scaffold, d.rec, threads=threads, log=d.logs / "train.log")
