@@ -190,12 +190,7 @@ class BoundScorer:
         out_type = self.embed.get_outputs()[0].type
         in_type = {i.name: i.type for i in self.sess.get_inputs()}["inputs_embeds"]
         self.chained = out_type == in_type  # fp32 I/O on both (the fp16 converter keeps I/O types)
-        self.empty = {}
-        for name, value in self.suffix.empty_past().items():
-            try:
-                self.empty[name] = ort.OrtValue.ortvalue_from_numpy(value, device, self.device_id)
-            except Exception:  # a zero-sized device buffer refused: bind it from the host instead
-                self.empty[name] = value
+        self.empty = self.suffix.empty_past()  # zero-sized: bound from the host, as the runtime's own run feeds it
 
     def _embed(self, ids: np.ndarray):
         io = self.embed.io_binding()
@@ -276,6 +271,11 @@ def measure(spec: dict) -> dict:
 
     device = "cuda" if provider == "cuda" else "cpu"
     keep = []
+
+    def failed(key, exc):  # recorded: the report says which engine failed and why
+        out["errors"][key] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        log(f"{key} failed: {out['errors'][key]}")
+
     for precision in ("fp16", "fp32"):
         try:
             t0 = time.perf_counter()
@@ -285,16 +285,21 @@ def measure(spec: dict) -> dict:
                 raise UserError(f"the bundle scores with the {sc.path} path, not the scorer graph")
             info = {"session_provider": _session_provider(sc.suffix_scorer.sess),
                     "embed_provider": _session_provider(sc.embedder.sess), "variants": dict(rec.variants)}
-            bound = BoundScorer(sc, device)
-            info["chained_on_device"] = bound.chained
             load_s = time.perf_counter() - t0
-            add(f"ours/{precision}/iobinding", bound.score, load_s, info)
-            if precision == "fp16":
-                add("ours/fp16/run", lambda p, s, x=sc: x.score(p, s), 0.0, dict(info))
             keep.append(rec)
-        except Exception as exc:  # recorded: the report says which engine failed and why
-            out["errors"][f"ours/{precision}"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-            log(f"ours {precision} failed: {out['errors'][f'ours/{precision}']}")
+        except Exception as exc:
+            failed(f"ours/{precision}", exc)
+            continue
+        if precision == "fp16":
+            try:
+                add("ours/fp16/run", lambda p, s, x=sc: x.score(p, s), load_s, dict(info))
+            except Exception as exc:
+                failed("ours/fp16/run", exc)
+        try:
+            bound = BoundScorer(sc, device)
+            add(f"ours/{precision}/iobinding", bound.score, load_s, {**info, "chained_on_device": bound.chained})
+        except Exception as exc:
+            failed(f"ours/{precision}/iobinding", exc)
     out["memory"]["ours_process_mib"] = process_gpu_mib()  # before PyTorch touches the GPU
 
     import torch
@@ -324,8 +329,7 @@ def measure(spec: dict) -> dict:
                     (torch.cuda.max_memory_allocated() - before) / 2**20, 1)
             keep.append(ts)
         except Exception as exc:
-            out["errors"][key] = f"{type(exc).__name__}: {str(exc)[:500]}"
-            log(f"{key} failed: {out['errors'][key]}")
+            failed(key, exc)
 
     # scores: every engine against PyTorch fp32, ours fp16 against ours fp32, IO binding against the plain path
     def compare(a: str, b: str) -> dict:
@@ -432,8 +436,12 @@ def check_size(name: str, cfg: CheckConfig, work: Path, scaffold, deadline: floa
 
         step("checkpoint", checkpoint)
 
+        def left() -> float:
+            return max(30.0, deadline - time.perf_counter())
+
         def train():
-            res = ladder.train_recommender(d.ckpt, scaffold, d.rec, threads=threads, log=d.logs / "train.log")
+            res = ladder.train_recommender(d.ckpt, scaffold, d.rec, threads=threads, log=d.logs / "train.log",
+                                           timeout=left())
             if res.get("rc", 0) != 0:
                 raise RuntimeError(f"train exited {res['rc']}")
 
@@ -441,7 +449,7 @@ def check_size(name: str, cfg: CheckConfig, work: Path, scaffold, deadline: floa
 
         def export():
             res = ladder.export_bundle(d.rec, scaffold, d.bundle, threads=threads, log=d.logs / "export.log",
-                                       profile_text=profile_text(cfg.provider))
+                                       profile_text=profile_text(cfg.provider), timeout=left())
             entry["export"] = {k: res.get(k) for k in ("rc", "wall_s", "peak_rss_mb")}
             if res.get("rc", 0) != 0:
                 tail = (d.logs / "export.log").read_text()[-1500:] if (d.logs / "export.log").is_file() else ""
@@ -457,9 +465,8 @@ def check_size(name: str, cfg: CheckConfig, work: Path, scaffold, deadline: floa
         res_path.unlink(missing_ok=True)
 
         def worker():
-            left = max(30.0, deadline - time.perf_counter())
             proc = subprocess.run([sys.executable, "-m", "mmsrarec_edge.bench.gpu_check", "measure", str(spec_path),
-                                   str(res_path)], timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   str(res_path)], timeout=left(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
             (d.logs / "measure.log").write_text(proc.stdout)
             if proc.returncode != 0 or not res_path.is_file():
@@ -519,10 +526,11 @@ def run_check(cfg: CheckConfig, out_dir: Path, work: Path) -> dict:
     log("scaffold ...")
     scaffold = ladder.build_scaffold(work / "scaffold", cfg.seed)
     report["scaffold_s"] = round(time.perf_counter() - t0, 1)
+    need = cfg.min_size_s
     for name in cfg.sizes:
         left = deadline - time.perf_counter()
-        if left < cfg.min_size_s:
-            report["skipped"][name] = f"{left:.0f} s of the {cfg.budget_s:.0f} s budget left"
+        if left < need:
+            report["skipped"][name] = f"{left:.0f} s of the {cfg.budget_s:.0f} s budget left, {need:.0f} s needed"
             log(f"{name}: skipped ({report['skipped'][name]})")
             continue
         def on_step(entry, key=ladder.get_size(name, cfg.layers).name):
@@ -532,6 +540,9 @@ def run_check(cfg: CheckConfig, out_dir: Path, work: Path) -> dict:
 
         entry = check_size(name, cfg, work, scaffold, deadline, on_step)
         report["sizes"][entry["size"]] = entry
+        # the next (smaller) size is started only with about half this one's time left: the ladder's 0.1B took 60%
+        # of the 0.5B's export time on the CPU (benchmarks/results/scale)
+        need = max(cfg.min_size_s, 0.5 * entry["wall_s"])
         report["targets"] = targets(report)
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         write_report(report, out_dir)
