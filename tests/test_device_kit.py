@@ -86,6 +86,28 @@ def test_readme_run_commands():
     assert kit.PART_BYTES < 60 * kit.MIB
 
 
+def test_parity_provider_option(tmp_path):
+    from mmsrarec_edge.core.errors import UserError
+    from mmsrarec_edge.exporter.parity import GraphParity
+    from mmsrarec_edge.exporter.profile import parse_profile
+    from mmsrarec_edge.runtime.sessions import available_providers
+
+    assert parse_profile({}).parity.provider == "cpu"
+    assert parse_profile({"parity": {"provider": "cuda"}}).parity.provider == "cuda"
+    with pytest.raises(UserError, match="parity.provider"):
+        parse_profile({"parity": {"provider": "tensorrt"}})
+    # a CPU-gated manifest entry is unchanged; another provider is recorded
+    g = GraphParity("recommender.scorer", "fp16", {"score": 1e-3}, {"score": 1e-2}, 2)
+    assert "provider" not in g.to_dict()
+    g.provider = "CUDAExecutionProvider"
+    assert g.to_dict()["provider"] == "CUDAExecutionProvider"
+    if "cuda" not in available_providers():  # the CPU build: naming cuda is a UserError, not a silent CPU gate
+        from mmsrarec_edge.exporter.parity import session
+
+        with pytest.raises(UserError, match="cuda"):
+            session(tmp_path / "g.onnx", "fp16", 1, provider="cuda")
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     from mmsrarec_edge.bench.gpu_check import CheckConfig, markdown, profile_text, run_check
