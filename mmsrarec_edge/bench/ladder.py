@@ -366,31 +366,35 @@ def run_monitored(cmd: list[str], log: Path | None = None, env: dict | None = No
     return res
 
 
-def train_recommender(ckpt: Path, scaffold: Scaffold, out: Path, threads: int = 1, log: Path | None = None) -> dict:
-    """`train recommender --init CKPT` with TRAIN_ARGS on the scaffold (skipped when `out` exists)."""
+def train_recommender(ckpt: Path, scaffold: Scaffold, out: Path, threads: int = 1, log: Path | None = None,
+                      timeout: float | None = None) -> dict:
+    """`train recommender --init CKPT` with TRAIN_ARGS on the scaffold (skipped when `out` exists); killed after
+    `timeout` seconds."""
     out = Path(out)
     if (out / "recommender.json").is_file():
         return {"skipped": True}
     cmd = cli() + ["train", "recommender", "--dataset", str(scaffold.data), "--protocol", str(scaffold.protocol),
                    "--sasrec", str(scaffold.sasrec), "--keywords", str(scaffold.keywords), "--init", str(ckpt),
                    "--out", str(out), "--threads", str(threads)] + TRAIN_ARGS
-    res = run_monitored(cmd, log)
+    res = run_monitored(cmd, log, timeout=timeout)
     if res["rc"] != 0:
         raise UserError(f"train recommender failed for {ckpt} (exit {res['rc']})", f"see {log}")
     return res
 
 
-def export_bundle(rec_dir: Path, scaffold: Scaffold, out: Path, threads: int = 2, log: Path | None = None) -> dict:
-    """`export` with PROFILE (skipped when the bundle exists). Returns rc, wall_s, peak_rss_mb."""
+def export_bundle(rec_dir: Path, scaffold: Scaffold, out: Path, threads: int = 2, log: Path | None = None,
+                  profile_text: str = PROFILE, env: dict | None = None, timeout: float | None = None) -> dict:
+    """`export` with PROFILE, or another profile's TOML text (skipped when the bundle exists; killed after `timeout`
+    seconds). Returns rc, wall_s, peak_rss_mb."""
     out = Path(out)
     if (out / "manifest.json").is_file():
         return {"skipped": True, "rc": 0}
-    profile = out.parent / "ladder-profile.toml"
-    profile.write_text(PROFILE)
+    profile = out.parent / ("ladder-profile.toml" if profile_text == PROFILE else f"{out.name}-profile.toml")
+    profile.write_text(profile_text)
     cmd = cli() + ["export", "--profile", str(profile), "--recommender", str(rec_dir), "--keywords",
                    str(scaffold.keywords), "--dataset", str(scaffold.data), "--out", str(out),
                    "--threads", str(threads)]
-    return run_monitored(cmd, log)
+    return run_monitored(cmd, log, env=env, timeout=timeout)
 
 
 def bundle_bytes(bundle: Path) -> dict:

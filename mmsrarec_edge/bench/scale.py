@@ -272,12 +272,13 @@ def plan_groups(engines: list[tuple[str, str]], info: dict, budget_mb: float) ->
 # ------------------------------------------------------------------------------------------------ the worker
 
 
-def build_cases(d: SizeDirs, n: int, seed: int = 0) -> list[dict]:
-    """`n` requests (history n=5 of known users, 21 sampled candidates) from the bundle's own Recommender."""
+def build_cases(d: SizeDirs, n: int, seed: int = 0, provider: str | None = None) -> list[dict]:
+    """`n` requests (history n=5 of known users, 21 sampled candidates) from the bundle's own Recommender (on
+    `provider`, default the fastest onnxruntime offers; the requests are token ids, the same on any provider)."""
     from ..runtime.recommender import Recommender
     from .ladder import pick_history
 
-    rec = Recommender(d.bundle, precision="fp32", threads=1, verify=False)
+    rec = Recommender(d.bundle, provider=provider, precision="fp32", threads=1, verify=False)
     cases = []
     users = sorted(u for u, h in rec.retrieval.histories.items() if len(h) >= HISTORY)
     rng = np.random.default_rng(seed)

@@ -104,7 +104,7 @@ manifest.json
     graphs {name: {kind (vision|embed|decoder_last|decoder_yes_no|decoder_scorer|user_encoder: core/graph_kinds.py),
                    default_variant,
                    variants {precision: {file, parity {precision, passed, cases, real_cases, metrics,
-                                                 tolerances, info},
+                                                 tolerances, info, provider (only when not the CPU's)},
                                          quantized_nodes | fp32_nodes_kept}},
                    inputs / outputs [{name, dtype, shape (ints and dim names)}],
                    tensorrt {profiles [{name, shapes {input: {min, opt, max}}}], fp32_nodes [ONNX node names]}}},

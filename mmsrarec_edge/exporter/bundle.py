@@ -139,7 +139,7 @@ def export_graphs(inputs: ExportInputs, profile: ExportProfile, root: Path, scra
             release_memory()
             res = check(graph, kind, dst, precision, obj, cases=profile.parity.cases, seed=profile.parity.seed,
                         tol_overrides=profile.parity, yes_no_ids=inputs.yes_no_ids,
-                        real=kind.real_inputs(inputs.real_prompts))
+                        real=kind.real_inputs(inputs.real_prompts), provider=profile.parity.provider)
             results.append(res)
             release_memory()
             variants[precision] = {"file": rel, **extra, "parity": res.to_dict()}

@@ -71,6 +71,7 @@ class GraphParity:
     cases: int  # random cases
     info: dict[str, float] = field(default_factory=dict)
     real_cases: int = 0  # real inputs (images, prompts, histories) from the dataset
+    provider: str = "CPUExecutionProvider"  # the session's first execution provider (what ran the graph)
 
     @property
     def failures(self) -> list[str]:
@@ -82,10 +83,13 @@ class GraphParity:
         return not self.failures
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "passed": self.passed, "cases": self.cases, "real_cases": self.real_cases,
-                "metrics": {k: float(v) for k, v in self.metrics.items()},
-                "tolerances": {k: self.tolerances[k] for k in self.metrics if k in self.tolerances},
-                "info": {k: float(v) for k, v in self.info.items()}}
+        out = {"precision": self.precision, "passed": self.passed, "cases": self.cases, "real_cases": self.real_cases,
+               "metrics": {k: float(v) for k, v in self.metrics.items()},
+               "tolerances": {k: self.tolerances[k] for k in self.metrics if k in self.tolerances},
+               "info": {k: float(v) for k, v in self.info.items()}}
+        if self.provider != "CPUExecutionProvider":  # CPU-gated manifests stay as they were
+            out["provider"] = self.provider
+        return out
 
 
 def tolerances(precision: str, overrides=None) -> dict[str, float]:
@@ -108,8 +112,10 @@ def gate(results: list[GraphParity]) -> None:
                           "the ONNX graph does not compute what the PyTorch model does; nothing was written")
 
 
-def session(path: Path, precision: str = "fp32", threads: int | None = None):
-    """A CPU session for one graph variant, opened by the runtime's own code with the options it gives that variant."""
+def session(path: Path, precision: str = "fp32", threads: int | None = None, provider: str = "cpu"):
+    """A session for one graph variant on `provider` (cpu, or cuda for a GPU profile's `[parity] provider`), opened by
+    the runtime's own code with the options it gives that variant. A provider this onnxruntime build lacks is a
+    UserError (runtime.sessions.resolve_provider); on cuda the CPU provider stays behind it, as in the runtime."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
@@ -117,10 +123,10 @@ def session(path: Path, precision: str = "fp32", threads: int | None = None):
 
         raise UserError("export needs onnxruntime for its parity gates",
                         "pip install 'mmsrarec-edge[cpu]' (or [gpu])") from exc
-    from ..runtime.sessions import SessionConfig, open_session
+    from ..runtime.sessions import SessionConfig, open_session, resolve_provider
 
-    return open_session(Path(path), SessionConfig("cpu", threads=threads or max(1, torch.get_num_threads())),
-                        variant=precision)
+    cfg = SessionConfig(resolve_provider(provider), threads=threads or max(1, torch.get_num_threads()))
+    return open_session(Path(path), cfg, variant=precision)
 
 
 class Metrics:
@@ -255,15 +261,17 @@ def score(yes_no) -> np.ndarray:
 
 
 def check(graph: str, kind, path: Path, precision: str, torch_obj, *, cases: int = 3, seed: int = 0,
-          tol_overrides=None, yes_no_ids=None, real=None, threads: int | None = None) -> GraphParity:
+          tol_overrides=None, yes_no_ids=None, real=None, threads: int | None = None,
+          provider: str = "cpu") -> GraphParity:
     """Run the parity check of one exported graph file. `kind`: a registered kind name (vision, embed, decoder_last,
     decoder_yes_no, decoder_scorer, user_encoder, ...) or an ExportKind (exporter/kinds.py), whose class runs it."""
     from .kinds import export_kind
 
     k = export_kind(kind, graph, torch_obj) if isinstance(kind, str) else kind
-    run = ParityRun(torch_obj, k.runtime(session(path, precision, threads)), precision, cases, seed,
-                    np.random.default_rng(seed), real, yes_no_ids)
+    sess = session(path, precision, threads, provider)
+    run = ParityRun(torch_obj, k.runtime(sess), precision, cases, seed, np.random.default_rng(seed), real, yes_no_ids)
     with torch.no_grad():
         acc, info = k.parity(run)
     real_cases = len(real) if real is not None else 0
-    return GraphParity(graph, precision, acc.metrics, k.tolerances(precision, tol_overrides), cases, info, real_cases)
+    return GraphParity(graph, precision, acc.metrics, k.tolerances(precision, tol_overrides), cases, info, real_cases,
+                       sess.get_providers()[0])

@@ -27,6 +27,7 @@ ALL_GRAPHS = ("summarizer.vision", "summarizer.embed", "summarizer.decoder",
               "sasrec.user_encoder")
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 EXPORTERS = ("legacy", "dynamo")
+PARITY_PROVIDERS = ("cpu", "cuda")
 # recommender.decoder beside recommender.scorer: "always" ships both (Triton BLS and TensorRT serve the merged decoder);
 # "fallback" ships the merged decoder only when the model has no scorer graph, so each recommender weight is stored
 # once per precision (the scorer serves every path `recommend` takes: the prompt's prefix is never empty).
@@ -57,6 +58,9 @@ class Parity:
     logits: float = 0.0  # decoder logits: max|diff| / max|reference|
     score: float = 0.0  # recommender p(yes)/(p(yes)+p(no)), absolute
     only: str = ""  # the precisions the overrides above apply to, comma-separated ("" = every variant shipped)
+    # The execution provider the gate's sessions run on: cpu (default; every export machine has it) or cuda (a GPU
+    # profile gated on the GPU it targets: the onnxruntime-gpu build and a CUDA device; benchmarks/device/).
+    provider: str = "cpu"
 
 
 @dataclass
@@ -156,6 +160,9 @@ def parse_profile(data: dict, path: str | Path = "<profile>") -> ExportProfile:
     if prof.vision.image_size < 0:
         raise UserError(f"{path}: vision.image_size must be >= 0 (0 = the checkpoint's own), got "
                         f"{prof.vision.image_size}")
+    if prof.parity.provider not in PARITY_PROVIDERS:
+        raise UserError(f"{path}: parity.provider must be one of {', '.join(PARITY_PROVIDERS)}, "
+                        f"got {prof.parity.provider!r}")
     if prof.parity.cases < 1:
         raise UserError(f"{path}: parity.cases must be >= 1")
     return prof
