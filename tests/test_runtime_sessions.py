@@ -15,7 +15,8 @@ from mmsrarec_edge.runtime.sessions import (
 )
 
 
-def test_default_is_the_fastest_available():
+def test_default_is_the_fastest_available(monkeypatch):
+    monkeypatch.setattr(sessions, "tensorrt_present", lambda: True)  # a machine with TensorRT's libraries
     assert resolve_provider(None, ["tensorrt", "cuda", "cpu"]) == "tensorrt"
     assert resolve_provider(None, ["cuda", "cpu"]) == "cuda"
     assert resolve_provider("auto", ["cpu"]) == "cpu"
@@ -80,3 +81,14 @@ def test_session_options_and_bad_graphs(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x01garbage")
     with pytest.raises(BundleError, match="onnxruntime cannot load bad.onnx"):
         open_session(tmp_path / "bad.onnx", SessionConfig("cpu"))
+
+
+def test_the_automatic_choice_skips_tensorrt_without_its_libraries():
+    """onnxruntime-gpu lists TensorRT even where its libraries are absent (as here): the automatic choice is CUDA;
+    asking for TensorRT by name still resolves, since the build offers it."""
+    from mmsrarec_edge.runtime.sessions import tensorrt_present
+
+    offered = ["tensorrt", "cuda", "cpu"]
+    assert resolve_provider(None, offered) == ("tensorrt" if tensorrt_present() else "cuda")
+    assert resolve_provider("tensorrt", offered) == "tensorrt"
+    assert resolve_provider(None, ["cpu"]) == "cpu"

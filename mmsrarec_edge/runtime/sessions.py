@@ -52,13 +52,25 @@ def available_providers() -> list[str]:
     return [short for short in PREFERENCE if PROVIDERS[short] in offered]
 
 
+def tensorrt_present() -> bool:
+    """Whether TensorRT's runtime can be found: its Python wheels, or libnvinfer on the library path."""
+    import ctypes.util
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_libs")) or bool(
+        ctypes.util.find_library("nvinfer"))
+
+
 def resolve_provider(requested: str | None = None, available: list[str] | None = None) -> str:
     """The provider to run on (a short name). `requested` accepts cpu/cuda/tensorrt or the full ORT name."""
     available = available_providers() if available is None else list(available)
     if requested is None or requested == "auto":
         if not available:  # pragma: no cover - every onnxruntime build has the CPU provider
             raise UserError("onnxruntime offers no execution provider")
-        return available[0]
+        # onnxruntime-gpu lists TensorRT whether or not TensorRT's libraries are installed; without them a session
+        # would only fall back to CUDA after an error, so the automatic choice skips it (`--provider tensorrt` asks)
+        usable = [p for p in available if p != "tensorrt" or tensorrt_present()]
+        return (usable or available)[0]
     key = requested.strip().lower()
     by_full = {v.lower(): k for k, v in PROVIDERS.items()}
     key = by_full.get(key, key.removesuffix("executionprovider"))
