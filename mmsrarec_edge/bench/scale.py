@@ -758,22 +758,28 @@ def markdown(report: dict) -> str:
              "compared with PyTorch fp32 (prefix sharing) on every case: max abs Δscore and top-5 overlap. Floors: the "
              "FLOPs of one recommendation at the fp32 and int8 (MatMulInteger) GEMM rates ONNX Runtime reached on "
              "the scorer's MLP shape in the same run and thread count. Random weights (ladder.py init).", ""]
-    lines += ["## Sizes", "", "| size | params | decoder | bundle fp32 MB | bundle int8 MB | export s | export peak "
-              "RSS MB | cold start s | serving RSS MB | floor fp32 ms | floor int8 ms | score spread (std, min-max) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"- {note}" for note in report.get("notes", [])] + ([""] if report.get("notes") else [])
+    lines += ["## Sizes", "", "| size | params | decoder | bundle MB fp32 / int8 / int4 | export s | export peak "
+              "RSS MB | cold start s fp32 / int8 / int4 | serving RSS MB fp32 / int8 / int4 | floor fp32 ms | "
+              "floor int8 ms | score spread (std, min-max) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, e in report.get("sizes", {}).items():
         bb = e.get("bundle_bytes") or {}
         sp = e.get("score_spread") or {}
         spread = f"{sp['std']:.3f} ({sp['min']:.3f}-{sp['max']:.3f})" if sp else "–"
+        top = (e.get("threads") or {}).get(str(e.get("measured_threads")), {}).get("cold_start", {})
+        cold = " / ".join(_fmt((top.get(p) or {}).get("cold_start_s"), ".2f") for p in ("fp32", "int8", "int4"))
+        rss = " / ".join(_fmt((top.get(p) or {}).get("rss_mb"), ".0f") for p in ("fp32", "int8", "int4"))
         lines.append(f"| {name} | {_fmt((e.get('params') or 0) / 1e6, '.1f')}M | "
-                     f"{_fmt((e.get('decoder_params') or 0) / 1e6, '.1f')}M | {_mb(bb.get('fp32'))} | "
-                     f"{_mb(bb.get('int8'))} | {_fmt(e.get('export_s'))} | "
-                     f"{_fmt(e.get('export_peak_rss_mb'), '.0f')} | "
-                     f"{_fmt(e.get('cold_start_s'), '.2f')} | {_fmt(e.get('rss_mb'), '.0f')} | "
+                     f"{_fmt((e.get('decoder_params') or 0) / 1e6, '.1f')}M | "
+                     + " / ".join(_mb(bb.get(p)) for p in ("fp32", "int8", "int4")) + " | "
+                     f"{_fmt(e.get('export_s'))} | {_fmt(e.get('export_peak_rss_mb'), '.0f')} | {cold} | {rss} | "
                      f"{_fmt(e.get('floor_fp32_ms'))} | {_fmt(e.get('floor_int8_ms'))} | {spread} |")
     lines += ["", "Floors, cold start and serving RSS at the largest thread count measured; per thread count in the "
               "JSON (`threads`). Cold start: process start to the first printed answer of `mmsrarec-edge recommend "
-              "--candidates sampled:21` (warm page cache); serving RSS: that process's peak.", ""]
+              "--candidates sampled:21` (warm page cache, verified stamp in place); serving RSS: that process's peak. "
+              "Bundle MB per precision: that variant's graphs plus every fp32-only graph and file (vision tower, "
+              "SASRec, catalog); '–' where the size's bundle had no such variant (sizes measured before int4).", ""]
     for name, e in report.get("sizes", {}).items():
         lines += [f"## {name}", ""]
         if e.get("errors"):
