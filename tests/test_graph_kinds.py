@@ -298,9 +298,9 @@ def test_fp16_graphs_open_at_extended_optimization_on_the_cpu(tmp_path):
     from mmsrarec_edge.models.sasrec import SASRec, SASRecConfig
     from mmsrarec_edge.runtime.sessions import optimization_level
 
-    assert optimization_level("cpu", "fp16") == "ORT_ENABLE_EXTENDED"
-    assert {optimization_level(p, v) for p in ("cpu", "cuda", "tensorrt") for v in ("fp32", "int8", None)} | {
-        optimization_level("cuda", "fp16")} == {"ORT_ENABLE_ALL"}
+    assert {optimization_level("cpu", v) for v in ("fp16", "fp32", "int8", "int4", None)} == {"ORT_ENABLE_EXTENDED"}
+    assert {optimization_level(p, v) for p in ("cuda", "tensorrt") for v in ("fp32", "int8", "fp16", None)} == {
+        "ORT_ENABLE_ALL"}
     torch.manual_seed(3)
     net = SASRec(40, SASRecConfig(hidden=32, layers=2, heads=2, max_len=12)).eval()
     fp32 = export_graph(kinds.export_kind("user_encoder", "sasrec.user_encoder", net).spec(net), tmp_path / "u.onnx")

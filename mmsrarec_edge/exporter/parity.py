@@ -2,7 +2,7 @@
 a miss stops the export.
 
 What is measured is what the runtime runs. Each graph file is opened by the runtime's session code with the options
-it gives that variant (runtime/sessions.open_session: ORT_ENABLE_ALL, ORT_ENABLE_EXTENDED for fp16 on the CPU) and
+it gives that variant (runtime/sessions.open_session: ORT_ENABLE_EXTENDED on the CPU, ORT_ENABLE_ALL on GPUs) and
 wrapped in the runtime's object (runtime/llm.py), and the decoders are driven by the runtime's own loops: the
 summarizer's decoder by the numpy greedy generator (runtime/summarizer.greedy_steps: left-padded prefill at past 0,
 then one step on the returned KV with the token it picked), the recommender's decoder and scorer graphs by
