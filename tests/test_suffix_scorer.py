@@ -16,12 +16,12 @@ from mmsrarec_edge.runtime.scorer import CandidateScorer
 from mmsrarec_edge.runtime.sessions import SessionConfig, open_session
 
 
-def _model(decoder: str, kv_heads: int, seed: int = 0):
+def _model(decoder: str, kv_heads: int, seed: int = 0, layers: int = 2):
     from mmsrarec_edge.models.mllm import MLLMConfig, build_mllm, build_tokenizer
 
     tok = build_tokenizer()
     m = build_mllm(MLLMConfig(decoder=decoder, hidden_size=64, intermediate_size=128, num_heads=4,
-                              num_kv_heads=kv_heads, seed=seed), tok)
+                              num_kv_heads=kv_heads, seed=seed, num_layers=layers), tok)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # larger weights than the init, so candidates' scores differ visibly
         for p in m.model.language_model.layers.parameters():
@@ -173,3 +173,16 @@ def test_timings_split_the_score_into_its_calls_outside_the_total():
         assert {k for k in t if k.startswith("score:")} == parts
         assert sum(t[k] for k in parts) <= t["score"] + 1e-3
         assert t["total"] == pytest.approx(sum(t[k] for k in ("encode", "retrieve", "prompt", "score")), abs=5e-3)
+
+
+def test_a_one_layer_decoder_exports_without_suffix_mask_and_passes(tmp_path):
+    """With one layer only the last (read-slot) layer runs, which needs no suffix mask: the exporter drops the input
+    and the runtime's scorer feeds what the graph takes (it refused such graphs before)."""
+    import onnx
+
+    model, yes_no = _model("qwen2", 2, layers=1)
+    path = export_graph(export_kind("decoder_scorer", "recommender.scorer", model).spec(model, yes_no),
+                        tmp_path / "scorer.onnx")
+    assert "suffix_mask" not in {i.name for i in onnx.load(str(path)).graph.input}
+    res = check("recommender.scorer", "decoder_scorer", path, "fp32", model, cases=2, yes_no_ids=yes_no)
+    assert res.passed and res.metrics["score"] < 1e-5, res.failures

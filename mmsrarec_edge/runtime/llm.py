@@ -183,7 +183,10 @@ class SuffixScorer:
         self.present_names = tuple(o.name for o in sess.get_outputs() if o.name.startswith("present."))
         # multimodal-rope decoders (exporter/qwen_vl.py): 3-D position inputs for the suffixes and the prefix
         self.takes_positions = "position_ids" in inputs and "prefix_position_ids" in inputs
-        missing = [n for n in ("inputs_embeds", "suffix_mask", "logits_index", "prefix_embeds") if n not in inputs]
+        # A 1-layer decoder's graph has no suffix_mask input: only layers before the last read the mask (the last
+        # runs at the read slots, which causal order already keeps off the right padding), so the exporter drops it.
+        self.takes_mask = "suffix_mask" in inputs
+        missing = [n for n in ("inputs_embeds", "logits_index", "prefix_embeds") if n not in inputs]
         outputs = [o.name for o in sess.get_outputs()]
         if missing or not self.past_names or "yes_no_logits" not in outputs or \
                 len(self.present_names) != len(self.past_names):
@@ -203,8 +206,10 @@ class SuffixScorer:
         `positions` [3, C, S] / `prefix_positions` [3, 1, Pn]: what a multimodal-rope graph takes (`takes_positions`;
         core/rope_index.py), ignored by others."""
         ft = self.float_type
-        feeds = {"inputs_embeds": np.asarray(embeds, ft), "suffix_mask": np.asarray(suffix_mask, np.int64),
-                 "logits_index": np.asarray(logits_index, np.int64), "prefix_embeds": np.asarray(prefix_embeds, ft)}
+        feeds = {"inputs_embeds": np.asarray(embeds, ft), "logits_index": np.asarray(logits_index, np.int64),
+                 "prefix_embeds": np.asarray(prefix_embeds, ft)}
+        if self.takes_mask:
+            feeds["suffix_mask"] = np.asarray(suffix_mask, np.int64)
         if self.takes_positions:
             if positions is None or prefix_positions is None:
                 raise ValueError("this scorer graph takes 3-D position ids: build the CandidateScorer with the rope")
