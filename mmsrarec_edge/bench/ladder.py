@@ -308,8 +308,7 @@ max_suffix_tokens = 96
 cases = 2
 seed = 0
 only = "int8,int4"
-score = 0.5
-logits = 1.0
+score = 0.5  # random weights: the score is what is gated (the yes/no kinds report their logits only)
 """
 
 
