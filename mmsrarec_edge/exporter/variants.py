@@ -237,6 +237,44 @@ def _array(t: onnx.TensorProto, base_dir: Path | None):
     return numpy_helper.to_array(t, str(base_dir) if base_dir is not None else "")
 
 
+def _matmul_weight(node: onnx.NodeProto, init: dict) -> tuple[str | None, onnx.TensorProto | None]:
+    """(name, tensor) of a MatMul's 2-D fp32 weight initializer; (name or None, None) for any other node."""
+    w = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+    t = init.get(w) if w else None
+    if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2:
+        return w, None
+    return w, t
+
+
+def _inline(t: onnx.TensorProto, base: Path) -> None:
+    """Load an initializer's external data into it (it moves into the new file)."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        load_external_data_for_tensor(t, str(base))
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+
+
+def _finish_streamed(model: onnx.ModelProto, nodes: list, base: Path, dst: Path) -> None:
+    """A streamed quantizer's last step: the new nodes, only the initializers they use (what stays fp32 -- norms,
+    biases, the yes/no rows -- moves into the new file), the contrib-op domain, and save_onnx's layout."""
+    from onnx import helper
+
+    graph = model.graph
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    for t in kept:
+        _inline(t, base)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save_onnx(model, dst)
+
+
 def _stream_int8(src: Path, dst: Path) -> int:
     """Dynamic int8 for a large graph, one weight at a time: the pattern onnxruntime's quantize_dynamic writes
     (DynamicQuantizeLinear on the activation, MatMulInteger with the int8 weight, Cast, Mul by the product of the
@@ -255,9 +293,8 @@ def _stream_int8(src: Path, dst: Path) -> int:
     activations: dict[str, tuple[str, str, str]] = {}
     nodes, count = [], 0
     for n in graph.node:
-        w = n.input[1] if n.op_type == "MatMul" and len(n.input) == 2 else None
-        t = init.get(w) if w else None
-        if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2:
+        w, t = _matmul_weight(n, init)
+        if t is None:
             nodes.append(n)
             continue
         if w not in quantized:
@@ -287,22 +324,7 @@ def _stream_int8(src: Path, dst: Path) -> int:
         count += 1
     if count == 0:  # nothing to stream (an embedding table): the caller takes onnxruntime's path
         return 0
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    for t in kept:  # what stays fp32 (norms, biases, the yes/no rows) moves into the new file
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            from onnx.external_data_helper import load_external_data_for_tensor
-
-            load_external_data_for_tensor(t, str(base))
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    save_onnx(model, dst)
+    _finish_streamed(model, nodes, base, dst)
     return count
 
 
@@ -312,7 +334,6 @@ def _stream_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> 
     MatMulNBitsQuantizer writes) and dropped; a weight shared by two MatMuls is quantized once. Returns the number of
     MatMulNBits nodes (0: nothing to stream, nothing written)."""
     from onnx import helper
-    from onnx.external_data_helper import load_external_data_for_tensor
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
@@ -329,18 +350,11 @@ def _stream_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> 
     first: dict[str, onnx.NodeProto] = {}
     nodes, count = [], 0
 
-    def inline(t):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            load_external_data_for_tensor(t, str(base))
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
-
     with warnings.catch_warnings(), _quiet_quantizers():
         warnings.simplefilter("ignore")
         for n in graph.node:
-            w = n.input[1] if n.op_type == "MatMul" and len(n.input) == 2 else None
-            t = init.get(w) if w else None
-            if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2:
+            w, t = _matmul_weight(n, init)
+            if t is None:
                 nodes.append(n)
                 continue
             if w in first:
@@ -349,7 +363,7 @@ def _stream_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> 
                 nodes.append(helper.make_node(done.op_type, [n.input[0], *done.input[1:]], list(n.output),
                                               name=n.name + "_Q4", domain=done.domain, **attrs))
             else:
-                inline(t)
+                _inline(t, base)
                 out = quantizer.quantize_matmul(n, [graph])
                 t.ClearField("raw_data")  # the fp32 weight is done with
                 if len(out) != 1 or out[0].op_type != "MatMulNBits":
@@ -359,17 +373,7 @@ def _stream_int4(src: Path, dst: Path, block_size: int, accuracy_level: int) -> 
             count += 1
     if count == 0:
         return 0
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    for t in kept:
-        inline(t)
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    save_onnx(model, dst)
+    _finish_streamed(model, nodes, base, dst)
     return count
 
 
