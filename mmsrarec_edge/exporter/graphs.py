@@ -26,7 +26,7 @@ skip its vmap-based mask builders: both the legacy TorchScript exporter and the 
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,16 +222,15 @@ def _weights_streamed():
 
 def _write_weights(raw: Path, params: dict, path: Path) -> None:
     """The weightless graph at `raw` + `params` -> `path`: each graph input named in `params` becomes an initializer.
-    Graphs whose weights exceed variants.EXTERNAL_DATA_BYTES keep them in `<path>.data`, written tensor by tensor at
-    page-aligned offsets (memory-mappable); smaller ones inline."""
+    Graphs whose weights exceed variants.EXTERNAL_DATA_BYTES keep them in `<path>.data`, written tensor by tensor in
+    save_onnx's page-aligned layout (variants.write_external); smaller ones inline."""
     import hashlib
 
     import numpy as np
     import onnx
     from onnx import helper
 
-    from .variants import DATA_ALIGN as align
-    from .variants import EXTERNAL_DATA_BYTES
+    from .variants import EXTERNAL_DATA_BYTES, write_external
 
     model = onnx.load(str(raw))
     graph = model.graph
@@ -240,7 +239,7 @@ def _write_weights(raw: Path, params: dict, path: Path) -> None:
     external = total > EXTERNAL_DATA_BYTES
     data_path = path.with_name(path.name + ".data")
     inits, seen, alias = [], {}, {}
-    with (open(data_path, "wb") if external else _nullfile()) as data:
+    with open(data_path, "wb") if external else nullcontext() as data:
         for name in names:
             array = params[name].detach().cpu().contiguous().numpy()
             # The exporter folds a weight once per consumer (the scorer's prefix and suffix paths share every
@@ -256,14 +255,7 @@ def _write_weights(raw: Path, params: dict, path: Path) -> None:
             t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                                  dims=list(array.shape))
             if external and array.nbytes >= 1024:
-                offset = data.tell()
-                if offset % align:
-                    data.write(b"\0" * (align - offset % align))
-                    offset = data.tell()
-                array.tofile(data)
-                t.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
-                    t.external_data.add(key=k, value=v)
+                write_external(data, array, t, data_path.name)
             else:
                 t.raw_data = np.ascontiguousarray(array).tobytes()
             inits.append(t)
@@ -277,11 +269,6 @@ def _write_weights(raw: Path, params: dict, path: Path) -> None:
                 node.input[k] = alias[name]
     graph.initializer.extend(inits)
     onnx.save_model(model, str(path))
-
-
-@contextmanager
-def _nullfile():
-    yield None
 
 
 def _dynamic_shapes(spec: GraphSpec):

@@ -13,7 +13,7 @@ for (../shared/FINDINGS.md, 0.5B scorer MLP shape, 2 threads, AVX2 without VNNI)
 dequantized blocks) 124-129 GFLOP/s, level 4 (int8 compute) 99-118, fp32 MatMul 103-147, dynamic int8 184-235. So on
 such a CPU int4 buys size (weights /8 vs fp32, /2 vs int8), not prefill speed, and dynamic int8 stays the fast path;
 weight-only int8 (MatMulNBits 8 bits, 83-101 GFLOP/s) is not offered: it is slower than both. On AVX-512-VNNI or ARM
-dot-product CPUs level 4 can win: set it per profile (`int4_accuracy_level`).
+dot-product CPUs level 4 can win; it is a constant here, not yet a profile setting (re-measure before changing it).
 """
 
 from __future__ import annotations
@@ -56,24 +56,43 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     if model.ByteSize() > EXTERNAL_DATA_BYTES:
         with open(data, "wb") as f:
             for t in model.graph.initializer:
-                if len(t.raw_data) < 1024:
-                    continue
-                offset = f.tell()
-                if offset % DATA_ALIGN:
-                    f.write(b"\0" * (DATA_ALIGN - offset % DATA_ALIGN))
-                    offset = f.tell()
-                f.write(t.raw_data)
-                n = len(t.raw_data)
-                t.ClearField("raw_data")
-                t.data_location = onnx.TensorProto.EXTERNAL
-                del t.external_data[:]
-                for k, v in (("location", data.name), ("offset", str(offset)), ("length", str(n))):
-                    t.external_data.add(key=k, value=v)
+                if len(t.raw_data) >= 1024:
+                    raw = t.raw_data
+                    t.ClearField("raw_data")
+                    write_external(f, raw, t, data.name)
         onnx.save_model(model, str(path))
         return [path, data]
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path))
     return [path]
+
+
+def write_external(f, buffer, t: onnx.TensorProto, location: str) -> None:
+    """Append `buffer` (bytes, or a numpy array written without a copy) to the open data file `f` at the next
+    DATA_ALIGN offset, and point initializer `t` at it: the one layout every large graph of a bundle has."""
+    offset = f.tell()
+    if offset % DATA_ALIGN:
+        f.write(b"\0" * (DATA_ALIGN - offset % DATA_ALIGN))
+        offset = f.tell()
+    if hasattr(buffer, "tofile"):
+        buffer.tofile(f)
+        n = buffer.nbytes
+    else:
+        f.write(buffer)
+        n = len(buffer)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(n))):
+        t.external_data.add(key=k, value=v)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Keep only the initializers a node or a graph output reads; returns them."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    return kept
 
 
 def realign(path: Path) -> None:
@@ -223,10 +242,7 @@ def _weights_as_matmul_inputs(model: onnx.ModelProto, base_dir: Path | None = No
         nodes.append(n)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input} | outputs
-    kept = [t for t in graph.initializer if t.name in used]
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     return {"aliases_removed": len(alias) - folded, "transposes_folded": folded, "gemms_rewritten": gemms}
 
 
@@ -264,12 +280,8 @@ def _finish_streamed(model: onnx.ModelProto, nodes: list, base: Path, dst: Path)
     graph = model.graph
     graph.ClearField("node")
     graph.node.extend(nodes)
-    used = {i for nd in graph.node for i in nd.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    for t in kept:
+    for t in drop_unused_initializers(graph):
         _inline(t, base)
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save_onnx(model, dst)
@@ -403,8 +415,8 @@ def to_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, accuracy_level: 
     # MatMuls where the graph has them (decoders: their token embeddings live in the embed graph). The embedding
     # graph's Gather otherwise: GatherBlockQuantized needs opset 21, which the quantizer then sets -- harmless for a
     # lone Gather, invalid for decoders (ReduceMean's `axes` became an input at opset 18), hence one or the other.
-    weights = {i.name for i in model.graph.initializer}
-    has_matmul = any(n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights for n in model.graph.node)
+    init = {t.name: t for t in model.graph.initializer}
+    has_matmul = any(_matmul_weight(n, init)[1] is not None for n in model.graph.node)
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
                                           op_types_to_quantize=("MatMul",) if has_matmul else ("Gather",), bits=4)
     with warnings.catch_warnings(), _quiet_quantizers():
