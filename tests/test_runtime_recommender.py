@@ -227,6 +227,23 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
         Recommender(d)
 
 
+def test_scorer_opened_in_the_background_reports_its_error_at_load(bundle, tmp_path):
+    """The scorer graph opens in a background thread while the rest loads: a graph onnxruntime cannot read still
+    fails the Recommender's construction with the bundle error naming it, and a failure of the rest is the one
+    reported even while the thread is still opening the scorer."""
+    d = copy_bundle(bundle, tmp_path / "b")
+    scorer = d / "recommender" / "scorer.onnx"
+    assert scorer.exists()
+    scorer.write_bytes(b"x" * scorer.stat().st_size)  # same size: only onnxruntime notices
+    with pytest.raises(BundleError, match="cannot load scorer.onnx"):
+        Recommender(d, verify=False)
+    d2 = copy_bundle(bundle, tmp_path / "b2")
+    embed = d2 / "recommender" / "embed.onnx"
+    embed.write_bytes(b"x" * embed.stat().st_size)
+    with pytest.raises(BundleError, match="cannot load embed.onnx"):
+        Recommender(d2, verify=False)
+
+
 def test_cold_start_item_is_added_and_recommended(bundle, tmp_path):
     """summarize-item --add-to-catalog's path: the new item is in the catalog, with image features, the bundle still
     verifies, and the default first stage always passes it to the LLM."""

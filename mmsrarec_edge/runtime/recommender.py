@@ -35,6 +35,7 @@ Thread-safety: all state is read-only after construction; onnxruntime's `run` is
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,22 @@ class Case:
     rescore_budget: dict | None = None  # Recommendation.rescore_budget
 
 
+def _background(fn, *args):
+    """fn(*args) in a daemon thread; .result() joins it and re-raises its exception."""
+    from concurrent.futures import Future
+
+    future: Future = Future()
+
+    def run():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's .result()
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="open-scorer", daemon=True).start()
+    return future
+
+
 class Recommender:
     def __init__(self, bundle_dir: Path, provider: str | None = None, precision: str | None = None,
                  threads: int | None = None, verify: bool = True, max_batch: int | None = None,
@@ -126,34 +143,48 @@ class Recommender:
             raise BundleError(f"bundle {self.manifest.root} has no recommender",
                               "export it with the recommender graphs (recommender.embed, recommender.scorer or "
                               "recommender.decoder)")
-        self.rec_conf = rec
-        self.limits = config.get("limits", {})
-        special = rec.get("special_tokens", {})
-        # recommender.json's own ids win (it may train without bos); the tokenizer's special tokens otherwise
-        self.pad_id = int(rec["pad_id"] if rec.get("pad_id") is not None else special.get("pad_id") or 0)
-        self.bos_id = rec["bos_id"] if "bos_id" in rec else special.get("bos_id")
-        self.image_token_id = rec.get("image_token_id")
-        self.n_image_tokens = int(rec.get("num_image_tokens", 0))
-        self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
-        embedder = Embedder(open_bundle_graph(self.manifest, "recommender.embed", cfg), self.image_token_id)
         # The suffix-scorer graph when the bundle has one (`suffix_scorer=False` forces the expanded-KV decoder path,
         # which benchmarks compare against): same scores, fewer copies and FLOPs (exporter/suffix_graph.py). Beside
         # it the merged decoder is opened only if a request needs it (an empty prefix), never at start.
         use = self.manifest.has_graph("recommender.scorer") and (suffix_scorer or not has_decoder)
         manifest = self.manifest
+        # The scorer holds nearly all the weights and is the slowest to open (1.3 s of a 3 s cold start for a 0.5B
+        # int8 bundle, benchmarks/SCALE.md): onnxruntime opens it without the GIL in a background thread while this
+        # one loads the rest; it is joined before __init__ returns, so a broken graph still fails here.
+        pending = _background(open_bundle_graph, manifest, "recommender.scorer", cfg) if use else None
+        try:
+            self.rec_conf = rec
+            self.limits = config.get("limits", {})
+            special = rec.get("special_tokens", {})
+            # recommender.json's own ids win (it may train without bos); the tokenizer's special tokens otherwise
+            self.pad_id = int(rec["pad_id"] if rec.get("pad_id") is not None else special.get("pad_id") or 0)
+            self.bos_id = rec["bos_id"] if "bos_id" in rec else special.get("bos_id")
+            self.image_token_id = rec.get("image_token_id")
+            self.n_image_tokens = int(rec.get("num_image_tokens", 0))
+            self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
+            decoder, embedder = self._load(rec, cfg, has_decoder, use)
+        except BaseException:
+            if pending is not None:
+                pending.exception()  # let the thread finish; the error raised here is the one to report
+            raise
+        scorer_session = pending.result() if pending is not None else None  # re-raises the thread's error
+        batch = max_batch or int(self.limits.get("max_candidates", 32))
+        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch,
+                                      suffix_scorer=SuffixScorer(scorer_session) if scorer_session is not None else None,
+                                      rope=rope_from_config(rec.get("rope")))
+
+    def _load(self, rec: dict, cfg: SessionConfig, has_decoder: bool, use: bool):
+        """Everything but the scorer graph; returns the (merged decoder or its factory, embedder) for the scorer."""
+        manifest = self.manifest
+        embedder = Embedder(open_bundle_graph(manifest, "recommender.embed", cfg), self.image_token_id)
 
         def open_decoder():
             return Decoder(open_bundle_graph(manifest, "recommender.decoder", cfg))
 
         decoder = open_decoder if has_decoder else None  # scorer-only bundles (profile merged_decoder = "fallback")
-
-        suffix = SuffixScorer(open_bundle_graph(self.manifest, "recommender.scorer", cfg)) if use else None
-        self.variants = {g: bundle_graph_variant(self.manifest, g, cfg) for g in
+        self.variants = {g: bundle_graph_variant(manifest, g, cfg) for g in
                          ("recommender.embed", "recommender.decoder", "recommender.scorer", "sasrec.user_encoder")
-                         if self.manifest.has_graph(g) and (use or g != "recommender.scorer")}
-        batch = max_batch or int(self.limits.get("max_candidates", 32))
-        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch, suffix_scorer=suffix,
-                                      rope=rope_from_config(rec.get("rope")))
+                         if manifest.has_graph(g) and (use or g != "recommender.scorer")}
         self.catalog = Catalog.load(self.manifest)
         self.prompt_config = pc = rp.PromptConfig.from_dict(rec.get("prompt"))
         self.n_rescore = int(rec.get("n_rescore", DEFAULT_RESCORE))
@@ -180,6 +211,7 @@ class Recommender:
         self.prompts = PromptMaker(texts, self.codec.encode, self.bos_id, pc, self.retrieval,
                                    r.get("items_per_neighbour"), r.get("k"), ranks if pc.rank_hint else None,
                                    self.n_image_tokens)
+        return decoder, embedder
 
     # ------------------------------------------------------------------ loading
 
