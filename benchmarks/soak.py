@@ -78,12 +78,13 @@ def percentiles(ms: list[float]) -> dict:
             "max_ms": float(a.max()), "mean_ms": float(a.mean())}
 
 
-def soak(bundle: Path, n: int, warmup: int, sample_every: int, threads: int, seed: int) -> dict:
+def soak(bundle: Path, n: int, warmup: int, sample_every: int, threads: int, seed: int,
+         precision: str | None = None) -> dict:
     rss_start = rss_mb()
     from mmsrarec_edge.runtime.recommender import Recommender
 
     t0 = time.perf_counter()
-    rec = Recommender(bundle, provider="cpu", threads=threads)
+    rec = Recommender(bundle, provider="cpu", precision=precision, threads=threads)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mb()
     plan = request_plan(rec, warmup + n, seed)
@@ -116,7 +117,7 @@ def soak(bundle: Path, n: int, warmup: int, sample_every: int, threads: int, see
             lat_series.append([k, float(np.percentile(window, 50)), float(np.percentile(window, 99))])
             window = []
             if k % (sample_every * 20) == 0:
-                print(f"  {k}/{n} requests, RSS {series[-1][1]:.1f} MiB", flush=True)
+                print(f"  {k}/{n} requests, RSS {series[-1][1]:.1f} MiB", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
     gc.collect()
     rss_end, objects_end = rss_mb(), len(gc.get_objects())
@@ -150,6 +151,7 @@ def markdown(r: dict) -> str:
     rss, cfg, lat = r["rss_mib"], r["config"], r["latency"]
     lines = [
         "# Soak: recommendations on one loaded bundle", "",
+        f"Model: {cfg.get('model') or 'see config.bundle'}. "
         f"{cfg['requests']} requests after {cfg['warmup']} warm-up ones, one stream, {cfg['intra_op_threads']} "
         f"intra-op thread(s), {cfg['provider']} ({', '.join(f'{g} {p}' for g, p in cfg['variants'].items())}); "
         f"catalog of {cfg['catalog_items']} items, {cfg['known_users']} known users. Host: {r['host'].get('cpus')} "
@@ -159,7 +161,8 @@ def markdown(r: dict) -> str:
         "| process start | after loading the bundle | after warm-up | end | growth after warm-up | max | "
         "slope per 1k requests (all / second half) |", "|---|---|---|---|---|---|---|",
         f"| {rss['process_start']:.1f} | {rss['after_load']:.1f} | {rss['after_warmup']:.1f} | {rss['end']:.1f} | "
-        f"{rss['growth_after_warmup']:+.1f} | {rss['max']:.1f} | {rss['slope_per_1k_requests']:+.3f} / "
+        f"{rss['growth_after_warmup']:+.1f} ({100 * rss['growth_after_warmup'] / rss['after_warmup']:+.1f}%) | "
+        f"{rss['max']:.1f} | {rss['slope_per_1k_requests']:+.3f} / "
         f"{rss['slope_per_1k_requests_second_half']:+.3f} |", "",
         f"Python objects after warm-up {r['python_objects']['after_warmup']}, at the end "
         f"{r['python_objects']['end']} ({r['python_objects']['growth']:+d}).", "",
@@ -223,6 +226,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sample-every", type=int, default=50, help="RSS sample interval (requests)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default=None, help="the bundle's precision variant (default: the bundle's own)")
+    ap.add_argument("--model", default=None, help="what the bundle holds, for the report (e.g. its size)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak")
     a = ap.parse_args(argv)
     if a.requests < 1 or a.warmup < 0 or a.sample_every < 1:
@@ -230,7 +235,8 @@ def main(argv=None) -> None:
     out = ensure_writable_dir(a.out)
     with tempfile.TemporaryDirectory(prefix="soak_") as work:
         bundle = a.bundle or build_default_bundle(Path(work))
-        report = soak(bundle, a.requests, a.warmup, a.sample_every, a.threads, a.seed)
+        report = soak(bundle, a.requests, a.warmup, a.sample_every, a.threads, a.seed, a.precision)
+        report["config"]["model"] = a.model or ("embedded default (2 layers, 128 wide)" if a.bundle is None else None)
         if a.bundle is None:
             report["config"]["bundle"] = "tiny test bundle (tests/runtime_support.py, exported for this run)"
     write_json(out / "report.json", report)

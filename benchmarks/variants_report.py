@@ -2,7 +2,7 @@
 
 Exports the recommender report's full model (benchmarks/recommender_report.sh must have run: it leaves
 work/recommender/<dataset>/{data,protocol,sasrec,rec_full,kw_rl.parquet}) with the packaged profiles cpu-fp32-int8,
-cpu-int8 and cuda-fp16 (its fp16 graphs run on the CPU provider here: the accuracy is the
+cpu-int8, cpu-int4 and cuda-fp16 (its fp16 graphs run on the CPU provider here: the accuracy is the
 graphs', the speed is not a GPU's), recommendation graphs only, then scores every test case with the torch-free
 runtime for each variant.
 Writes benchmarks/results/variants/<dataset>/report.{json,md,png}.
@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("cpu-fp32-int8", "cpu-int8", "cuda-fp16")  # fp32 + int8 decoder, int8 embeddings only, fp16
+# fp32 + int8 decoder; int8 hot path (scorer, embeddings); int4 weights (MatMulNBits); fp16
+PROFILES = ("cpu-fp32-int8", "cpu-int8", "cpu-int4", "cuda-fp16")
 
 
 def main() -> None:

@@ -63,11 +63,12 @@ def toks(tmp_path_factory):
 
 
 configs = st.builds(
-    lambda h, ik, ck, ci, cik, title, image: dict(history_len=h, item_keywords=ik, candidate_keywords=ck,
-                                                  collab_items=ci, collab_item_keywords=cik, candidate_title=title,
-                                                  candidate_image=image, rank_hint=False),
+    lambda h, ik, ck, ci, cik, title, image, style: dict(history_len=h, item_keywords=ik, candidate_keywords=ck,
+                                                         collab_items=ci, collab_item_keywords=cik,
+                                                         candidate_title=title, candidate_image=image,
+                                                         rank_hint=False, style=style),
     st.integers(0, 6), st.integers(1, 6), st.integers(1, 6), st.integers(0, 9), st.integers(1, 4), st.booleans(),
-    st.booleans())
+    st.booleans(), st.sampled_from(["compact", "verbose"]))
 
 
 @FAST
@@ -84,7 +85,7 @@ def test_prompt_prefix_and_suffix_are_independent(cfg, history, collab, title, k
     assert suffix == _build_prompt(history2, None, title, kws, n_img, None, c)[1]  # history-free suffix
     assert prefix.startswith("predict if the user will choose the candidate next . user history : ")
     assert prefix.endswith(" . candidate :") and suffix.startswith(" ")
-    assert suffix.endswith(" . will the user choose it ? answer :")
+    assert suffix.endswith(" ?" if c.style == "compact" else " . will the user choose it ? answer :")
     assert not re.search(r"[\t\n\r]", prefix + suffix)
     # ";" only ever separates keyword groups: at most one group per shown history item / collaborative item
     assert prefix.count(";") == prefix.count(" ; ") <= max(c.history_len - 1, 0) + max(c.collab_items - 1, 0)

@@ -80,12 +80,10 @@ def model_size(rec) -> dict:
             "decoder_matmul_params": params}
 
 
-def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float) -> float | None:
-    """The FLOPs one recommendation needs, at the measured matmul rate: every layer but the last over the prefix and
-    every suffix token (weights + attention), the last layer's key/value projections over them too, and the rest of
-    the last layer at each candidate's read slot only (nothing else reaches the score)."""
-    if not dims:
-        return None
+def recommendation_flops(prefix_len: int, suffix_lens: list[int], dims: dict) -> float:
+    """The FLOPs one recommendation needs: every layer but the last over the prefix and every suffix token (weights +
+    attention), the last layer's key/value projections over them too, and the rest of the last layer at each
+    candidate's read slot only (nothing else reaches the score)."""
     w, H, L = dims["weight_flops_per_token"], dims["hidden_size"], dims["num_layers"]
     kv = dims.get("kv_flops_per_token", 0)
     attn = lambda n, past, layers: 4 * layers * H * n * (past + (n + 1) / 2)  # noqa: E731  scores + weighted sum
@@ -93,7 +91,14 @@ def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float)
     f = prefix_len * per_token + attn(prefix_len, 0, L - 1)
     for s in suffix_lens:
         f += s * per_token + attn(s, prefix_len, L - 1) + (w / L - kv) + 4 * H * (prefix_len + s)
-    return f / (gflops * 1e9) * 1e3
+    return f
+
+
+def floor_ms(prefix_len: int, suffix_lens: list[int], dims: dict, gflops: float) -> float | None:
+    """recommendation_flops at the measured matmul rate (ms); None without the decoder's dimensions."""
+    if not dims:
+        return None
+    return recommendation_flops(prefix_len, suffix_lens, dims) / (gflops * 1e9) * 1e3
 
 
 def build_peers(bundle: Path, recommender_dir: Path | None, cfg: BenchConfig, workdir: Path, log=print) -> dict:

@@ -5,7 +5,14 @@ KV cache once per request and scores each candidate suffix against it:
 
     prefix: [bos] "predict if the user will choose the candidate next . user history : " kw, kw ; kw, kw ; ...
             " . similar users then chose : " kw, kw ; ... " . candidate :"
-    suffix: " " title " : " kw, kw [" <image>" x N] [" . sequential rank : 40"] " . will the user choose it ? answer :"
+    suffix (style "compact", the default): " " title " : " kw, kw [" <image>" x N] [" . rank 40"] " ?"
+    suffix (style "verbose", before 2026-11): ... [" . sequential rank : 40"] " . will the user choose it ? answer :"
+
+The question is stated once, in the shared prefix ("predict if the user will choose the candidate next"): a
+candidate's suffix holds only what is its own (title, keywords, image slots, rank hint) and a one-token answer marker.
+The suffixes are most of a request's compute at real sizes (21 of them against one prefix), and the verbose form spent
+10 of its ~35 tokens per candidate repeating fixed words (benchmarks/results/recommender/prompt_cost.md: tokens and
+FLOPs saved per recommendation at each ladder size). A stored config without `style` was trained verbose and reads so.
 
 The answer ("yes" / "no") is the next token; score = p(yes) / (p(yes) + p(no)) there. Prefix and suffix are ALWAYS
 tokenized separately (ids = prefix_ids + suffix_ids), in training too, so what the runtime feeds is exactly what the
@@ -24,6 +31,7 @@ from typing import Callable, Sequence
 
 IMAGE_TOKEN = "<image>"
 ANSWER_WORDS = ("yes", "no")
+PROMPT_STYLES = ("compact", "verbose")
 NONE = "none"
 Encode = Callable[[str], list[int]]
 
@@ -43,8 +51,16 @@ class PromptConfig:
     # on validation (benchmarks/results/recommender/NOTES.md).
     rank_hint: bool = True
     rank_digits: int = 2  # significant digits of the rank hint
+    # "compact": per-candidate tokens are the candidate's own plus " ?"; "verbose": the question repeated per candidate
+    style: str = "compact"
     # A recommender trained elsewhere: its own prefix/suffix templates (core/prompt_template.py), None = the text above
     template: dict | None = None
+
+    def __post_init__(self):
+        if self.style not in PROMPT_STYLES:
+            from .errors import UserError
+
+            raise UserError(f"unknown prompt style {self.style!r}", f"use one of {', '.join(PROMPT_STYLES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +75,7 @@ class PromptConfig:
 
 # Values of settings a stored config may lack: the defaults before they became the CLI's, so a config written then
 # (every config is written whole by to_dict; hand-written ones may not be) reads as it did.
-STORED_DEFAULTS = {"rank_hint": False, "rank_digits": 1, "collab_item_keywords": 4}
+STORED_DEFAULTS = {"rank_hint": False, "rank_digits": 1, "collab_item_keywords": 4, "style": "verbose"}
 
 
 def _clean(s: str) -> str:
@@ -109,7 +125,10 @@ def candidate_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0,
     kws = ", ".join(_clean(k) for k in list(keywords)[: cfg.candidate_keywords]) or NONE
     head = f" {_clean(title)} : {kws}" if cfg.candidate_title else f" {kws}"
     image = (" " + " ".join([IMAGE_TOKEN] * n_image_tokens)) if n_image_tokens else ""
-    hint = f" . sequential rank : {rank_bucket(rank, cfg.rank_digits)}" if cfg.rank_hint and rank is not None else ""
+    hint = ""
+    if cfg.rank_hint and rank is not None:
+        label = " . rank" if cfg.style == "compact" else " . sequential rank :"
+        hint = f"{label} {rank_bucket(rank, cfg.rank_digits)}"
     return head + image + hint
 
 
@@ -126,7 +145,8 @@ def suffix_text(title: str, keywords: Sequence[str], n_image_tokens: int = 0, ra
         image = (" " + " ".join([IMAGE_TOKEN] * n_image_tokens)) if n_image_tokens else ""
         hint = rank_bucket(rank, cfg.rank_digits) if cfg.rank_hint and rank is not None else ""
         return render_suffix(t, _clean(title), kws, image, hint)
-    return candidate_text(title, keywords, n_image_tokens, rank, cfg) + " . will the user choose it ? answer :"
+    marker = " ?" if cfg.style == "compact" else " . will the user choose it ? answer :"
+    return candidate_text(title, keywords, n_image_tokens, rank, cfg) + marker
 
 
 def prefix_ids(encode: Encode, bos_id: int | None, history_keywords, collab_keywords,

@@ -169,8 +169,8 @@ class Recommender:
             raise
         scorer_session = pending.result() if pending is not None else None  # re-raises the thread's error
         batch = max_batch or int(self.limits.get("max_candidates", 32))
-        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch,
-                                      suffix_scorer=SuffixScorer(scorer_session) if scorer_session is not None else None,
+        suffix = SuffixScorer(scorer_session) if scorer_session is not None else None
+        self.scorer = CandidateScorer(decoder, embedder, self.pad_id, max_batch=batch, suffix_scorer=suffix,
                                       rope=rope_from_config(rec.get("rope")))
 
     def _load(self, rec: dict, cfg: SessionConfig, has_decoder: bool, use: bool):
