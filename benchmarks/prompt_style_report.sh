@@ -7,7 +7,7 @@
 # benchmarks/results/recommender/prompt_style/prompt_cost.{json,md} (suffix tokens and FLOPs saved per
 # recommendation at the ladder's sizes, benchmarks/prompt_cost.py).
 # Shares work/recommender/<dataset>/ (data, protocol, SASRec, summarizer, keywords) with recommender_report.sh.
-# Usage: bash benchmarks/prompt_style_report.sh   (ONLY=synthetic|ml100k_mm: one dataset)
+# Usage: bash benchmarks/prompt_style_report.sh   (ONLY=synthetic|ml100k_mm: one dataset; SEEDS="0 1")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/mmsrarec-edge}
@@ -15,6 +15,7 @@ PY=${PY:-.venv/bin/python}
 WORK=${WORK:-work/recommender}
 ML100K=${ML100K:-../shared/data/ml100k_mm}
 ONLY=${ONLY:-}
+SEEDS=${SEEDS:-0 1}  # training seeds per prompt style: the default recommender's runs differ by seed (NOTES.md)
 OUT=benchmarks/results/recommender/prompt_style
 export MMSRAREC_QUIET=${MMSRAREC_QUIET:-1}
 mkdir -p "$WORK" "$OUT"
@@ -29,25 +30,21 @@ run() {  # name dataset_dir summarizer_args
   [ -d "$summ/rl" ] || $CLI train summarizer "$ds" --out "$summ" $3
   [ -f "$w/kw_rl.parquet" ] || $CLI summarize "$ds" --model "$summ" --stage rl --out "$w/kw_rl.parquet"
   local common=(--dataset "$ds" --protocol "$w/protocol" --sasrec "$w/sasrec" --keywords "$w/kw_rl.parquet")
-  [ -f "$w/rec_full/recommender.json" ] || $CLI train recommender "${common[@]}" --out "$w/rec_full"
-  [ -f "$w/rec_full_verbose/recommender.json" ] || \
-    $CLI train recommender "${common[@]}" --config "$VERBOSE_TOML" --out "$w/rec_full_verbose"
-  $CLI evaluate "$w/protocol" --sasrec "$w/sasrec" \
-      --recommender "compact prompt (default)=$w/rec_full" \
-      --recommender "verbose prompt=$w/rec_full_verbose" \
+  local rows=() seed sfx
+  for seed in $SEEDS; do
+    sfx=$([ "$seed" = 0 ] && echo "" || echo "_seed$seed")
+    [ -f "$w/rec_full$sfx/recommender.json" ] || \
+      $CLI train recommender "${common[@]}" --seed "$seed" --out "$w/rec_full$sfx"
+    [ -f "$w/rec_full_verbose$sfx/recommender.json" ] || \
+      $CLI train recommender "${common[@]}" --seed "$seed" --config "$VERBOSE_TOML" --out "$w/rec_full_verbose$sfx"
+    rows+=(--recommender "compact prompt, seed $seed=$w/rec_full$sfx"
+           --recommender "verbose prompt, seed $seed=$w/rec_full_verbose$sfx")
+  done
+  $CLI evaluate "$w/protocol" --sasrec "$w/sasrec" "${rows[@]}" \
       --out "$OUT/$name" --title "MMSRARec-edge on $name (test split): compact vs verbose prompt"
 }
 
-if [ "$ONLY" != ml100k_mm ]; then
-  [ -f "$WORK/synthetic/data/dataset.json" ] || $CLI data synth --out "$WORK/synthetic/data"
-  run synthetic "$WORK/synthetic/data" ""
-fi
-if [ "$ONLY" = synthetic ]; then
-  :
-elif [ -f "$ML100K/interactions.csv" ]; then
-  [ -f "$WORK/ml100k_mm/data/dataset.json" ] || $CLI data import "$ML100K" --out "$WORK/ml100k_mm/data"
-  run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --recon-weight 0.01"
-else
-  echo "skipping ml100k_mm: not found at $ML100K (its licence forbids shipping it; see README)"
-fi
+# shellcheck source=benchmarks/report_datasets.sh
+. benchmarks/report_datasets.sh
+each_dataset run
 $PY benchmarks/prompt_cost.py --work "$WORK" --out "$OUT"

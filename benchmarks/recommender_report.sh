@@ -61,16 +61,6 @@ run() {  # name dataset_dir summarizer_args
       --out "benchmarks/results/recommender/$name" --title "MMSRARec-edge on $name (test split)"
 }
 
-if [ "$ONLY" != ml100k_mm ]; then
-  [ -f "$WORK/synthetic/data/dataset.json" ] || $CLI data synth --out "$WORK/synthetic/data"
-  run synthetic "$WORK/synthetic/data" ""
-fi
-if [ "$ONLY" = synthetic ]; then
-  :
-elif [ -f "$ML100K/interactions.csv" ]; then
-  [ -f "$WORK/ml100k_mm/data/dataset.json" ] || $CLI data import "$ML100K" --out "$WORK/ml100k_mm/data"
-  # As in benchmarks/summarizer_report.py: long plot texts, so fewer training items and a smaller R_recon weight.
-  run ml100k_mm "$WORK/ml100k_mm/data" "--max-train-items 500 --recon-weight 0.01"
-else
-  echo "skipping ml100k_mm: not found at $ML100K (its licence forbids shipping it; see README)"
-fi
+# shellcheck source=benchmarks/report_datasets.sh
+. benchmarks/report_datasets.sh
+each_dataset run
