@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import CONFIG_HELP, TRAIN, config_command, renamed, status, threads
+from .common import CONFIG_HELP, TRAIN, config_command, renamed, status, threads, warn
 
 
 class Stage(str, Enum):
@@ -63,6 +63,10 @@ def train_summarizer(
     recon_weight: float = typer.Option(None, "--recon-weight",
                                        help="Weight of R_recon, -perplexity of the text given the keywords @b"),
     len_weight: float = typer.Option(None, "--len-weight", help="Weight of R_len, -number of keywords @c"),
+    reward_scale: str = typer.Option(None, "--reward-scale",
+                                     help="How the reward's parts are put on one scale in GRPO: group (each part "
+                                          "standardised within its GRPO group), log_ppl (-log perplexity as "
+                                          "R_recon) or paper (the paper's sum as written) @reward_scale"),
     base: Path = typer.Option(None, "--base", help="Start from your own local LLaVA checkpoint (Llama/Qwen2 decoder)."),
     sft_only: bool = typer.Option(False, "--sft-only", help="Stop after SFT (writes sft/ only)."),
     targets: Targets = typer.Option(None, "--targets", help="SFT targets; auto: attributes when every item has them, "
@@ -93,7 +97,7 @@ def train_summarizer(
     cfg = build_config(config, grpo_steps=steps, sft_steps=sft_steps, recon_steps=recon_steps,
                        a=renamed(info_weight, a_old, "--info-weight", "--a"),
                        b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
-                       c=renamed(len_weight, c_old, "--len-weight", "--c"),
+                       c=renamed(len_weight, c_old, "--len-weight", "--c"), reward_scale=reward_scale,
                        targets=targets.value if targets else None, max_train_items=max_train_items, seed=seed,
                        threads=threads_, device=device, dtype=dtype)
     cfg.threads = threads(cfg.threads)
@@ -108,7 +112,11 @@ def train_summarizer(
     for name in ("targets", "sft", "rl"):
         if name in log["eval"]:
             typer.echo(_row(name, log["eval"][name]["all"]))
-    typer.echo(json.dumps({"timings_s": log["timings_s"]}))
+    typer.echo(json.dumps({"timings_s": log["timings_s"], "reward_scale": cfg.reward_scale,
+                           "vocabulary": {k: v["all"] for k, v in log["vocabulary"].items()},
+                           "collapse": log.get("collapse")}))
+    if log.get("collapse"):
+        warn(log["collapse"])
     status(f"wrote {out}")
 
 
