@@ -24,6 +24,12 @@ def _quiet_openmp() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+class RewardScale(str, Enum):
+    group = "group"
+    log_ppl = "log_ppl"
+    paper = "paper"
+
+
 class Targets(str, Enum):
     auto = "auto"
     attributes = "attributes"
@@ -63,7 +69,7 @@ def train_summarizer(
     recon_weight: float = typer.Option(None, "--recon-weight",
                                        help="Weight of R_recon, -perplexity of the text given the keywords @b"),
     len_weight: float = typer.Option(None, "--len-weight", help="Weight of R_len, -number of keywords @c"),
-    reward_scale: str = typer.Option(None, "--reward-scale",
+    reward_scale: RewardScale = typer.Option(None, "--reward-scale",
                                      help="How the reward's parts are put on one scale in GRPO: group (each part "
                                           "standardised within its GRPO group), log_ppl (-log perplexity as "
                                           "R_recon) or paper (the paper's sum as written) @reward_scale"),
@@ -97,7 +103,8 @@ def train_summarizer(
     cfg = build_config(config, grpo_steps=steps, sft_steps=sft_steps, recon_steps=recon_steps,
                        a=renamed(info_weight, a_old, "--info-weight", "--a"),
                        b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
-                       c=renamed(len_weight, c_old, "--len-weight", "--c"), reward_scale=reward_scale,
+                       c=renamed(len_weight, c_old, "--len-weight", "--c"),
+                       reward_scale=reward_scale.value if reward_scale else None,
                        targets=targets.value if targets else None, max_train_items=max_train_items, seed=seed,
                        threads=threads_, device=device, dtype=dtype)
     cfg.threads = threads(cfg.threads)
