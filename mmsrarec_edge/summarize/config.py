@@ -68,10 +68,11 @@ class SummarizerConfig:
     # are then the parts' relative say whatever their units); "log_ppl" = the paper's sum with -log perplexity as
     # R_recon; "paper" = the paper's sum as written (R_recon = -perplexity). Why group: rewards.py
     reward_scale: str = "group"
-    # collapse warning (`train summarizer`): distinct keywords over the evaluated held-out items falling below
-    # collapse_distinct_ratio x the SFT model's, or more than collapse_empty_share of them with no keyword after RL
-    # (summarize/pipeline.py collapse_check)
+    # collapse warning (`train summarizer`, summarize/pipeline.py collapse_check): over the evaluated held-out items,
+    # RL's distinct keywords below collapse_distinct_ratio x the SFT model's, the final model's below
+    # collapse_target_ratio x its SFT targets', or more than collapse_empty_share of the items without a keyword
     collapse_distinct_ratio: float = 0.5
+    collapse_target_ratio: float = 0.1
     collapse_empty_share: float = 0.1
 
     def __post_init__(self):
@@ -97,9 +98,11 @@ class SummarizerConfig:
                 self.gradient_checkpointing not in ("auto", "on", "off"):
             raise UserError(f"device must be cpu or cuda, dtype bf16, fp16 or fp32, gradient_checkpointing auto, on "
                             f"or off; got {self.device!r}, {self.dtype!r}, {self.gradient_checkpointing!r}")
-        if self.collapse_distinct_ratio < 0 or not 0 <= self.collapse_empty_share <= 1:
-            raise UserError("collapse_distinct_ratio must be >= 0 and collapse_empty_share in [0, 1], got "
-                            f"{self.collapse_distinct_ratio}, {self.collapse_empty_share}")
+        if min(self.collapse_distinct_ratio, self.collapse_target_ratio) < 0 or \
+                not 0 <= self.collapse_empty_share <= 1:
+            raise UserError("collapse_distinct_ratio and collapse_target_ratio must be >= 0 and collapse_empty_share "
+                            f"in [0, 1], got {self.collapse_distinct_ratio}, {self.collapse_target_ratio}, "
+                            f"{self.collapse_empty_share}")
         if self.reward_scale not in ("group", "log_ppl", "paper"):
             raise UserError(f"reward_scale must be group, log_ppl or paper, got {self.reward_scale!r}")
         if self.temperature <= 0:

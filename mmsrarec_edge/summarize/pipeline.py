@@ -199,24 +199,32 @@ def vocabulary_stats(prompts: list[Prompt], keywords: list[list[str]]) -> dict:
     return out
 
 
-def collapse_check(before: dict, after: dict, cfg: SummarizerConfig) -> str | None:
-    """A warning when RL collapsed the vocabulary (vocabulary_stats "all" before/after), else None: distinct keywords
-    below cfg.collapse_distinct_ratio x before's, or more than cfg.collapse_empty_share of the items with no keyword
-    after RL (whatever the SFT model did: a keyword store with many empty items is broken either way)."""
-    b, a = before["all"], after["all"]
+def collapse_check(vocab: dict, cfg: SummarizerConfig) -> str | None:
+    """A warning when the summarizer's vocabulary collapsed, else None. `vocab`: vocabulary_stats of the held-out items
+    for "targets", "sft" and (after RL) "rl"; the final model is rl, else sft. Collapsed when
+    - RL cut the distinct keywords below cfg.collapse_distinct_ratio x the SFT model's, or
+    - the final model's distinct keywords are below cfg.collapse_target_ratio x its SFT targets' (a summarizer that
+      writes the same few words for every item, RL or not), or
+    - more than cfg.collapse_empty_share of the items have no keyword at all."""
+    t, s = vocab["targets"]["all"], vocab["sft"]["all"]
+    stage = "rl" if "rl" in vocab else "sft"
+    f = vocab[stage]["all"]
+    n = f["items"]
     why = []
-    if a["distinct_keywords"] < cfg.collapse_distinct_ratio * b["distinct_keywords"]:
-        why.append(f"distinct keywords over {a['items']} held-out items fell from {b['distinct_keywords']} to "
-                   f"{a['distinct_keywords']} (keywords per item {b['keywords_per_item']:.2f} -> "
-                   f"{a['keywords_per_item']:.2f})")
-    if a["items_without_keywords"] > cfg.collapse_empty_share * a["items"]:
-        why.append(f"{a['items_without_keywords']} of {a['items']} held-out items have no keyword after RL "
-                   f"({b['items_without_keywords']} before)")
+    if stage == "rl" and f["distinct_keywords"] < cfg.collapse_distinct_ratio * s["distinct_keywords"]:
+        why.append(f"RL cut the distinct keywords over {n} held-out items from {s['distinct_keywords']} to "
+                   f"{f['distinct_keywords']} (keywords per item {s['keywords_per_item']:.2f} -> "
+                   f"{f['keywords_per_item']:.2f})")
+    if f["distinct_keywords"] < cfg.collapse_target_ratio * t["distinct_keywords"]:
+        why.append(f"the {stage} model writes {f['distinct_keywords']} distinct keywords over {n} held-out items, its "
+                   f"SFT targets {t['distinct_keywords']}")
+    if f["items_without_keywords"] > cfg.collapse_empty_share * n:
+        why.append(f"{f['items_without_keywords']} of {n} held-out items have no keyword "
+                   f"({s['items_without_keywords']} after SFT)")
     if not why:
         return None
-    return ("the summarizer collapsed in RL: " + "; ".join(why) +
-            f" (reward_scale {cfg.reward_scale}, weights a={cfg.a} b={cfg.b} c={cfg.c}; the sft/ model is the "
-            "pre-RL one)")
+    return ("the summarizer collapsed: " + "; ".join(why) +
+            f" (reward_scale {cfg.reward_scale}, weights a={cfg.a} b={cfg.b} c={cfg.c})")
 
 
 @dataclass
@@ -299,8 +307,7 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
         log["vocabulary"] = {"targets": vocabulary_stats(eval_prompts, [split.targets[p.item_id][p.task]
                                                                         for p in eval_prompts]),
                              **{name: vocabulary_stats(eval_prompts, k) for name, k in kws.items()}}
-        log["collapse"] = collapse_check(log["vocabulary"]["sft"], log["vocabulary"]["rl"], cfg) \
-            if "rl" in kws else None
+        log["collapse"] = collapse_check(log["vocabulary"], cfg)
         write_json(tmp / "train_log.json", log)
     return log
 
