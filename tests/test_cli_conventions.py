@@ -71,6 +71,7 @@ def test_config_settings_show_their_defaults_in_help():
     (("triton-repo",), "--device", "gpu|cpu"),
     (("evaluate",), "--split", "test|val"),
     (("train", "summarizer"), "--targets", "auto|attributes|tfidf"),
+    (("train", "summarizer"), "--reward-scale", "group|log_ppl|paper"),
     (("config",), "STAGE", "sasrec|summarizer|recommender|export|profiles"),
 ])
 def test_choices_are_listed(path, option, choices):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import CONFIG_HELP, TRAIN, config_command, renamed, status, threads
+from .common import CONFIG_HELP, TRAIN, config_command, renamed, status, threads, warn
 
 
 class Stage(str, Enum):
@@ -22,6 +22,12 @@ def _quiet_openmp() -> None:
     of this stage severalfold."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class RewardScale(str, Enum):
+    group = "group"
+    log_ppl = "log_ppl"
+    paper = "paper"
 
 
 class Targets(str, Enum):
@@ -63,6 +69,10 @@ def train_summarizer(
     recon_weight: float = typer.Option(None, "--recon-weight",
                                        help="Weight of R_recon, -perplexity of the text given the keywords @b"),
     len_weight: float = typer.Option(None, "--len-weight", help="Weight of R_len, -number of keywords @c"),
+    reward_scale: RewardScale = typer.Option(None, "--reward-scale",
+                                     help="How the reward's parts are put on one scale in GRPO: group (each part "
+                                          "standardised within its GRPO group), log_ppl (-log perplexity as "
+                                          "R_recon) or paper (the paper's sum as written) @reward_scale"),
     base: Path = typer.Option(None, "--base", help="Start from your own local LLaVA checkpoint (Llama/Qwen2 decoder)."),
     sft_only: bool = typer.Option(False, "--sft-only", help="Stop after SFT (writes sft/ only)."),
     targets: Targets = typer.Option(None, "--targets", help="SFT targets; auto: attributes when every item has them, "
@@ -94,6 +104,7 @@ def train_summarizer(
                        a=renamed(info_weight, a_old, "--info-weight", "--a"),
                        b=renamed(recon_weight, b_old, "--recon-weight", "--b"),
                        c=renamed(len_weight, c_old, "--len-weight", "--c"),
+                       reward_scale=reward_scale.value if reward_scale else None,
                        targets=targets.value if targets else None, max_train_items=max_train_items, seed=seed,
                        threads=threads_, device=device, dtype=dtype)
     cfg.threads = threads(cfg.threads)
@@ -108,7 +119,11 @@ def train_summarizer(
     for name in ("targets", "sft", "rl"):
         if name in log["eval"]:
             typer.echo(_row(name, log["eval"][name]["all"]))
-    typer.echo(json.dumps({"timings_s": log["timings_s"]}))
+    typer.echo(json.dumps({"timings_s": log["timings_s"], "reward_scale": cfg.reward_scale,
+                           "vocabulary": {k: v["all"] for k, v in log["vocabulary"].items()},
+                           "collapse": log.get("collapse")}))
+    if log.get("collapse"):
+        warn(log["collapse"])
     status(f"wrote {out}")
 
 

@@ -60,10 +60,20 @@ class SummarizerConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    # reward R = a * R_info + b * R_recon + c * R_len
+    # reward R = a * R_info + b * R_recon + c * R_len (the paper's parts, rewards.py)
     a: float = 1.0
     b: float = 0.1
     c: float = 0.02
+    # the scale the parts are weighted on in GRPO: "group" = each part standardised within its GRPO group (a, b, c
+    # are then the parts' relative say whatever their units); "log_ppl" = the paper's sum with -log perplexity as
+    # R_recon; "paper" = the paper's sum as written (R_recon = -perplexity). Why group: rewards.py
+    reward_scale: str = "group"
+    # collapse warning (`train summarizer`, summarize/pipeline.py collapse_check): over the evaluated held-out items,
+    # RL's distinct keywords below collapse_distinct_ratio x the SFT model's, the final model's below
+    # collapse_target_ratio x its SFT targets', or more than collapse_empty_share of the items without a keyword
+    collapse_distinct_ratio: float = 0.5
+    collapse_target_ratio: float = 0.1
+    collapse_empty_share: float = 0.1
 
     def __post_init__(self):
         self.image_attributes = tuple(self.image_attributes)
@@ -88,6 +98,13 @@ class SummarizerConfig:
                 self.gradient_checkpointing not in ("auto", "on", "off"):
             raise UserError(f"device must be cpu or cuda, dtype bf16, fp16 or fp32, gradient_checkpointing auto, on "
                             f"or off; got {self.device!r}, {self.dtype!r}, {self.gradient_checkpointing!r}")
+        if min(self.collapse_distinct_ratio, self.collapse_target_ratio) < 0 or \
+                not 0 <= self.collapse_empty_share <= 1:
+            raise UserError("collapse_distinct_ratio and collapse_target_ratio must be >= 0 and collapse_empty_share "
+                            f"in [0, 1], got {self.collapse_distinct_ratio}, {self.collapse_target_ratio}, "
+                            f"{self.collapse_empty_share}")
+        if self.reward_scale not in ("group", "log_ppl", "paper"):
+            raise UserError(f"reward_scale must be group, log_ppl or paper, got {self.reward_scale!r}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
 

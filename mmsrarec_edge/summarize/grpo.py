@@ -8,7 +8,8 @@ one batch. The loop below is the textbook algorithm (DeepSeekMath GRPO) in ~100 
 and every piece is tested against hand-computed values:
 
     for each step: B prompts (half image task, half text task), G samples each (temperature sampling)
-    reward R per sample; advantage A = (R - mean_group) / (std_group + eps)      (sample std, n-1)
+    reward R per sample (on cfg.reward_scale, rewards.py: by default each part standardised within the group before
+    weighting); advantage A = (R - mean_group) / (std_group + eps)      (sample std, n-1)
     per token: -min(r A, clip(r, 1-eps, 1+eps) A) + beta * k3(policy, ref),  r = p / p_old,
                k3 = exp(ref - logp) - (ref - logp) - 1
     loss = mean over samples of (mean over that sample's completion tokens)
@@ -90,7 +91,8 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
                              batch_size=len(rep))
         kws = [decode_keywords(tokenizer, c, spec, cfg.max_keywords) for c in comps]
         rb = reward_model.score([p.item_id for p in rep], kws)
-        adv = on(policy, torch.as_tensor(group_advantages(rb.total, G), dtype=torch.float32))
+        scaled = reward_model.group_reward(rb, G)
+        adv = on(policy, torch.as_tensor(group_advantages(scaled, G), dtype=torch.float32))
         policy.train()
         with torch.no_grad(), placement.autocast():
             ref_logp = None
@@ -106,7 +108,7 @@ def train_grpo(model, tokenizer, spec: PromptSpec, prompts: Sequence[Prompt], re
             loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, mask, adv,
                                     cfg.beta, cfg.clip_eps)
             stepper(loss)
-        groups = rb.total.reshape(-1, G)
+        groups = np.asarray(scaled).reshape(-1, G)
         entry = {"step": step + 1, **rb.mean(), "loss": loss.item(), **stats,
                  "flat_groups": float(np.mean(groups.std(axis=1) == 0)), "seconds": time.perf_counter() - t0}
         for task in ("image", "text"):

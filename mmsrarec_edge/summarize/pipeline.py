@@ -7,7 +7,7 @@
     OUT/rl/             the GRPO summarizer (LoRA merged), absent with sft_only
     OUT/reconstructor/  the frozen reference LM behind R_recon
     OUT/train_log.json  config, item split, loss curves, the per-step GRPO reward curve, held-out figures before/after
-                        RL
+                        RL, the keyword vocabulary before/after RL ("vocabulary") and the collapse check ("collapse")
 
 Held-out items (cfg.held_out_fraction, drawn with cfg.seed) are never trained on, by the summarizer or by the reference
 LM; the before/after-RL comparison is made on them with greedy decoding.
@@ -154,7 +154,7 @@ def save_summarizer(model, tokenizer, spec: PromptSpec, cfg: SummarizerConfig, o
     write_json(Path(out_dir) / SUMMARIZER_META, {
         "format": "mmsrarec-summarizer", "version": 1, "stage": stage, "prompt_spec": spec.to_dict(),
         "max_new_tokens": cfg.max_new_tokens, "max_keywords": cfg.max_keywords,
-        "reward_weights": {"a": cfg.a, "b": cfg.b, "c": cfg.c}})
+        "reward_weights": {"a": cfg.a, "b": cfg.b, "c": cfg.c}, "reward_scale": cfg.reward_scale})
 
 
 def resolve_model_dir(path: Path, stage: str = "rl") -> Path:
@@ -177,6 +177,54 @@ def load_summarizer(path: Path):
     meta = json.loads((path / SUMMARIZER_META).read_text())
     model, tok = load_mllm(path)
     return model, tok, PromptSpec.from_dict(meta["prompt_spec"]), meta
+
+
+def vocabulary_stats(prompts: list[Prompt], keywords: list[list[str]]) -> dict:
+    """Distinct keywords (lower-cased) over the items of `prompts`, keywords per prompt and the items with none, for
+    both tasks together ("all") and per task: how a keyword store's vocabulary looks before and after RL."""
+    out = {}
+    for task in ("all", "image", "text"):
+        rows = [k for k, p in enumerate(prompts) if task in ("all", p.task)]
+        if not rows:
+            continue
+        items = {prompts[k].item_id for k in rows}
+        per_item: dict[int, set] = {i: set() for i in items}
+        for k in rows:
+            per_item[prompts[k].item_id].update(" ".join(w.lower().split()) for w in keywords[k])
+        distinct = set().union(*per_item.values())
+        out[task] = {"items": len(items), "distinct_keywords": len(distinct),
+                     "keywords_per_item": round(float(np.mean([len(v) for v in per_item.values()])), 3),
+                     "keywords_per_prompt": round(float(np.mean([len(keywords[k]) for k in rows])), 3),
+                     "items_without_keywords": sum(1 for v in per_item.values() if not v)}
+    return out
+
+
+def collapse_check(vocab: dict, cfg: SummarizerConfig) -> str | None:
+    """A warning when the summarizer's vocabulary collapsed, else None. `vocab`: vocabulary_stats of the held-out items
+    for "targets", "sft" and (after RL) "rl"; the final model is rl, else sft. Collapsed when
+    - RL cut the distinct keywords below cfg.collapse_distinct_ratio x the SFT model's, or
+    - the final model's distinct keywords are below cfg.collapse_target_ratio x its SFT targets' (a summarizer that
+      writes the same few words for every item, RL or not), or
+    - more than cfg.collapse_empty_share of the items have no keyword at all."""
+    t, s = vocab["targets"]["all"], vocab["sft"]["all"]
+    stage = "rl" if "rl" in vocab else "sft"
+    f = vocab[stage]["all"]
+    n = f["items"]
+    why = []
+    if stage == "rl" and f["distinct_keywords"] < cfg.collapse_distinct_ratio * s["distinct_keywords"]:
+        why.append(f"RL cut the distinct keywords over {n} held-out items from {s['distinct_keywords']} to "
+                   f"{f['distinct_keywords']} (keywords per item {s['keywords_per_item']:.2f} -> "
+                   f"{f['keywords_per_item']:.2f})")
+    if f["distinct_keywords"] < cfg.collapse_target_ratio * t["distinct_keywords"]:
+        why.append(f"the {stage} model writes {f['distinct_keywords']} distinct keywords over {n} held-out items, its "
+                   f"SFT targets {t['distinct_keywords']}")
+    if f["items_without_keywords"] > cfg.collapse_empty_share * n:
+        why.append(f"{f['items_without_keywords']} of {n} held-out items have no keyword "
+                   f"({s['items_without_keywords']} after SFT)")
+    if not why:
+        return None
+    return ("the summarizer collapsed: " + "; ".join(why) +
+            f" (reward_scale {cfg.reward_scale}, weights a={cfg.a} b={cfg.b} c={cfg.c})")
 
 
 @dataclass
@@ -256,6 +304,10 @@ def train_summarizer(ds: Dataset, out: Path, cfg: SummarizerConfig | None = None
         timings["total"] = time.perf_counter() - t0
         log = training_log(ds, split, cfg, base, warm, timings, recon_losses, sft_losses, grpo_log, evals,
                            eval_prompts, kws)
+        log["vocabulary"] = {"targets": vocabulary_stats(eval_prompts, [split.targets[p.item_id][p.task]
+                                                                        for p in eval_prompts]),
+                             **{name: vocabulary_stats(eval_prompts, k) for name, k in kws.items()}}
+        log["collapse"] = collapse_check(log["vocabulary"], cfg)
         write_json(tmp / "train_log.json", log)
     return log
 
@@ -350,7 +402,7 @@ def reward_model(ds: Dataset, split: ItemSplit, recon, cfg: SummarizerConfig):
     from .rewards import RewardModel, SentenceEncoder
 
     texts = {i: ds.items[i].text for i in [*split.train_ids, *split.eval_ids]}
-    return RewardModel(SentenceEncoder(), recon, texts, cfg.a, cfg.b, cfg.c)
+    return RewardModel(SentenceEncoder(), recon, texts, cfg.a, cfg.b, cfg.c, cfg.reward_scale)
 
 
 def sft_warm_start(model, train_prompts: list[Prompt], split: ItemSplit, spec: PromptSpec, encode, trainable,

