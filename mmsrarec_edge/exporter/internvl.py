@@ -53,8 +53,7 @@ class InternVLVisionGraph(nn.Module):
             x = x[:, 1:, :]
         D = x.shape[-1]
         x = self.inner.pixel_shuffle(x.reshape(-1, self.side, self.side, D), scale_factor=self.ratio)
-        x = x.reshape(-1, self.tokens, x.shape[-1])
-        return self.inner.multi_modal_projector(x)
+        return self.inner.multi_modal_projector(x.reshape(-1, self.tokens, x.shape[-1]))
 
 
 @register
