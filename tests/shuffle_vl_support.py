@@ -1,7 +1,8 @@
 """Shared checks of the pixel-shuffle VLM families (InternVL3, SmolVLM / Idefics3) on tiny random models built from
 transformers' config classes: export with every fp32 gate, the runtime's ranking against PyTorch's full forward with
-pixels, summarize-item with an image against PyTorch's greedy loop, and the checkpoint round trip. Used by
-tests/test_families_internvl.py and tests/test_families_smolvlm.py (one family per module)."""
+pixels, summarize-item with an image against PyTorch's greedy loop, and the checkpoint round trip. Also the CLI
+path (train recommender --init, export, recommend). Used by tests/test_families_internvl.py and
+tests/test_families_smolvlm.py (one family per module)."""
 
 from __future__ import annotations
 
@@ -179,3 +180,49 @@ def check_round_trip(m, tok, tmp_path, processor_cls) -> None:
     px = torch.from_numpy(image_preprocess(m)(img)[None])
     with torch.no_grad():
         np.testing.assert_array_equal(F.image_features(loaded, px).numpy(), F.image_features(m, px).numpy())
+
+
+def cli_train_export_recommend(family: str, decoder: str, tmp_path) -> None:
+    """`train recommender --init CKPT` (a checkpoint of the family written with save_pretrained; text-only prompts)
+    for one step -> `export --profile cpu-fp32` (the same checkpoint as summarizer: every gate, real images through the
+    one-tile tower, catalog image features) -> `recommend`."""
+    from typer.testing import CliRunner
+
+    from mmsrarec_edge.cli import app
+    from mmsrarec_edge.core.keyword_store import ItemKeywords, write_keyword_store
+    from mmsrarec_edge.data.protocol import ProtocolConfig, build_protocol, save_protocol
+    from mmsrarec_edge.data.synth import SynthConfig, generate
+    from mmsrarec_edge.models.mllm import save_mllm
+    from mmsrarec_edge.models.sasrec import SASRecConfig
+    from mmsrarec_edge.models.sasrec_train import SASRecTrainConfig, train_sasrec
+
+    root = tmp_path
+    ds = generate(SynthConfig(seed=5, n_items=40, n_users=60, min_len=8, max_len=16), root / "data")
+    proto = build_protocol(ds, ProtocolConfig(seed=1, n_negatives=10, max_cases_per_user=3))
+    save_protocol(proto, root / "protocol")
+    sas, _ = train_sasrec(proto, SASRecConfig(hidden=16, layers=1, heads=2, max_len=16),
+                          SASRecTrainConfig(epochs=1, patience=3))
+    sas.save(root / "sasrec")
+    write_keyword_store(root / "kw.parquet", [
+        ItemKeywords(i, [it.attributes["colour"], it.attributes["category"]],
+                     [it.attributes["material"], it.attributes["style"]], True) for i, it in ds.items.items()])
+    save_mllm(*build(family, decoder=decoder), root / "ckpt")
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "recommender", "--dataset", str(root / "data"), "--protocol",
+                              str(root / "protocol"), "--sasrec", str(root / "sasrec"), "--keywords",
+                              str(root / "kw.parquet"), "--out", str(root / "rec"), "--init", str(root / "ckpt"),
+                              "--no-aux", "--epochs", "1", "--max-steps", "1", "--val-cases", "3",
+                              "--windows-per-user", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", "--summarizer", str(root / "ckpt"), "--recommender", str(root / "rec"),
+                              "--keywords", str(root / "kw.parquet"), "--dataset", str(root / "data"),
+                              "--out", str(root / "bundle"), "--profile", "cpu-fp32"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
+    assert "recommender.scorer" in manifest["graphs"] and "summarizer.vision" in manifest["graphs"]
+    assert all(v["parity"]["passed"] for e in manifest["graphs"].values() for v in e["variants"].values())
+    assert manifest["graphs"]["summarizer.vision"]["variants"]["fp32"]["parity"]["real_cases"] > 0
+    history = ",".join(map(str, sorted(ds.items)[:4]))
+    res = runner.invoke(app, ["recommend", str(root / "bundle"), "--history", history, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["items"]

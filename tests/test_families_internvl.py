@@ -5,9 +5,9 @@ candidates) as PyTorch does on every scoring path, summarize-item with an image 
 the checkpoint round-trips with its preprocessing (tests/shuffle_vl_support.py holds the checks)."""
 
 import pytest
+import shuffle_vl_support as S
 import torch
 
-import shuffle_vl_support as S
 from mmsrarec_edge.models import families as F
 
 FAMILY = "internvl"
@@ -69,3 +69,8 @@ def test_unsupported_decoder_and_feature_layer_are_one_line(tmp_path):
     with pytest.raises(UserError, match="unsupported internvl decoder 'gemma'") as err:
         load_mllm(tmp_path / "ok")
     assert "internvl (InternVLForConditionalGeneration" in str(err.value.hint)
+
+
+@pytest.mark.slow  # about 25 s: a synthetic set with images, SASRec, one training step, the whole cpu-fp32 export
+def test_cli_train_export_recommend_with_an_internvl_checkpoint(tmp_path):
+    S.cli_train_export_recommend(FAMILY, "qwen2", tmp_path)

@@ -7,9 +7,9 @@ its preprocessing (tests/shuffle_vl_support.py holds the checks). Idefics3 itsel
 graph is checked against transformers and exported."""
 
 import pytest
+import shuffle_vl_support as S
 import torch
 
-import shuffle_vl_support as S
 from mmsrarec_edge.models import families as F
 
 FAMILY = "smolvlm"
@@ -89,3 +89,25 @@ def test_a_tile_the_tower_cannot_take_is_one_line(tmp_path):
     (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps(d))
     with pytest.raises(UserError, match="max_image_size .* is not a size this toolkit applies"):
         load_mllm(tmp_path / "m")
+
+
+def test_trainers_refuse_what_they_cannot_train_yet(tmp_path):
+    from mmsrarec_edge.core.errors import UserError
+    from mmsrarec_edge.core.prompt import PromptConfig
+    from mmsrarec_edge.models.mllm import save_mllm
+    from mmsrarec_edge.recommend.pipeline import RecommenderConfig, init_model
+    from mmsrarec_edge.summarize.config import SummarizerConfig
+    from mmsrarec_edge.summarize.pipeline import init_summarizer
+
+    save_mllm(*S.build(FAMILY, decoder="llama", num_layers=1), tmp_path / "ckpt")
+    with pytest.raises(UserError, match="train summarizer does not train smolvlm"):
+        init_summarizer(tmp_path / "ckpt", SummarizerConfig())
+    with pytest.raises(UserError, match="candidate images are not supported for smolvlm"):
+        init_model(RecommenderConfig(init=str(tmp_path / "ckpt"), prompt=PromptConfig(candidate_image=True)))
+    model, _ = init_model(RecommenderConfig(init=str(tmp_path / "ckpt")))
+    assert F.family_of(model) == FAMILY
+
+
+@pytest.mark.slow  # about 25 s: a synthetic set with images, SASRec, one training step, the whole cpu-fp32 export
+def test_cli_train_export_recommend_with_a_smolvlm_checkpoint(tmp_path):
+    S.cli_train_export_recommend(FAMILY, "llama", tmp_path)
