@@ -135,3 +135,48 @@ def test_a_preprocessor_the_tower_cannot_take_is_one_line(tmp_path):
     (tmp_path / "m" / "preprocessor_config.json").write_text('{"size": {"longest_edge": 64}}')
     with pytest.raises(UserError, match="is not a size this toolkit applies"):
         load_mllm(tmp_path / "m")
+
+
+@pytest.mark.parametrize("kwargs, size", [
+    ({"size": {"height": 448, "width": 448}}, (300, 200)),  # InternVL3's tile (ImageNet mean/std as it ships)
+    ({"size": {"height": 64, "width": 64}}, (90, 130)),
+    ({"size": {"height": 64, "width": 64}, "resample": 2}, (40, 30)),  # upscaling, bilinear
+    ({}, (500, 375)),  # GotOcr2ImageProcessor's own defaults: 384 x 384, CLIP mean/std
+])
+def test_internvl_image_processor_pixels(tmp_path, kwargs, size):
+    """InternVL3's GotOcr2ImageProcessor with crop_to_patches off (one tile per image, the toolkit's fixed size)."""
+    from transformers import GotOcr2ImageProcessor
+
+    from mmsrarec_edge.core.imaging import IMAGENET_MEAN, IMAGENET_STD
+
+    extra = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)} if kwargs else {}
+    hf = GotOcr2ImageProcessor(crop_to_patches=False, **extra, **kwargs)
+    assert _ours_vs_hf(hf, tmp_path, _image(*size, seed=5)) <= TOL
+
+
+@pytest.mark.parametrize("processor", ["Idefics3ImageProcessor", "SmolVLMImageProcessor"])
+@pytest.mark.parametrize("kwargs, size", [
+    ({"size": {"longest_edge": 256}, "max_image_size": {"longest_edge": 64}}, (300, 201)),  # odd side: rounded up
+    ({"size": {"longest_edge": 256}, "max_image_size": {"longest_edge": 64}}, (61, 97)),  # portrait, upscaled
+    ({"size": {"longest_edge": 2048}, "max_image_size": {"longest_edge": 512}}, (640, 480)),  # SmolVLM's sizes
+    ({"do_resize": False, "max_image_size": {"longest_edge": 64}, "resample": 3}, (120, 80)),  # the tile resize only
+    ({}, (5000, 100)),  # Idefics3's defaults (longest edge 1456, tile 364); a very flat image
+])
+def test_idefics3_image_processor_pixels(tmp_path, processor, kwargs, size):
+    """SmolVLM / Idefics3 with do_image_splitting off: the aspect-keeping resize to size["longest_edge"] (the short
+    side rounded up to even), then the square LANCZOS resize to the tile, mean = std = 0.5."""
+    import transformers
+
+    hf = getattr(transformers, processor)(do_image_splitting=False, **kwargs)
+    hf.save_pretrained(tmp_path)
+    pre = read_processor_config(tmp_path)
+    img = _image(*size, seed=6)
+    want = hf(images=img, return_tensors="np")["pixel_values"]
+    assert want.shape[:2] == (1, 1)  # one image, one tile
+    got = pre(img)
+    assert got.shape == want[0, 0].shape and np.abs(got - want[0, 0]).max() <= TOL
+    assert ImagePreprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    (tmp_path / "again").mkdir()  # what our checkpoints write reads back in transformers to the same pixels
+    (tmp_path / "again" / "preprocessor_config.json").write_text(json.dumps(pre.to_processor_config()))
+    again = getattr(transformers, processor).from_pretrained(tmp_path / "again")
+    assert np.abs(again(images=img, return_tensors="np")["pixel_values"][0, 0] - got).max() <= TOL

@@ -3,7 +3,9 @@
 `ImagePreprocess` is the checkpoint's own preprocessing, read from its `preprocessor_config.json` (the transformers
 image processor's settings: resize to a size or a shortest edge with a resampling filter, center crop, rescale,
 normalise with the tower's mean/std) and applied in numpy + Pillow exactly as the transformers image processor does
-(CLIPImageProcessor, SiglipImageProcessor; tests/test_image_preprocess.py compares the pixels). Training and export
+(CLIPImageProcessor, SiglipImageProcessor, GotOcr2ImageProcessor (InternVL3) with `crop_to_patches` off,
+Idefics3ImageProcessor / SmolVLMImageProcessor with `do_image_splitting` off: one tile per image; tests/
+test_image_preprocess.py compares the pixels). Training and export
 read it from the checkpoint; the bundle's config.json carries it (`image_preprocess`, and per stage
 `<stage>.image_preprocess`) and the runtime applies it. A checkpoint without the file gets the embedded default's
 (`ImagePreprocess.square`: bicubic resize to the tower's square size, CLIP's mean/std, no crop). Bad files (missing,
@@ -26,6 +28,8 @@ from .errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000  # refuse decompression bombs well before PIL's own limit
 
 
@@ -78,7 +82,12 @@ _PROCESSOR_DEFAULTS = {
     "CLIPImageProcessor": {"size": {"shortest_edge": 224}, "do_center_crop": True, "crop_size": 224},
     "SiglipImageProcessor": {"size": {"height": 224, "width": 224}, "do_center_crop": False,
                              "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+    "GotOcr2ImageProcessor": {"size": {"height": 384, "width": 384}, "do_center_crop": False},  # InternVL3's
 }
+# Idefics3's processor (SmolVLM's is the same): an aspect-keeping resize of the longest edge to size["longest_edge"],
+# then (do_image_splitting off) a square resize to max_image_size["longest_edge"], LANCZOS, mean = std = 0.5
+IDEFICS_PROCESSORS = ("Idefics3ImageProcessor", "SmolVLMImageProcessor")
+_IDEFICS_MAX_SIDE = 4096  # its MAX_IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,8 @@ class ImagePreprocess:
 
     size: (height, width) for a fixed resize; shortest_edge: resize the shorter side to it, keeping the aspect ratio
     (the longer side int(shortest_edge * long / short), as transformers rounds it); crop: (height, width) of the center
-    crop, None for none. Output: float32 [3, H, W]."""
+    crop, None for none. longest_edge: Idefics3's first resize (the longer side to it, the other keeping the aspect
+    ratio, rounded up to even), before the resize to `size`. Output: float32 [3, H, W]."""
 
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
@@ -99,6 +109,7 @@ class ImagePreprocess:
     do_rescale: bool = True
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
+    longest_edge: int | None = None
     processor: str | None = field(default=None, compare=False)  # the transformers class it was read from
 
     def __post_init__(self):
@@ -143,6 +154,8 @@ class ImagePreprocess:
         keys it lacks (CLIP's: shortest-edge resize, center crop). A size it cannot express is one UserError."""
         kind = d.get("image_processor_type")
         base = str(kind or "").removesuffix("Fast")
+        if base in IDEFICS_PROCESSORS:
+            return cls._from_idefics(d, kind, where)
         d = {**_PROCESSOR_DEFAULTS.get(base, _PROCESSOR_DEFAULTS["CLIPImageProcessor"]), **d}
 
         def hw(v, key, square_int: bool):
@@ -171,10 +184,44 @@ class ImagePreprocess:
                    rescale_factor=float(d.get("rescale_factor", 1 / 255)),
                    do_normalize=bool(d.get("do_normalize", True)), processor=kind)
 
+    @classmethod
+    def _from_idefics(cls, d: dict, kind: str, where: str) -> "ImagePreprocess":
+        """Idefics3ImageProcessor / SmolVLMImageProcessor settings, read with do_image_splitting off: one tile of
+        max_image_size x max_image_size per image (the toolkit's fixed resolution), whatever the file says."""
+        def edge(key, default):
+            v = d.get(key) or {"longest_edge": default}
+            if not isinstance(v, dict) or set(v) != {"longest_edge"}:
+                raise UserError(f"{where}: {key} {v!r} is not a size this toolkit applies",
+                                "supported: {longest_edge}")
+            return int(v["longest_edge"])
+
+        tile, longest = edge("max_image_size", 364), edge("size", 4 * 364)
+        resample = d.get("resample", 1)
+        if isinstance(resample, int):
+            if resample not in RESAMPLE:
+                raise UserError(f"{where}: unknown resample {resample}", f"known: {sorted(RESAMPLE)}")
+            resample = RESAMPLE[resample]
+        mean, std = d.get("image_mean", [0.5] * 3), d.get("image_std", [0.5] * 3)
+        mean = [mean] * 3 if isinstance(mean, (int, float)) else mean
+        std = [std] * 3 if isinstance(std, (int, float)) else std
+        return cls(mean=tuple(mean), std=tuple(std), size=(tile, tile),
+                   longest_edge=longest if d.get("do_resize", True) else None, resample=str(resample),
+                   do_rescale=bool(d.get("do_rescale", True)), rescale_factor=float(d.get("rescale_factor", 1 / 255)),
+                   do_normalize=bool(d.get("do_normalize", True)), processor=kind)
+
     def to_processor_config(self) -> dict:
         """The preprocessor_config.json a CLIPImageProcessor reads back to the same pixels (saved with our
-        checkpoints, so every checkpoint carries its preprocessing)."""
+        checkpoints, so every checkpoint carries its preprocessing); an Idefics3-style one as that processor's
+        settings with do_image_splitting off."""
         inv = {v: k for k, v in RESAMPLE.items()}
+        if str(self.processor or "").removesuffix("Fast") in IDEFICS_PROCESSORS:
+            return {"image_processor_type": self.processor, "do_resize": self.longest_edge is not None,
+                    "size": {"longest_edge": self.longest_edge or 4 * self.size[0]},
+                    "max_image_size": {"longest_edge": self.size[0]}, "do_image_splitting": False,
+                    "resample": inv[self.resample], "do_rescale": self.do_rescale,
+                    "rescale_factor": self.rescale_factor, "do_normalize": self.do_normalize,
+                    "image_mean": list(self.mean), "image_std": list(self.std), "do_pad": True,
+                    "do_convert_rgb": True}
         size = {"shortest_edge": self.shortest_edge} if self.shortest_edge is not None else \
             {"height": self.size[0], "width": self.size[1]} if self.size else None
         return {"image_processor_type": self.processor or "CLIPImageProcessor", "do_resize": self.do_resize,
@@ -194,6 +241,9 @@ class ImagePreprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         im = image.convert("RGB")
+        if self.do_resize and self.longest_edge:
+            h, w = _idefics_size(im.height, im.width, self.longest_edge)
+            im = im.resize((w, h), _PIL_FILTER[self.resample], reducing_gap=None)
         if self.do_resize:
             h, w = self.resized_size(*im.size)
             im = im.resize((w, h), _PIL_FILTER[self.resample], reducing_gap=None)
@@ -207,6 +257,25 @@ class ImagePreprocess:
         if self.do_normalize:
             x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _idefics_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """Idefics3's get_resize_output_image_size: the longer side to `longest`, the other by the aspect ratio (int,
+    then up to even), then both scaled under its 4096 maximum."""
+    aspect = width / height
+    if width >= height:
+        width, height = longest, int(longest / aspect)
+        height += height % 2
+    else:
+        height, width = longest, int(longest * aspect)
+        width += width % 2
+    height, width = max(height, 1), max(width, 1)
+    aspect = width / height
+    if width >= height and width > _IDEFICS_MAX_SIDE:
+        width, height = _IDEFICS_MAX_SIDE, int(_IDEFICS_MAX_SIDE / aspect)
+    elif height > width and height > _IDEFICS_MAX_SIDE:
+        height, width = _IDEFICS_MAX_SIDE, int(_IDEFICS_MAX_SIDE * aspect)
+    return max(height, 1), max(width, 1)
 
 
 def _center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:

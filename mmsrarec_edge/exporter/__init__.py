@@ -74,6 +74,10 @@ Graph I/O (all float tensors are float32 at the graph boundary, in every variant
              vision-start token); decoding continues each row at its largest position + 1;
     scorer   takes position_ids [3, batch, sequence] and prefix_position_ids [3, 1, prefix_sequence] after
              prefix_embeds; a suffix's positions start at the prefix's largest + 1.
+- InternVL3 and SmolVLM / Idefics3 (models/families.py, exporter/internvl.py, exporter/idefics3.py): the LLaVA graphs;
+    vision takes pixel_values at the tower's own size (one tile per image; no image splitting), with the patch
+             positions a constant: InternViT + pixel shuffle + MLP projector, or the SigLIP-style ViT + pixel
+             shuffle + connector; decoder and scorer are the LLaVA ones over the Qwen2 / Llama decoder.
 
 config.json
 -----------
@@ -81,7 +85,8 @@ config.json
     limits               the export profile's [limits] (max_candidates, max_prefix_tokens, max_suffix_tokens,
                          max_prompt_tokens, max_new_tokens, summarizer_batch, user_batch, images_batch)
     image_preprocess     {mean, std} for imaging.preprocess (size: <stage>.image_size)
-    summarizer / recommender   graphs [names], decoder/vision model types, family (llava | qwen2_vl | qwen2_5_vl),
+    summarizer / recommender   graphs [names], decoder/vision model types, family (llava | qwen2_vl | qwen2_5_vl |
+                         internvl | smolvlm | idefics3),
                          rope {type "mrope", image_token_id, vision_start_token_id, grid [t, h, w]} (multimodal
                          positions; absent: 1-D), hidden_size, num_layers, num_kv_heads,
                          head_dim, vocab_size, max_position_embeddings, image_size, num_image_tokens, image_token_id,

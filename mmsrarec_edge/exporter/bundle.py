@@ -331,7 +331,7 @@ def image_features_array(llava, pixels: np.ndarray, batch: int = 32) -> np.ndarr
     from ..models import families
     from .graphs import VisionGraph
 
-    mod, outs = (VisionGraph(llava).eval() if not families.is_qwen(llava)
+    mod, outs = (VisionGraph(llava).eval() if families.is_llava(llava)
                  else lambda px: families.image_features(llava, px)), []
     with torch.no_grad():
         for s in range(0, len(pixels), batch):

@@ -79,10 +79,12 @@ class DecoderGraph(nn.Module):
     """Merged decoder with flat KV tensors; `head` is "last" or "yes_no" (see module docstring)."""
 
     def __init__(self, llava, head: str = "last", yes_no_ids: tuple[int, int] | None = None):
+        from ..models.families import language_model
+
         super().__init__()
         if head not in ("last", "yes_no"):
             raise ValueError(f"unknown decoder head {head!r}")
-        self.lm = llava.model.language_model
+        self.lm = language_model(llava)
         self.num_layers = llava.config.text_config.num_hidden_layers
         self.head = head
         w = llava.lm_head.weight

@@ -29,6 +29,7 @@ from torch import nn
 from ..core import graph_kinds as core
 from ..core.errors import UserError
 from ..core.summary_prompts import PromptSpec
+from ..models.families import language_model
 from ..runtime.llm import Decoder, Embedder, ImageEncoder, SuffixScorer, UserEncoder
 from ..runtime.scorer import CandidateScorer
 from ..runtime.summarizer import greedy_steps
@@ -341,7 +342,7 @@ class DecoderScorerExport(core.DecoderScorerKind, ExportKind):
             ref = np.stack([torch.stack([rows @ P.oracle_hidden(llava, P.embed(llava, prefix + s[:j + 1]), prefix + s)
                                          for j in idx]).numpy() for s, idx in zip(suffixes, slots)])
             if out.prefix is not None:  # the first call's prefix KV, which the second chunk ran over
-                cache = llava.model.language_model(inputs_embeds=P.embed(llava, [prefix]), use_cache=True,
+                cache = language_model(llava)(inputs_embeds=P.embed(llava, [prefix]), use_cache=True,
                                                    position_ids=P.oracle_positions(llava, prefix))
                 ref_kv = [t.numpy() for layer in cache.past_key_values.layers for t in (layer.keys, layer.values)]
                 kv_acc.add("kv", np.concatenate([out.prefix.past[n].ravel() for n in past_names]),
@@ -396,4 +397,4 @@ class UserEncoderExport(core.UserEncoderKind, ExportKind):
 
 
 # Decoder families registered after the base classes (newest wins for the models they support).
-from . import qwen_vl  # noqa: E402,F401
+from . import idefics3, internvl, qwen_vl  # noqa: E402,F401

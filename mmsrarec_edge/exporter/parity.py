@@ -203,8 +203,10 @@ def oracle_positions(llava, ids, length: int | None = None) -> torch.Tensor | No
 def oracle_hidden(llava, embeds: torch.Tensor, ids=None) -> torch.Tensor:
     """Last hidden state at the final position of one unpadded sequence [T, H] -> [H]. `ids`: the token ids of the
     sequence (or of a longer one it starts): a multimodal-rope model's positions come from them."""
+    from ..models.families import language_model
+
     pos = oracle_positions(llava, ids, embeds.shape[0]) if ids is not None else None
-    out = llava.model.language_model(inputs_embeds=embeds[None], position_ids=pos, use_cache=False)
+    out = language_model(llava)(inputs_embeds=embeds[None], position_ids=pos, use_cache=False)
     return out.last_hidden_state[0, -1]
 
 

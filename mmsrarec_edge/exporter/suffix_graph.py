@@ -44,6 +44,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.families import language_model
+
 SUPPORTED_DECODERS = ("llama", "qwen2", "mistral")
 
 
@@ -60,7 +62,7 @@ def llama_layout(llava) -> str | None:
     tc = llava.config.text_config
     if getattr(tc, "use_sliding_window", False) or (tc.model_type == "mistral" and getattr(tc, "sliding_window", None)):
         return "sliding-window attention is not implemented in the suffix graph"
-    layer = llava.model.language_model.layers[0]
+    layer = language_model(llava).layers[0]
     attn = layer.self_attn
     if any(hasattr(attn, n) for n in ("q_norm", "k_norm")) or not all(
             hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
@@ -90,7 +92,7 @@ class SuffixScorerGraph(nn.Module):
         if why:
             raise ValueError(why)
         tc = llava.config.text_config
-        self.lm = llava.model.language_model
+        self.lm = language_model(llava)
         self.heads, self.kv_heads = tc.num_attention_heads, tc.num_key_value_heads
         self.head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         self.group = self.heads // self.kv_heads

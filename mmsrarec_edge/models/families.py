@@ -7,6 +7,11 @@
 |              |                                          | -2, Llama decoder)                   |                   |
 | `qwen2_vl`   | Qwen2VLForConditionalGeneration          | Qwen2-VL ViT, dynamic patch grid     | 3-D (M-RoPE)      |
 | `qwen2_5_vl` | Qwen2_5_VLForConditionalGeneration       | Qwen2.5-VL ViT, window attention     | 3-D (M-RoPE)      |
+| `internvl`   | InternVLForConditionalGeneration         | InternViT, pixel shuffle, MLP        | 1-D               |
+|              | (InternVL3)                              | projector; Qwen2 / Llama decoder     |                   |
+| `smolvlm`    | SmolVLMForConditionalGeneration          | SigLIP-style ViT, pixel shuffle,     | 1-D               |
+| `idefics3`   | Idefics3ForConditionalGeneration         | linear connector; Llama decoder;     |                   |
+|              |                                          | ONE fixed-size tile per image        |                   |
 
 Qwen2-VL-style towers take any resolution (a dynamic patch grid) and compute their attention blocks (`cu_seqlens`),
 Qwen2.5-VL's windows and both towers' rotary tables from the grid's values: they do not export with a dynamic grid.
@@ -15,6 +20,15 @@ checkpoint's `config.mmsrarec["image_size"]` (what it was built / trained at), o
 profile's `[vision] image_size` overrides it (`set_image_size`). With the grid fixed, every index the tower derives from
 it is a constant (exporter/qwen_vision.py). Pixels stay the toolkit's [N, 3, S, S] (core/imaging.preprocess: CLIP's
 mean/std, which are Qwen2-VL's too); `qwen_pixels` flattens them into the patch rows the Qwen image processor makes.
+
+InternVL3 and SmolVLM / Idefics3 take a fixed resolution anyway (the tower's `image_size`; exporter/internvl.py,
+exporter/idefics3.py). Their image processors tile large images (InternVL's `crop_to_patches`, Idefics3's
+`do_image_splitting`): here every image is ONE tile at the tower's size, as `crop_to_patches=False` /
+`do_image_splitting=False` make them (Idefics3: the aspect-keeping resize to `size["longest_edge"]`, then the square
+resize to `max_image_size`; core/imaging.py). Their image slots are the plain image token repeated
+`num_image_tokens` times (no `<img>` / `<fake_token_around_image>` wrappers: the toolkit's prompts, as for LLaVA).
+Their decoders are standard Llama / Qwen2 models (`language_model`), so the merged decoder and scorer graphs are
+the LLaVA ones.
 
 Anything else is refused with one line listing the supported families (`family_of`).
 """
@@ -28,8 +42,9 @@ import torch
 from ..core.errors import UserError
 from ..core.rope_index import MRope
 
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl", "smolvlm", "idefics3")
 QWEN = ("qwen2_vl", "qwen2_5_vl")
+IDEFICS = ("smolvlm", "idefics3")  # SmolVLM is Idefics3 with another tower class: one code path
 DEFAULT_QWEN_IMAGE_SIZE = 224
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
@@ -50,8 +65,29 @@ def family_of(model_or_config) -> str:
     return mt
 
 
+def _type(model) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
 def is_qwen(model) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in QWEN
+    return _type(model) in QWEN
+
+
+def is_internvl(model) -> bool:
+    return _type(model) == "internvl"
+
+
+def is_idefics(model) -> bool:
+    return _type(model) in IDEFICS
+
+
+def is_llava(model) -> bool:
+    return _type(model) == "llava"
+
+
+def language_model(model):
+    """The decoder stack (a transformers Llama / Qwen2 model): Idefics3 calls it `text_model`."""
+    return model.model.text_model if is_idefics(model) else model.model.language_model
 
 
 # ---------------------------------------------------------------- image geometry
@@ -63,6 +99,9 @@ def _unit(model) -> int:
 
 
 def image_size(model) -> int:
+    if is_internvl(model):
+        size = model.config.vision_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
     if not is_qwen(model):
         return int(model.config.vision_config.image_size)
     meta = getattr(model.config, "mmsrarec", None) or {}
@@ -88,7 +127,18 @@ def patch_grid(model) -> tuple[int, int, int]:
     return 1, side, side
 
 
+def _patch(model) -> int:
+    p = model.config.vision_config.patch_size
+    return int(p[0] if isinstance(p, (list, tuple)) else p)
+
+
 def num_image_tokens(model) -> int:
+    if is_internvl(model):  # patches (CLS dropped), pixel-shuffled by downsample_ratio per side
+        side = image_size(model) // _patch(model)
+        return int(side * model.config.downsample_ratio) ** 2
+    if is_idefics(model):  # patches, pixel-shuffled by scale_factor per side
+        side = image_size(model) // _patch(model)
+        return (side // int(model.config.scale_factor)) ** 2
     if not is_qwen(model):
         vc = model.config.vision_config
         return (vc.image_size // vc.patch_size) ** 2  # CLIP's CLS dropped by "default"; SigLIP has none
@@ -108,7 +158,7 @@ def rope(model) -> MRope | None:
 
 def image_token_id(model) -> int:
     c = model.config
-    return int(c.image_token_id if is_qwen(model) else c.image_token_index)
+    return int(c.image_token_index if is_llava(model) else c.image_token_id)
 
 
 def image_wrap(model) -> dict:
@@ -146,10 +196,13 @@ def qwen_pixels(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def image_inputs(model, pixels) -> dict:
-    """The keyword arguments a PyTorch forward / generate takes for images [N, 3, S, S] (None: no images)."""
+    """The keyword arguments a PyTorch forward / generate takes for images [N, 3, S, S] (None: no images); Idefics3:
+    the N images of ONE prompt row ([1, N, 3, S, S])."""
     if pixels is None:
         return {}
     pixels = torch.as_tensor(pixels, dtype=torch.float32)
+    if is_idefics(model):
+        return {"pixel_values": pixels[None]}
     if not is_qwen(model):
         return {"pixel_values": pixels}
     rows, grid = qwen_pixels(model, pixels)
@@ -157,8 +210,14 @@ def image_inputs(model, pixels) -> dict:
 
 
 def image_features(model, pixels) -> torch.Tensor:
-    """Qwen: the tower + merger through transformers' own `get_image_features` -> [N, n_image_tokens, H]: the
-    reference the exported vision graph is gated against and the catalog's cached features."""
+    """Qwen, InternVL, Idefics3: the tower + projector through transformers' own `get_image_features` ->
+    [N, n_image_tokens, H]: the reference the exported vision graph is gated against and the catalog's cached
+    features."""
+    pixels = torch.as_tensor(pixels, dtype=torch.float32)
+    if is_internvl(model):
+        return model.model.get_image_features(pixels)
+    if is_idefics(model):  # one "row" of N images; an all-zero image would be taken for padding and dropped
+        return model.model.get_image_features(pixels[None])
     rows, grid = qwen_pixels(model, torch.as_tensor(pixels, dtype=torch.float32))
     return torch.stack(list(model.model.get_image_features(rows, grid)))
 
@@ -255,4 +314,88 @@ def model_class(model_type: str):
 
     return getattr(transformers, {"llava": "LlavaForConditionalGeneration",
                                   "qwen2_vl": "Qwen2VLForConditionalGeneration",
-                                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[model_type])
+                                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                  "internvl": "InternVLForConditionalGeneration",
+                                  "smolvlm": "SmolVLMForConditionalGeneration",
+                                  "idefics3": "Idefics3ForConditionalGeneration"}[model_type])
+
+
+def default_preprocess(model):
+    """The image preprocessing a checkpoint of this family gets when it has no preprocessor_config.json (and what
+    our own checkpoints of it carry): its image processor's defaults at the tower's size, one tile. LLaVA / Qwen: the
+    embedded default's (bicubic square resize, CLIP mean/std)."""
+    from ..core.imaging import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+
+    s = image_size(model)
+    if is_internvl(model):  # GotOcr2ImageProcessor as InternVL3 ships it, crop_to_patches off
+        return ImagePreprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=(s, s), resample="bicubic",
+                               processor="GotOcr2ImageProcessor")
+    if is_idefics(model):  # Idefics3ImageProcessor's defaults (longest edge 4 x the tile), do_image_splitting off
+        return ImagePreprocess(mean=(0.5,) * 3, std=(0.5,) * 3, size=(s, s), longest_edge=4 * s, resample="lanczos",
+                               processor="Idefics3ImageProcessor")
+    return ImagePreprocess.square(s)
+
+
+# ---------------------------------------------------------------- InternVL3 and SmolVLM / Idefics3 (tiny models)
+
+
+@dataclass
+class ShuffleVLConfig:
+    """A tiny InternVL3 or SmolVLM / Idefics3 (both: ViT -> pixel shuffle -> projector -> Llama/Qwen2 decoder)."""
+
+    family: str = "internvl"  # internvl | smolvlm | idefics3
+    decoder: str = "qwen2"  # qwen2 | llama
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+    image_size: int = 64
+    patch_size: int = 8
+    shuffle: int = 2  # InternVL: 1 / downsample_ratio; Idefics3: scale_factor
+    vision_hidden_size: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    seed: int = 0
+
+
+SHUFFLE_FAMILIES = ("internvl", *IDEFICS)
+
+
+def build_shuffle_vl(cfg: ShuffleVLConfig, tokenizer):
+    """A random InternVL3 / SmolVLM / Idefics3 from transformers' config classes (tests, and a starting point like
+    build_mllm); the image token is the tokenizer's `<image>`."""
+    import transformers
+
+    from ..core.prompt import IMAGE_TOKEN
+
+    if cfg.family not in SHUFFLE_FAMILIES:
+        raise UserError(f"unknown family {cfg.family!r}", f"choose one of: {', '.join(SHUFFLE_FAMILIES)}")
+    torch.manual_seed(cfg.seed)
+    text = dict(model_type=cfg.decoder, vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_key_value_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=cfg.vision_hidden_size, intermediate_size=2 * cfg.vision_hidden_size,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if cfg.family == "internvl":
+        side = cfg.image_size // cfg.patch_size
+        config = transformers.InternVLConfig(
+            vision_config={**vision, "image_size": [cfg.image_size] * 2, "patch_size": [cfg.patch_size] * 2},
+            text_config=text, image_token_id=image_id, downsample_ratio=1 / cfg.shuffle,
+            image_seq_length=(side // cfg.shuffle) ** 2)
+    else:
+        cls = transformers.SmolVLMConfig if cfg.family == "smolvlm" else transformers.Idefics3Config
+        config = cls(vision_config={**vision, "image_size": cfg.image_size, "patch_size": cfg.patch_size},
+                     text_config=text, image_token_id=image_id, scale_factor=cfg.shuffle,
+                     pad_token_id=tokenizer.pad_token_id)
+    config.tie_word_embeddings = True
+    config.mmsrarec = asdict(cfg)
+    model = model_class(cfg.family)(config)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return model.eval()

@@ -33,7 +33,13 @@ SUPPORTED_VISION = {"clip_vision_model", "siglip_vision_model"}
 SUPPORTED_FAMILIES = {"llava": lambda: f"llava (LlavaForConditionalGeneration: {' or '.join(sorted(SUPPORTED_VISION))} "
                                        f"tower, {' or '.join(sorted(SUPPORTED_TEXT))} decoder; LLaVA-1.5 shapes)",
                       "qwen2_vl": lambda: "qwen2_vl (Qwen2VLForConditionalGeneration)",
-                      "qwen2_5_vl": lambda: "qwen2_5_vl (Qwen2_5_VLForConditionalGeneration)"}
+                      "qwen2_5_vl": lambda: "qwen2_5_vl (Qwen2_5_VLForConditionalGeneration)",
+                      "internvl": lambda: f"internvl (InternVLForConditionalGeneration, InternVL3: "
+                                          f"{' or '.join(sorted(SUPPORTED_TEXT))} decoder)",
+                      "smolvlm": lambda: f"smolvlm (SmolVLMForConditionalGeneration: "
+                                         f"{' or '.join(sorted(SUPPORTED_TEXT))} decoder)",
+                      "idefics3": lambda: f"idefics3 (Idefics3ForConditionalGeneration: "
+                                          f"{' or '.join(sorted(SUPPORTED_TEXT))} decoder)"}
 
 
 def supported_architectures() -> str:
@@ -142,10 +148,13 @@ def image_size(model) -> int:
 
 
 def image_preprocess(model) -> ImagePreprocess:
-    """The model's image preprocessing: its checkpoint's preprocessor_config.json (load_mllm attaches it), else the
-    embedded default's (bicubic square resize to the tower's size, CLIP mean/std)."""
+    """The model's image preprocessing: its checkpoint's preprocessor_config.json (load_mllm attaches it), else its
+    family's default (families.default_preprocess; LLaVA: the embedded default's bicubic square resize to the
+    tower's size, CLIP mean/std)."""
+    from .families import default_preprocess
+
     pre = getattr(model, "mmsrarec_image_preprocess", None)
-    return pre if pre is not None else ImagePreprocess.square(image_size(model))
+    return pre if pre is not None else default_preprocess(model)
 
 
 def attach_image_preprocess(model, pre: ImagePreprocess | None, where: str = "the checkpoint") -> None:
@@ -160,9 +169,18 @@ def attach_image_preprocess(model, pre: ImagePreprocess | None, where: str = "th
 
 
 def check_supported(config) -> None:
-    from .families import family_of
+    from .families import SHUFFLE_FAMILIES, family_of
 
-    if family_of(config) != "llava":  # one line listing the supported families for anything unknown
+    family = family_of(config)  # one line listing the supported families for anything unknown
+    if family in SHUFFLE_FAMILIES:
+        if config.text_config.model_type not in SUPPORTED_TEXT:
+            raise UserError(f"unsupported {family} decoder {config.text_config.model_type!r}",
+                            supported_architectures())
+        if family == "internvl" and config.vision_feature_layer != -1:
+            raise UserError(f"internvl vision_feature_layer {config.vision_feature_layer} is not supported",
+                            "InternVL3 checkpoints use -1 (the tower's last layer)")
+        return
+    if family != "llava":
         return
     if config.text_config.model_type not in SUPPORTED_TEXT:
         raise UserError(f"unsupported decoder {config.text_config.model_type!r}", supported_architectures())
@@ -181,7 +199,8 @@ def save_mllm(model, tokenizer, out_dir: Path) -> None:
 
 
 def load_mllm(path: Path):
-    """Load a local LLaVA-family checkpoint and its tokenizer (no network). Returns (model, tokenizer)."""
+    """Load a local checkpoint of a supported family (models/families.py) and its tokenizer (no network). Returns
+    (model, tokenizer)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path} is not a model directory (no config.json)", "pass a local checkpoint directory")
@@ -189,7 +208,7 @@ def load_mllm(path: Path):
         cfg = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
-    from .families import family_of, model_class
+    from .families import QWEN, SHUFFLE_FAMILIES, family_of, model_class
 
     if not isinstance(cfg, dict):
         raise UserError(f"{path / 'config.json'} is not a JSON object")
@@ -200,10 +219,14 @@ def load_mllm(path: Path):
     cls = model_class(family)
     if family == "llava":
         check_supported(LlavaConfig.from_pretrained(path, local_files_only=True))
+    elif family in SHUFFLE_FAMILIES:
+        from transformers import AutoConfig
+
+        check_supported(AutoConfig.from_pretrained(path, local_files_only=True))
     if not any(path.glob("*.safetensors")):
         raise UserError(f"{path} has no .safetensors weights", "only safetensors checkpoints are loaded (no pickle)")
     model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
-    if family == "llava":  # the Qwen families' processors resize to a patch grid: models/families.py
+    if family not in QWEN:  # the Qwen families' processors resize to a patch grid: models/families.py
         attach_image_preprocess(model, read_processor_config(path), str(path))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     tokenizer.model_input_names = ["input_ids", "attention_mask"]

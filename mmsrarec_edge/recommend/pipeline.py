@@ -200,9 +200,9 @@ def init_model(cfg: RecommenderConfig):
         model, tok = load_mllm(init_dir)
         from ..models import families
 
-        if families.is_qwen(model) and cfg.prompt.candidate_image:
-            # text-only prompts train exactly (their 3-D positions are three equal 1-D ones); candidate images
-            # would need the Qwen pixel rows and multimodal positions in the packed training rows
+        if not families.is_llava(model) and cfg.prompt.candidate_image:
+            # text-only prompts train exactly (Qwen: their 3-D positions are three equal 1-D ones); candidate images
+            # would need each family's pixel layout (Qwen: patch rows and multimodal positions) in the packed rows
             raise UserError(f"train recommender: candidate images are not supported for {families.family_of(model)} "
                             "checkpoints yet", "train without candidate images")
     else:

@@ -336,7 +336,7 @@ def init_summarizer(base: Path | None, cfg: SummarizerConfig):
         model, tok = load_mllm(base)
         from ..models import families
 
-        if families.is_qwen(model):  # its pixels, image features and 3-D positions are not wired into SFT/GRPO
+        if not families.is_llava(model):  # other pixel layouts (Qwen: also 3-D positions) are not in SFT/GRPO
             raise UserError(f"train summarizer does not train {families.family_of(model)} checkpoints yet",
                             "export it as it is (export --summarizer DIR), or train a LLaVA-family summarizer")
     else:
