@@ -1,6 +1,6 @@
 """What the compact prompt saves: suffix tokens and FLOPs per recommendation, compact vs verbose (issue 15 item 6).
 
-For each dataset trained by benchmarks/prompt_style_report.sh (work/recommender/<dataset>/rec_full), every test case's
+For each dataset trained by benchmarks/prompt_style_report.sh (work/recommender/<dataset>/rec_compact), every test case's
 prompt is built both ways by the recommender's own prompt builder (same tokenizer, keywords, SASRec ranks and
 collaborative context; only `prompt.style` differs), and the FLOPs of one recommendation (1 prefix + 21 suffixes,
 bench/latency.recommendation_flops: the decoder's weights and attention; the LM head is read at two rows only) are
@@ -124,7 +124,7 @@ def main() -> None:
     dims = ladder_dims()
     report = {"ladder": dims, "datasets": {}}
     for ds in DATASETS:
-        rec_dir = a.work / ds / "rec_full"
+        rec_dir = a.work / ds / "rec_compact"
         if not (rec_dir / "recommender.json").exists():
             print(f"skipping {ds}: no recommender at {rec_dir}", file=sys.stderr)
             continue

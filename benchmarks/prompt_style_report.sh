@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The edge-cost prompt (issue 15 item 6): the default recommender trained with the compact prompt (the question stated
 # once in the shared prefix; per candidate only its title, keywords, rank hint and " ?") against the same recommender
-# trained with the verbose prompt (" . sequential rank : R . will the user choose it ? answer :" per candidate), on the
-# same keyword store, SASRec and protocol, evaluated on the test split with popularity and SASRec beside.
+# trained with the verbose prompt (the default: " . sequential rank : R . will the user choose it ? answer :" per
+# candidate), on the same keyword store, SASRec and protocol, each with seeds $SEEDS, evaluated on the test split with
+# popularity and SASRec beside.
 # Writes benchmarks/results/recommender/prompt_style/<dataset>/report.{json,md,png}, then
 # benchmarks/results/recommender/prompt_style/prompt_cost.{json,md} (suffix tokens and FLOPs saved per
 # recommendation at the ladder's sizes, benchmarks/prompt_cost.py).
@@ -19,8 +20,7 @@ SEEDS=${SEEDS:-0 1}  # training seeds per prompt style: the default recommender'
 OUT=benchmarks/results/recommender/prompt_style
 export MMSRAREC_QUIET=${MMSRAREC_QUIET:-1}
 mkdir -p "$WORK" "$OUT"
-VERBOSE_TOML="$WORK/verbose-prompt.toml"
-printf '[recommender.prompt]\nstyle = "verbose"\n' > "$VERBOSE_TOML"
+for style in compact verbose; do printf '[recommender.prompt]\nstyle = "%s"\n' "$style" > "$WORK/$style-prompt.toml"; done
 
 run() {  # name dataset_dir summarizer_args
   local name=$1 ds=$2 w="$WORK/$1"
@@ -33,12 +33,11 @@ run() {  # name dataset_dir summarizer_args
   local rows=() seed sfx
   for seed in $SEEDS; do
     sfx=$([ "$seed" = 0 ] && echo "" || echo "_seed$seed")
-    [ -f "$w/rec_full$sfx/recommender.json" ] || \
-      $CLI train recommender "${common[@]}" --seed "$seed" --out "$w/rec_full$sfx"
-    [ -f "$w/rec_full_verbose$sfx/recommender.json" ] || \
-      $CLI train recommender "${common[@]}" --seed "$seed" --config "$VERBOSE_TOML" --out "$w/rec_full_verbose$sfx"
-    rows+=(--recommender "compact prompt, seed $seed=$w/rec_full$sfx"
-           --recommender "verbose prompt, seed $seed=$w/rec_full_verbose$sfx")
+    for style in compact verbose; do
+      [ -f "$w/rec_$style$sfx/recommender.json" ] || $CLI train recommender "${common[@]}" --seed "$seed" \
+          --config "$WORK/$style-prompt.toml" --out "$w/rec_$style$sfx"
+      rows+=(--recommender "$style prompt, seed $seed=$w/rec_$style$sfx")
+    done
   done
   $CLI evaluate "$w/protocol" --sasrec "$w/sasrec" "${rows[@]}" \
       --out "$OUT/$name" --title "MMSRARec-edge on $name (test split): compact vs verbose prompt"

@@ -27,7 +27,7 @@ def test_prefix_holds_everything_but_the_candidate():
     b = _build_prompt(HIST, COLLAB, "Quill clock", ["large", "blue"], cfg=cfg)
     assert a[0] == b[0]  # the shared prefix does not depend on the candidate
     assert "Fable" not in a[0] and "Fable lamp : small, red" in a[1]
-    assert a[1].endswith(" ?") and a[0].endswith("candidate :")
+    assert a[1].endswith("answer :") and a[0].endswith("candidate :")
     # last 5 history items, 2 keywords each, ";" inside a keyword cannot split a group
     assert "user history : blue, clock ; green, vase, wood ; a, b ; c ; d, e ." in a[0]
     assert "lamp" not in a[0]  # the oldest history item fell out of the last-5 window
@@ -43,9 +43,9 @@ def test_empty_context_and_keywords_say_none():
 def test_image_slots_and_rank_hint():
     cfg = P.PromptConfig(rank_hint=True)
     suf = P.suffix_text("T", ["k"], n_image_tokens=3, rank=4, cfg=cfg)
-    assert suf.count(P.IMAGE_TOKEN) == 3 and suf.endswith(" <image> . rank 5 ?")
-    verbose = P.suffix_text("T", ["k"], n_image_tokens=3, rank=4, cfg=P.PromptConfig(rank_hint=True, style="verbose"))
-    assert "sequential rank : 5 ." in verbose
+    assert suf.count(P.IMAGE_TOKEN) == 3 and "sequential rank : 5 ." in suf
+    compact = P.suffix_text("T", ["k"], n_image_tokens=3, rank=4, cfg=P.PromptConfig(rank_hint=True, style="compact"))
+    assert compact.endswith(" <image> . rank 5 ?")
     with pytest.raises(ValueError):
         P.suffix_text("T", ["k"], cfg=cfg)  # a rank-hint prompt without the rank
     assert [P.rank_bucket(r) for r in (0, 1, 8, 9, 10, 19, 48, 99, 136, 999, 1348)] == [
@@ -115,10 +115,10 @@ def test_prompt_modules_import_without_torch():
 
 
 def test_compact_style_states_the_question_once():
-    """The default ("compact") suffix holds only the candidate's own words and a one-word answer marker; the verbose
-    one (what configs stored before `style` existed were trained with) repeats the question per candidate."""
-    compact, verbose = P.PromptConfig(rank_hint=True), P.PromptConfig(rank_hint=True, style="verbose")
-    assert compact.style == "compact"
+    """The compact suffix holds only the candidate's own words and a one-word answer marker; the verbose one (the
+    default, and what configs stored before `style` existed were trained with) repeats the question per candidate."""
+    compact, verbose = P.PromptConfig(rank_hint=True, style="compact"), P.PromptConfig(rank_hint=True)
+    assert verbose.style == "verbose"
     c = P.suffix_text("red lamp", ["red", "lamp"], rank=39, cfg=compact)
     v = P.suffix_text("red lamp", ["red", "lamp"], rank=39, cfg=verbose)
     assert c == " red lamp : red, lamp . rank 40 ?"

@@ -5,14 +5,16 @@ KV cache once per request and scores each candidate suffix against it:
 
     prefix: [bos] "predict if the user will choose the candidate next . user history : " kw, kw ; kw, kw ; ...
             " . similar users then chose : " kw, kw ; ... " . candidate :"
-    suffix (style "compact", the default): " " title " : " kw, kw [" <image>" x N] [" . rank 40"] " ?"
-    suffix (style "verbose", before 2026-11): ... [" . sequential rank : 40"] " . will the user choose it ? answer :"
+    suffix (style "verbose", the default): ... [" . sequential rank : 40"] " . will the user choose it ? answer :"
+    suffix (style "compact"): " " title " : " kw, kw [" <image>" x N] [" . rank 40"] " ?"
 
-The question is stated once, in the shared prefix ("predict if the user will choose the candidate next"): a
-candidate's suffix holds only what is its own (title, keywords, image slots, rank hint) and a one-token answer marker.
-The suffixes are most of a request's compute at real sizes (21 of them against one prefix), and the verbose form spent
-10 of its ~35 tokens per candidate repeating fixed words (benchmarks/results/recommender/prompt_cost.md: tokens and
-FLOPs saved per recommendation at each ladder size). A stored config without `style` was trained verbose and reads so.
+The compact style states the question once, in the shared prefix ("predict if the user will choose the candidate
+next"): a candidate's suffix holds only what is its own (title, keywords, image slots, rank hint) and a one-token
+answer marker. The suffixes are most of a request's compute at real sizes (21 of them against one prefix): compact
+saves 210 of ~600 suffix tokens and 29-31% of the FLOPs per recommendation at every ladder size, and ranks as well
+as verbose when training converges (benchmarks/results/recommender/prompt_style/). It is not the default yet: at the
+default seed the tiny default model under-converged with it on synthetic (the report's model and the demo's, NDCG@5
+47 vs 55), see benchmarks/results/recommender/NOTES.md. A stored config without `style` was trained verbose.
 
 The answer ("yes" / "no") is the next token; score = p(yes) / (p(yes) + p(no)) there. Prefix and suffix are ALWAYS
 tokenized separately (ids = prefix_ids + suffix_ids), in training too, so what the runtime feeds is exactly what the
@@ -51,8 +53,10 @@ class PromptConfig:
     # on validation (benchmarks/results/recommender/NOTES.md).
     rank_hint: bool = True
     rank_digits: int = 2  # significant digits of the rank hint
-    # "compact": per-candidate tokens are the candidate's own plus " ?"; "verbose": the question repeated per candidate
-    style: str = "compact"
+    # "verbose": the question repeated per candidate; "compact": per-candidate tokens are the candidate's own plus " ?"
+    # (29-31% fewer FLOPs per recommendation; not the default until the tiny model's training converges with it on
+    # every seed, see the module docstring)
+    style: str = "verbose"
     # A recommender trained elsewhere: its own prefix/suffix templates (core/prompt_template.py), None = the text above
     template: dict | None = None
 
