@@ -1,7 +1,7 @@
 """What the compact prompt saves: suffix tokens and FLOPs per recommendation, compact vs verbose (issue 15 item 6).
 
-For each dataset trained by benchmarks/prompt_style_report.sh (work/recommender/<dataset>/rec_compact), every test case's
-prompt is built both ways by the recommender's own prompt builder (same tokenizer, keywords, SASRec ranks and
+For each dataset trained by benchmarks/prompt_style_report.sh (work/recommender/<dataset>/rec_compact), every test
+case's prompt is built both ways by the recommender's own prompt builder (same tokenizer, keywords, SASRec ranks and
 collaborative context; only `prompt.style` differs), and the FLOPs of one recommendation (1 prefix + 21 suffixes,
 bench/latency.recommendation_flops: the decoder's weights and attention; the LM head is read at two rows only) are
 counted at each size of the model ladder (mmsrarec_edge/bench/ladder.py), with that ladder rung's dimensions.
