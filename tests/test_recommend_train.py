@@ -242,3 +242,15 @@ def test_exported_variants_rank_like_pytorch_on_the_protocol(trained, parts, tmp
     assert rows["int8"]["max_abs_score_diff"] > 0  # quantization really happened
     assert 0.0 <= rows["int8"]["top5_overlap"] <= 1.0
     assert "| both | int8 |" in markdown(rep)
+    # a scorer-only bundle (merged_decoder = "fallback") is scored through its scorer graph; a refused export is a row
+    scorer_only = parse_profile({"name": "scorer", "precision": "fp32", "merged_decoder": "fallback",
+                                 "graphs": ["recommender.embed", "recommender.decoder", "recommender.scorer",
+                                            "sasrec.user_encoder"], "parity": {"cases": 1}})
+    export_bundle(load_inputs(None, out, None, root / "kw.parquet", root / "data"), scorer_only, tmp_path / "s")
+    rep2 = variant_report({"scorer": tmp_path / "s", "gone": "parity gate failed: score 0.3 > 0.2"}, out,
+                          root / "protocol", split="val", max_cases=12)
+    (row,) = rep2["rows"]
+    assert "recommender.decoder" not in row["graph_variants"] and row["graph_variants"]["recommender.scorer"] == "fp32"
+    assert row["max_abs_score_diff"] < 1e-4
+    assert rep2["refused"] == [{"bundle": "gone", "reason": "parity gate failed: score 0.3 > 0.2"}]
+    assert "| gone | refused at export |" in markdown(rep2)

@@ -82,11 +82,18 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
     out = {"split": split, "cases": len(cases), "users": int(len(np.unique(users))),
            "reference": {"name": "PyTorch (fp32)", "metrics": _metrics(ref, users), "seconds": round(torch_s, 1)},
            "rows": []}
+    out["refused"] = []
     for label, bundle in bundles.items():
+        if isinstance(bundle, str):  # the export was refused (a parity gate): the reason, reported as a row
+            out["refused"].append({"bundle": label, "reason": bundle})
+            continue
         manifest = load_manifest(bundle)
-        graphs = [g for g in ("recommender.embed", "recommender.decoder") if manifest.has_graph(g)]
+        # the graph that scores: the merged decoder, or the scorer graph of a scorer-only bundle (merged_decoder =
+        # "fallback" profiles)
+        main = "recommender.decoder" if manifest.has_graph("recommender.decoder") else "recommender.scorer"
+        graphs = [g for g in ("recommender.embed", main) if manifest.has_graph(g)]
         # a precision every recommender graph ships; else the bundle's own mix (cpu-int8: int8 embed, fp32 decoder)
-        shipped = [p for p in manifest.graph_variants("recommender.decoder")
+        shipped = [p for p in manifest.graph_variants(main)
                    if all(p in manifest.graph_variants(g) for g in graphs)] or [None]
         for precision in shipped:
             rec = Recommender(bundle, precision=precision, threads=threads)
@@ -127,6 +134,13 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
             f"{d['HR@5']:+.4f} | {m['NDCG@5']['mean']:.4f} | {m['AUC']['mean']:.4f} | {d['AUC']:+.4f} | "
             f"{r['identical_ranking']:.3f} | {r['same_order_beyond_1e-5']:.3f} | {r['top5_overlap']:.3f} | "
             f"{r['max_abs_score_diff']:.2e} |")
+    for r in rep.get("refused", []):
+        lines.append(f"| {r['bundle']} | refused at export | | | | | | | | | | | {r['reason']} |")
+    gated = [r for r in rep["rows"] if r.get("gate")]
+    if gated:
+        lines += ["", "Refused by their profile's parity gate (the export stops there; these rows come from a bundle "
+                  "exported with the gate opened, to show what the variant costs in ranking): " + "; ".join(
+                      f"{r['bundle'].split(' (')[0]}: {r['gate']}" for r in gated) + "."]
     lines += ["", "Per-graph variants: " + "; ".join(
         f"{r['bundle']}/{r['precision']}: " + ", ".join(f"{g}={v}" for g, v in r["graph_variants"].items())
         for r in rep["rows"]), ""]
