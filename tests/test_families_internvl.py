@@ -73,7 +73,7 @@ def test_unsupported_decoder_and_feature_layer_are_one_line(tmp_path):
 
 @pytest.mark.slow  # about 25 s: a synthetic set with images, SASRec, one training step, the whole cpu-fp32 export
 def test_cli_train_export_recommend_with_an_internvl_checkpoint(tmp_path):
-    S.cli_train_export_recommend(FAMILY, "qwen2", tmp_path)
+    S.cli_train_export_recommend(S.build(FAMILY, decoder="qwen2"), tmp_path)
 
 
 @pytest.mark.slow  # about 40 s: the README's bring-your-own-model example (import-model with a LoRA adapter)

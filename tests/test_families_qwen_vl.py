@@ -309,47 +309,11 @@ def test_llava_1_5_shapes_export_through_the_llava_path(tmp_path):
 def test_cli_train_export_recommend_with_a_qwen2_5_vl_checkpoint(tmp_path):
     """`train recommender --init CKPT` (a Qwen2.5-VL checkpoint written with save_pretrained; text-only prompts,
     which train exactly) for one step -> `export --profile cpu-fp32` (the same checkpoint as summarizer; every gate,
-    real images through the fixed-grid tower) -> `recommend`."""
-    from typer.testing import CliRunner
+    real images through the fixed-grid tower) -> `recommend` (tests/shuffle_vl_support.py, shared by the families)."""
+    import shuffle_vl_support as S
 
-    from mmsrarec_edge.cli import app
-    from mmsrarec_edge.core.keyword_store import ItemKeywords, write_keyword_store
-    from mmsrarec_edge.data.protocol import ProtocolConfig, build_protocol, save_protocol
-    from mmsrarec_edge.data.synth import SynthConfig, generate
-    from mmsrarec_edge.models.mllm import save_mllm
-    from mmsrarec_edge.models.sasrec import SASRecConfig
-    from mmsrarec_edge.models.sasrec_train import SASRecTrainConfig, train_sasrec
-
-    root = tmp_path
-    ds = generate(SynthConfig(seed=5, n_items=40, n_users=60, min_len=8, max_len=16), root / "data")
-    proto = build_protocol(ds, ProtocolConfig(seed=1, n_negatives=10, max_cases_per_user=3))
-    save_protocol(proto, root / "protocol")
-    sas, _ = train_sasrec(proto, SASRecConfig(hidden=16, layers=1, heads=2, max_len=16),
-                          SASRecTrainConfig(epochs=1, patience=3))
-    sas.save(root / "sasrec")
-    write_keyword_store(root / "kw.parquet", [
-        ItemKeywords(i, [it.attributes["colour"], it.attributes["category"]],
-                     [it.attributes["material"], it.attributes["style"]], True) for i, it in ds.items.items()])
-    save_mllm(*_model("qwen2_5_vl"), root / "ckpt")
-    runner = CliRunner()
-    res = runner.invoke(app, ["train", "recommender", "--dataset", str(root / "data"), "--protocol",
-                              str(root / "protocol"), "--sasrec", str(root / "sasrec"), "--keywords",
-                              str(root / "kw.parquet"), "--out", str(root / "rec"), "--init", str(root / "ckpt"),
-                              "--no-aux", "--epochs", "1", "--max-steps", "1", "--val-cases", "3",
-                              "--windows-per-user", "1"])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["export", "--summarizer", str(root / "ckpt"), "--recommender", str(root / "rec"),
-                              "--keywords", str(root / "kw.parquet"), "--dataset", str(root / "data"),
-                              "--out", str(root / "bundle"), "--profile", "cpu-fp32"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
-    assert "recommender.scorer" in manifest["graphs"] and "summarizer.vision" in manifest["graphs"]
-    assert all(v["parity"]["passed"] for e in manifest["graphs"].values() for v in e["variants"].values())
-    history = ",".join(map(str, sorted(ds.items)[:4]))
-    res = runner.invoke(app, ["recommend", str(root / "bundle"), "--history", history, "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["items"] and out["variants"]["recommender.scorer"] == "fp32"
+    out = S.cli_train_export_recommend(_model("qwen2_5_vl"), tmp_path, real_image_gate=False)
+    assert out["variants"]["recommender.scorer"] == "fp32"
 
 
 def test_trainers_refuse_what_they_cannot_train_yet(tmp_path):

@@ -110,7 +110,7 @@ def test_trainers_refuse_what_they_cannot_train_yet(tmp_path):
 
 @pytest.mark.slow  # about 25 s: a synthetic set with images, SASRec, one training step, the whole cpu-fp32 export
 def test_cli_train_export_recommend_with_a_smolvlm_checkpoint(tmp_path):
-    S.cli_train_export_recommend(FAMILY, "llama", tmp_path)
+    S.cli_train_export_recommend(S.build(FAMILY, decoder="llama"), tmp_path)
 
 
 @pytest.mark.slow  # about 40 s: the README's bring-your-own-model example (import-model with a LoRA adapter)
