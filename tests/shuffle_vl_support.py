@@ -127,6 +127,20 @@ def check_summarize(m, tok, out) -> None:
     """summarize-item with an image (the runtime's preprocessing, vision graph, greedy loop) gives PyTorch's greedy
     keywords (the model's own preprocessing, transformers' forward over the whole sequence each step)."""
     from mmsrarec_edge.core.bundle import load_manifest
+    from mmsrarec_edge.models.mllm import image_preprocess
+    from mmsrarec_edge.runtime.sessions import SessionConfig
+    from mmsrarec_edge.runtime.summarizer import load_item_summarizer
+
+    summarizer = load_item_summarizer(load_manifest(out), SessionConfig("cpu", threads=1))
+    img = image(np.random.default_rng(5), 100, 64)
+    assert summarizer.rope is None and summarizer.spec.num_image_tokens == F.num_image_tokens(m)
+    assert_greedy_like_pytorch(m, tok, summarizer, img, image_preprocess(m)(img)[None])
+
+
+def assert_greedy_like_pytorch(m, tok, summarizer, img, pixels) -> None:
+    """The runtime summarizer's image and text outputs and keywords equal PyTorch's greedy decoding (the whole
+    sequence each step, transformers' own positions) of the same prompts; `pixels`: the model's preprocessing of
+    `img`. Shared by every family's summarize-item test."""
     from mmsrarec_edge.core.keywords import parse_keywords
     from mmsrarec_edge.core.summary_prompts import (
         completion_until_eos,
@@ -134,18 +148,12 @@ def check_summarize(m, tok, out) -> None:
         suppressed_token_ids,
         text_prompt_ids,
     )
-    from mmsrarec_edge.models.mllm import image_preprocess
-    from mmsrarec_edge.runtime.sessions import SessionConfig
-    from mmsrarec_edge.runtime.summarizer import load_item_summarizer
 
-    summarizer = load_item_summarizer(load_manifest(out), SessionConfig("cpu", threads=1))
-    spec, img = summarizer.spec, image(np.random.default_rng(5), 100, 64)
-    assert summarizer.rope is None and spec.num_image_tokens == F.num_image_tokens(m)
-    text = "a red cotton shirt with long sleeves"
+    spec, text = summarizer.spec, "a red cotton shirt with long sleeves"
     got = summarizer.summarize(image=img, text=text)
     encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
     suppressed = suppressed_token_ids(spec)
-    for task, ids, px in (("image", image_prompt_ids(encode, spec), image_preprocess(m)(img)[None]),
+    for task, ids, px in (("image", image_prompt_ids(encode, spec), pixels),
                           ("text", text_prompt_ids(encode, spec, text), None)):
         ids, new = list(ids), []
         with torch.no_grad():

@@ -192,15 +192,10 @@ def test_runtime_ranking_equals_pytorch(bundle):
 
 
 def test_summarize_item_with_an_image_matches_pytorch_greedy(bundle):
+    import shuffle_vl_support as S
+
     from mmsrarec_edge.core.bundle import load_manifest
     from mmsrarec_edge.core.imaging import preprocess
-    from mmsrarec_edge.core.keywords import parse_keywords
-    from mmsrarec_edge.core.summary_prompts import (
-        completion_until_eos,
-        image_prompt_ids,
-        suppressed_token_ids,
-        text_prompt_ids,
-    )
     from mmsrarec_edge.runtime.sessions import SessionConfig
     from mmsrarec_edge.runtime.summarizer import load_item_summarizer
 
@@ -208,26 +203,7 @@ def test_summarize_item_with_an_image_matches_pytorch_greedy(bundle):
     summarizer = load_item_summarizer(load_manifest(out), SessionConfig("cpu", threads=1))
     spec, img = summarizer.spec, _image(np.random.default_rng(5))
     assert summarizer.rope == F.rope(m) and spec.image_start_id == m.config.vision_start_token_id
-    text = "a red cotton shirt with long sleeves"
-    got = summarizer.summarize(image=img, text=text)
-    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    suppressed = suppressed_token_ids(spec)
-    for task, ids, px in (("image", image_prompt_ids(encode, spec), preprocess(img, 84)[None]),
-                          ("text", text_prompt_ids(encode, spec, text), None)):
-        ids, new = list(ids), []
-        with torch.no_grad():  # PyTorch greedy: the whole sequence each step, transformers' own positions
-            for _ in range(summarizer.max_new_tokens):
-                logits = m(input_ids=torch.tensor([ids]), **F.image_inputs(m, px)).logits[0, -1]
-                logits[suppressed] = -float("inf")
-                t = int(logits.argmax())
-                new.append(t)
-                ids.append(t)
-                if t == spec.eos_id:
-                    break
-        decoded = tok.decode(completion_until_eos(new, spec.eos_id))
-        assert getattr(got, f"{task}_output") == decoded
-        assert getattr(got, f"{task}_keywords") == parse_keywords(decoded, max_keywords=summarizer.max_keywords)
-    assert got.image_output != got.text_output
+    S.assert_greedy_like_pytorch(m, tok, summarizer, img, preprocess(img, 84)[None])
 
 
 # ---------------------------------------------------------------- resolution, other families, refusals
