@@ -35,8 +35,8 @@ Thread-safety: all state is read-only after construction; onnxruntime's `run` is
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -113,22 +113,6 @@ class Case:
     rescore_budget: dict | None = None  # Recommendation.rescore_budget
 
 
-def _background(fn, *args):
-    """fn(*args) in a daemon thread; .result() joins it and re-raises its exception."""
-    from concurrent.futures import Future
-
-    future: Future = Future()
-
-    def run():
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's .result()
-            future.set_exception(e)
-
-    threading.Thread(target=run, name="open-scorer", daemon=True).start()
-    return future
-
-
 class Recommender:
     def __init__(self, bundle_dir: Path, provider: str | None = None, precision: str | None = None,
                  threads: int | None = None, verify: bool = True, max_batch: int | None = None,
@@ -151,8 +135,9 @@ class Recommender:
         # The scorer holds nearly all the weights and is the slowest to open (1.3 s of a 3 s cold start for a 0.5B
         # int8 bundle, benchmarks/SCALE.md): onnxruntime opens it without the GIL in a background thread while this
         # one loads the rest; it is joined before __init__ returns, so a broken graph still fails here.
-        pending = _background(open_bundle_graph, manifest, "recommender.scorer", cfg) if use else None
-        try:
+        # Leaving the `with` joins the thread, also when loading the rest fails (that error is then the one raised).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="open-scorer") as pool:
+            pending = pool.submit(open_bundle_graph, manifest, "recommender.scorer", cfg) if use else None
             self.rec_conf = rec
             self.limits = config.get("limits", {})
             special = rec.get("special_tokens", {})
@@ -163,10 +148,6 @@ class Recommender:
             self.n_image_tokens = int(rec.get("num_image_tokens", 0))
             self.codec = Codec(self.manifest.path(rec.get("tokenizer", "tokenizer.json")))
             decoder, embedder = self._load(rec, cfg, has_decoder, use)
-        except BaseException:
-            if pending is not None:
-                pending.exception()  # let the thread finish; the error raised here is the one to report
-            raise
         scorer_session = pending.result() if pending is not None else None  # re-raises the thread's error
         batch = max_batch or int(self.limits.get("max_candidates", 32))
         suffix = SuffixScorer(scorer_session) if scorer_session is not None else None
