@@ -26,16 +26,15 @@ DATASETS = ("synthetic", "ml100k_mm")
 
 
 def ladder_dims() -> dict[str, dict]:
-    """Ladder rung -> the dimensions recommendation_flops needs (weight FLOPs per token without the LM head)."""
+    """Ladder rung -> the dimensions recommendation_flops needs (bench/scale.decoder_dims, as the scale report's
+    floors use them), with the decoder's matmul parameter count."""
     from mmsrarec_edge.bench.ladder import LADDER, SIZES
+    from mmsrarec_edge.bench.scale import decoder_dims
 
     out = {}
-    for rung in (SIZES[n] for n in LADDER if n != "0.5b-qwenvocab"):  # same FLOPs as 0.5b
-        H, L, inter = rung.hidden, rung.layers, rung.intermediate
-        kv = rung.kv_heads * (H // rung.heads)
-        per_layer = 2 * H * H + 2 * H * kv + 3 * H * inter  # q, o; k, v; gate, up, down
-        out[rung.name] = {"weight_flops_per_token": 2 * per_layer * L, "hidden_size": H, "num_layers": L,
-                          "kv_flops_per_token": 2 * 2 * H * kv, "decoder_matmul_params": per_layer * L}
+    for name in (n for n in LADDER if n != "0.5b-qwenvocab"):  # same FLOPs as 0.5b
+        d = decoder_dims(SIZES[name])
+        out[name] = {**d, "decoder_matmul_params": d["weight_flops_per_token"] // 2}
     return out
 
 
