@@ -32,13 +32,13 @@ from ..core.summary_prompts import PromptSpec
 from ..models.device import on
 from ..models.training import OptimConfig, Stepper, add_lora
 from .generation import Prompt, completion_logps, decode_keywords, generate
+from .rewards import group_standardize
 
 
 def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> np.ndarray:
-    """(R - group mean) / (group sample std + eps); a group whose samples all score the same gets 0."""
-    r = np.asarray(rewards, np.float64).reshape(-1, group)
-    std = r.std(axis=1, ddof=1, keepdims=True)
-    return ((r - r.mean(axis=1, keepdims=True)) / (std + eps)).reshape(-1)
+    """(R - group mean) / (group sample std + eps); a group whose samples all score the same gets 0. The same
+    per-group z-score the reward's parts get under reward_scale "group" (rewards.group_standardize)."""
+    return group_standardize(rewards, group, eps)
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor,
