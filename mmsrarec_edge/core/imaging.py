@@ -171,15 +171,8 @@ class ImagePreprocess:
         size, shortest = hw(d["size"], "size", square_int=False)
         do_crop = bool(d.get("do_center_crop", False))
         crop = hw(d.get("crop_size"), "crop_size", square_int=True)[0] if do_crop else None
-        resample = d.get("resample", 3)
-        if isinstance(resample, int):
-            if resample not in RESAMPLE:
-                raise UserError(f"{where}: unknown resample {resample}", f"known: {sorted(RESAMPLE)}")
-            resample = RESAMPLE[resample]
-        mean, std = d.get("image_mean", CLIP_MEAN), d.get("image_std", CLIP_STD)
-        mean = [mean] * 3 if isinstance(mean, (int, float)) else mean
-        std = [std] * 3 if isinstance(std, (int, float)) else std
-        return cls(mean=tuple(mean), std=tuple(std), size=size, shortest_edge=shortest, resample=str(resample),
+        mean, std = _mean_std(d, CLIP_MEAN, CLIP_STD)
+        return cls(mean=mean, std=std, size=size, shortest_edge=shortest, resample=_resample(d, 3, where),
                    crop=crop, do_resize=bool(d.get("do_resize", True)), do_rescale=bool(d.get("do_rescale", True)),
                    rescale_factor=float(d.get("rescale_factor", 1 / 255)),
                    do_normalize=bool(d.get("do_normalize", True)), processor=kind)
@@ -196,16 +189,9 @@ class ImagePreprocess:
             return int(v["longest_edge"])
 
         tile, longest = edge("max_image_size", 364), edge("size", 4 * 364)
-        resample = d.get("resample", 1)
-        if isinstance(resample, int):
-            if resample not in RESAMPLE:
-                raise UserError(f"{where}: unknown resample {resample}", f"known: {sorted(RESAMPLE)}")
-            resample = RESAMPLE[resample]
-        mean, std = d.get("image_mean", [0.5] * 3), d.get("image_std", [0.5] * 3)
-        mean = [mean] * 3 if isinstance(mean, (int, float)) else mean
-        std = [std] * 3 if isinstance(std, (int, float)) else std
-        return cls(mean=tuple(mean), std=tuple(std), size=(tile, tile),
-                   longest_edge=longest if d.get("do_resize", True) else None, resample=str(resample),
+        mean, std = _mean_std(d, (0.5,) * 3, (0.5,) * 3)
+        return cls(mean=mean, std=std, size=(tile, tile),
+                   longest_edge=longest if d.get("do_resize", True) else None, resample=_resample(d, 1, where),
                    do_rescale=bool(d.get("do_rescale", True)), rescale_factor=float(d.get("rescale_factor", 1 / 255)),
                    do_normalize=bool(d.get("do_normalize", True)), processor=kind)
 
@@ -257,6 +243,22 @@ class ImagePreprocess:
         if self.do_normalize:
             x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _resample(d: dict, default: int, where: str) -> str:
+    """A preprocessor_config's resample (PIL's integer code or a name) -> the name ImagePreprocess keeps."""
+    resample = d.get("resample", default)
+    if isinstance(resample, int):
+        if resample not in RESAMPLE:
+            raise UserError(f"{where}: unknown resample {resample}", f"known: {sorted(RESAMPLE)}")
+        resample = RESAMPLE[resample]
+    return str(resample)
+
+
+def _mean_std(d: dict, mean, std) -> tuple[tuple, tuple]:
+    """image_mean / image_std (one number for every channel, or one per channel), the processor's defaults."""
+    m, s = d.get("image_mean", mean), d.get("image_std", std)
+    return tuple([m] * 3 if isinstance(m, (int, float)) else m), tuple([s] * 3 if isinstance(s, (int, float)) else s)
 
 
 def _idefics_size(height: int, width: int, longest: int) -> tuple[int, int]:
