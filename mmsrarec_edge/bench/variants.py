@@ -64,8 +64,10 @@ def runtime_scores(rec, cases, progress=None) -> np.ndarray:
 
 
 def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir: Path, split: str = "test",
-                   max_cases: int = 0, threads: int = 1, progress=None) -> dict:
-    """{"reference": PyTorch metrics, "rows": one per (bundle, variant)}; `progress(n)` counts scored cases."""
+                   max_cases: int = 0, threads: int = 1, progress=None, gates: dict | None = None) -> dict:
+    """{"reference": PyTorch metrics, "rows": one per (bundle, variant), "refused": exports that failed}; a bundle
+    given as a string is such a refusal (its reason). `gates`: bundle label -> the parity-gate refusal a bundle was
+    measured despite (exported with the gate opened), kept in its rows as "gate". `progress(n)` counts scored cases."""
     from ..core.bundle import load_manifest
     from ..data.protocol import load_protocol
     from ..recommend.scoring import load_scorer
@@ -102,7 +104,8 @@ def variant_report(bundles: dict[str, Path], recommender_dir: Path, protocol_dir
             secs = time.perf_counter() - t
             m = _metrics(scores, users)
             out["rows"].append({
-                "bundle": label, "precision": precision or "+".join(sorted(set(rec.variants.values()))),
+                "bundle": label, **({"gate": gates[label]} if gates and label in gates else {}),
+                "precision": precision or "+".join(sorted(set(rec.variants.values()))),
                 "graph_variants": dict(rec.variants),
                 "bytes": {g: graph_bytes(manifest, g, v) for g, v in rec.variants.items()},
                 "bundle_bytes": int(sum(f["bytes"] for f in manifest.files.values())),
@@ -128,7 +131,8 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
     for r in rep["rows"]:
         m, d = r["metrics"], r["delta_vs_pytorch"]
         lines.append(
-            f"| {r['bundle']} | {r['precision']} | {sum(r['bytes'].values()) / 2**20:.2f} | "
+            f"| {r['bundle']}{' (gate refused, measured with it opened)' if r.get('gate') else ''} | "
+            f"{r['precision']} | {sum(r['bytes'].values()) / 2**20:.2f} | "
             f"{r['bundle_bytes'] / 2**20:.2f} | "
             f"{m['HR@5']['mean']:.4f} [{m['HR@5']['lo']:.3f}, {m['HR@5']['hi']:.3f}] | "
             f"{d['HR@5']:+.4f} | {m['NDCG@5']['mean']:.4f} | {m['AUC']['mean']:.4f} | {d['AUC']:+.4f} | "
@@ -140,7 +144,7 @@ def markdown(rep: dict, title: str = "Precision variants: size and accuracy") ->
     if gated:
         lines += ["", "Refused by their profile's parity gate (the export stops there; these rows come from a bundle "
                   "exported with the gate opened, to show what the variant costs in ranking): " + "; ".join(
-                      f"{r['bundle'].split(' (')[0]}: {r['gate']}" for r in gated) + "."]
+                      f"{r['bundle']}: {r['gate']}" for r in gated) + "."]
     lines += ["", "Per-graph variants: " + "; ".join(
         f"{r['bundle']}/{r['precision']}: " + ", ".join(f"{g}={v}" for g, v in r["graph_variants"].items())
         for r in rep["rows"]), ""]
